@@ -1,0 +1,1 @@
+"""Compiled engine of recur: the tape, BLAS products and the op kernels."""

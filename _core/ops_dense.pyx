@@ -1,0 +1,199 @@
+# Matrix products and the fused Dense layer, forward and backward, over BLAS.
+from libc.math cimport tanh, exp
+from cython cimport floating
+cimport numpy as cnp
+import numpy as np
+from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant
+from recur._core.blas cimport gemm, blas_int
+from recur._core.registry cimport OP_MATMUL, OP_DENSE
+
+cnp.import_array()
+
+
+# ---------------------------------------------------------------- activations
+
+cdef void activate(int act, Py_ssize_t n, floating* y) noexcept nogil:
+    cdef Py_ssize_t i
+    if act == ACT_TANH:
+        for i in range(n):
+            y[i] = tanh(y[i])
+    elif act == ACT_SIGMOID:
+        for i in range(n):
+            y[i] = 1 / (1 + exp(-y[i]))
+    elif act == ACT_RELU:
+        for i in range(n):
+            if y[i] < 0:
+                y[i] = 0
+
+
+cdef void activation_grad(int act, Py_ssize_t n, const floating* y, const floating* dy,
+                          floating* dz) noexcept nogil:
+    cdef Py_ssize_t i
+    if act == ACT_TANH:
+        for i in range(n):
+            dz[i] = dy[i] * (1 - y[i] * y[i])
+    elif act == ACT_SIGMOID:
+        for i in range(n):
+            dz[i] = dy[i] * y[i] * (1 - y[i])
+    elif act == ACT_RELU:
+        for i in range(n):
+            dz[i] = dy[i] if y[i] > 0 else 0
+    else:
+        for i in range(n):
+            dz[i] = dy[i]
+
+
+# ---------------------------------------------------------------- batched matmul
+# c[k] = a[k] @ b[k] for k < batch, a[k] (m, inner), b[k] (inner, n). A batch stride of 0
+# shares that operand across the batch (its gradient then sums over the batch).
+# node.ints = [batch, m, inner, n, stride_a, stride_b]
+
+def matmul(a_in, b_in, cnp.ndarray a, cnp.ndarray b, index_t batch, index_t m, index_t inner,
+           index_t n, index_t stride_a, index_t stride_b, out_shape):
+    cdef cnp.ndarray c = np.empty(out_shape, dtype=a.dtype)
+    cdef Tape tape
+    cdef Node* node
+    cdef index_t id_a, id_b, k
+    blas_int(m)
+    blas_int(n)
+    blas_int(inner)
+    if a.dtype == np.float64:
+        with nogil:
+            matmul_forward[double](batch, m, inner, n, <double*>cnp.PyArray_DATA(a), stride_a,
+                                   <double*>cnp.PyArray_DATA(b), stride_b, <double*>cnp.PyArray_DATA(c))
+    else:
+        with nogil:
+            matmul_forward[float](batch, m, inner, n, <float*>cnp.PyArray_DATA(a), stride_a,
+                                  <float*>cnp.PyArray_DATA(b), stride_b, <float*>cnp.PyArray_DATA(c))
+    tape = recording_tape()
+    if tape is None:
+        return constant(c)
+    id_a = tape.node_of(a_in)
+    id_b = tape.node_of(b_in)
+    if id_a < 0 and id_b < 0:
+        return constant(c)
+    node = tape.append(OP_MATMUL, c, 2, 6, 0, 0)
+    tape.set_input(node, 0, id_a, a)
+    tape.set_input(node, 1, id_b, b)
+    node.ints[0] = batch; node.ints[1] = m; node.ints[2] = inner; node.ints[3] = n
+    node.ints[4] = stride_a; node.ints[5] = stride_b
+    return tape.tensor(c, tape.n_nodes - 1)
+
+
+cdef void matmul_forward(index_t batch, index_t m, index_t inner, index_t n,
+                         const floating* a, index_t stride_a, const floating* b,
+                         index_t stride_b, floating* c) noexcept nogil:
+    cdef index_t k
+    for k in range(batch):
+        gemm(False, False, m, n, inner, 1, a + k * stride_a, inner, b + k * stride_b, n,
+             0, c + k * m * n, n)
+
+
+cdef void matmul_backward(Node* node, Node* nodes) noexcept nogil:
+    if node.is_f64:
+        matmul_backward_kernel[double](node, nodes, <double*>node.grad)
+    else:
+        matmul_backward_kernel[float](node, nodes, <float*>node.grad)
+
+
+cdef void matmul_backward_kernel(Node* node, Node* nodes, const floating* dc) noexcept nogil:
+    # da[k] += dc[k] @ b[k]ᵀ,  db[k] += a[k]ᵀ @ dc[k]
+    cdef index_t batch = node.ints[0], m = node.ints[1], inner = node.ints[2], n = node.ints[3]
+    cdef index_t stride_a = node.ints[4], stride_b = node.ints[5], k
+    cdef const floating* a = <floating*>node.in_values[0]
+    cdef const floating* b = <floating*>node.in_values[1]
+    for k in range(batch):
+        if node.inputs[0] >= 0:
+            gemm(False, True, m, inner, n, 1, dc + k * m * n, n, b + k * stride_b, n,
+                 1, <floating*>nodes[node.inputs[0]].grad + k * stride_a, inner)
+        if node.inputs[1] >= 0:
+            gemm(True, False, inner, n, m, 1, a + k * stride_a, inner, dc + k * m * n, n,
+                 1, <floating*>nodes[node.inputs[1]].grad + k * stride_b, n)
+
+
+# ---------------------------------------------------------------- Dense
+# y = act(x @ Wᵀ + b) with x (rows, in) — every leading axis folded into rows — W (out, in),
+# b (out,) or absent. node.ints = [rows, in, out, act, has_bias];
+# inputs = [x, W, b]; saved = [scratch for dz (rows, out)].
+
+def dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int act, out_shape):
+    cdef index_t rows = cnp.PyArray_SIZE(x) // W.shape[1] if W.shape[1] else 0
+    cdef index_t n_in = W.shape[1], n_out = W.shape[0]
+    cdef cnp.ndarray y = np.empty(out_shape, dtype=W.dtype)
+    cdef void* bias = NULL if b is None else cnp.PyArray_DATA(<cnp.ndarray?>b)
+    cdef Tape tape
+    cdef Node* node
+    cdef index_t id_x, id_W, id_b = -1
+    blas_int(rows)
+    blas_int(n_in)
+    blas_int(n_out)
+    if W.dtype == np.float64:
+        with nogil:
+            dense_forward[double](rows, n_in, n_out, act, <double*>cnp.PyArray_DATA(x),
+                                  <double*>cnp.PyArray_DATA(W), <double*>bias,
+                                  <double*>cnp.PyArray_DATA(y))
+    else:
+        with nogil:
+            dense_forward[float](rows, n_in, n_out, act, <float*>cnp.PyArray_DATA(x),
+                                 <float*>cnp.PyArray_DATA(W), <float*>bias,
+                                 <float*>cnp.PyArray_DATA(y))
+    tape = recording_tape()
+    if tape is None:
+        return constant(y)
+    id_x = tape.node_of(x_in)
+    id_W = tape.node_of(W_in)
+    if b is not None:
+        id_b = tape.node_of(b_in)
+    if id_x < 0 and id_W < 0 and id_b < 0:
+        return constant(y)
+    node = tape.append(OP_DENSE, y, 3, 5, 0, 1)
+    tape.set_input(node, 0, id_x, x)
+    tape.set_input(node, 1, id_W, W)
+    if b is not None:
+        tape.set_input(node, 2, id_b, b)
+    node.ints[0] = rows; node.ints[1] = n_in; node.ints[2] = n_out
+    node.ints[3] = act; node.ints[4] = b is not None
+    node.saved[0] = NULL
+    if act != ACT_IDENTITY:
+        node.saved[0] = tape.scratch(rows * n_out * cnp.PyArray_ITEMSIZE(y))
+    return tape.tensor(y, tape.n_nodes - 1)
+
+
+cdef void dense_forward(index_t rows, index_t n_in, index_t n_out, int act, const floating* x,
+                        const floating* W, const floating* b, floating* y) noexcept nogil:
+    cdef index_t r, j
+    if b != NULL:
+        for r in range(rows):
+            for j in range(n_out):
+                y[r * n_out + j] = b[j]
+    gemm(False, True, rows, n_out, n_in, 1, x, n_in, W, n_in, 1 if b != NULL else 0, y, n_out)
+    activate(act, rows * n_out, y)
+
+
+cdef void dense_backward(Node* node, Node* nodes) noexcept nogil:
+    if node.is_f64:
+        dense_backward_kernel[double](node, nodes, <double*>node.grad)
+    else:
+        dense_backward_kernel[float](node, nodes, <float*>node.grad)
+
+
+cdef void dense_backward_kernel(Node* node, Node* nodes, const floating* dy) noexcept nogil:
+    cdef index_t rows = node.ints[0], n_in = node.ints[1], n_out = node.ints[2]
+    cdef int act = node.ints[3]
+    cdef const floating* dz = dy
+    cdef floating* db
+    cdef index_t r, j
+    if act != ACT_IDENTITY:
+        activation_grad(act, rows * n_out, <floating*>node.value, dy, <floating*>node.saved[0])
+        dz = <floating*>node.saved[0]
+    if node.inputs[1] >= 0:        # dW += dzᵀ x
+        gemm(True, False, n_out, n_in, rows, 1, dz, n_out, <floating*>node.in_values[0], n_in,
+             1, <floating*>nodes[node.inputs[1]].grad, n_in)
+    if node.ints[4] and node.inputs[2] >= 0:   # db += Σ_rows dz
+        db = <floating*>nodes[node.inputs[2]].grad
+        for r in range(rows):
+            for j in range(n_out):
+                db[j] += dz[r * n_out + j]
+    if node.inputs[0] >= 0:        # dx += dz W
+        gemm(False, False, rows, n_in, n_out, 1, dz, n_out, <floating*>node.in_values[1], n_in,
+             1, <floating*>nodes[node.inputs[0]].grad, n_in)

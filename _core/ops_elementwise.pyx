@@ -1,0 +1,187 @@
+# Backward of elementwise ops. Forward values come from numpy (recur/ops.py) in the node's
+# dtype; each backward here reads the forward's input values or its own value, whichever
+# makes the derivative cheapest.
+#
+# Binary ops broadcast: node.ints = [ndim, shape[ndim], strides_a[ndim], strides_b[ndim]]
+# over the output's shape, with stride 0 along the axes an input is broadcast on. Adding
+# into a stride-0 gradient sums over that axis, which is exactly the reduction broadcasting
+# asks for in backward.
+from libc.math cimport tanh, exp, log, sqrt, fabs, pow
+from cython cimport floating
+from recur._core.tape cimport Node, index_t
+from recur._core.registry cimport *
+
+
+cdef void cast_backward(Node* node, Node* nodes) noexcept nogil:
+    # The only node whose input has another dtype than itself.
+    cdef Node* src = &nodes[node.inputs[0]]
+    cdef index_t i
+    if node.inputs[0] < 0:
+        return
+    if node.is_f64:
+        for i in range(node.size):
+            (<float*>src.grad)[i] += <float>(<double*>node.grad)[i]
+    else:
+        for i in range(node.size):
+            (<double*>src.grad)[i] += (<float*>node.grad)[i]
+
+
+cdef void unary_backward(Node* node, Node* nodes) noexcept nogil:
+    if node.inputs[0] < 0:
+        return
+    if node.is_f64:
+        unary_kernel(node.op, node.size, <double*>node.grad, <double*>node.in_values[0],
+                     <double*>node.value, <double*>nodes[node.inputs[0]].grad, node.reals)
+    else:
+        unary_kernel(node.op, node.size, <float*>node.grad, <float*>node.in_values[0],
+                     <float*>node.value, <float*>nodes[node.inputs[0]].grad, node.reals)
+
+
+cdef inline floating logistic(floating v) noexcept nogil:
+    return 1 / (1 + exp(-v))
+
+
+cdef void unary_kernel(int op, index_t n, const floating* dy, const floating* x,
+                       const floating* y, floating* dx, const double* reals) noexcept nogil:
+    cdef index_t i
+    cdef floating alpha, lo, hi
+    if op == OP_NEG:
+        for i in range(n):
+            dx[i] -= dy[i]
+    elif op == OP_TANH:
+        for i in range(n):
+            dx[i] += dy[i] * (1 - y[i] * y[i])
+    elif op == OP_SIGMOID:
+        for i in range(n):
+            dx[i] += dy[i] * y[i] * (1 - y[i])
+    elif op == OP_RELU:
+        for i in range(n):
+            if x[i] > 0:
+                dx[i] += dy[i]
+    elif op == OP_LEAKYRELU:
+        alpha = <floating>reals[0]
+        for i in range(n):
+            dx[i] += dy[i] if x[i] > 0 else alpha * dy[i]
+    elif op == OP_ELU:
+        alpha = <floating>reals[0]
+        for i in range(n):
+            dx[i] += dy[i] if x[i] > 0 else dy[i] * (y[i] + alpha)
+    elif op == OP_SOFTPLUS:
+        for i in range(n):
+            dx[i] += dy[i] * logistic(x[i])
+    elif op == OP_EXP:
+        for i in range(n):
+            dx[i] += dy[i] * y[i]
+    elif op == OP_LOG:
+        for i in range(n):
+            dx[i] += dy[i] / x[i]
+    elif op == OP_SQRT:
+        for i in range(n):
+            dx[i] += dy[i] * 0.5 / y[i]
+    elif op == OP_ABS:
+        for i in range(n):
+            if x[i] > 0:
+                dx[i] += dy[i]
+            elif x[i] < 0:
+                dx[i] -= dy[i]
+    elif op == OP_SQUARE:
+        for i in range(n):
+            dx[i] += 2 * x[i] * dy[i]
+    elif op == OP_POW:
+        alpha = <floating>reals[0]
+        for i in range(n):
+            dx[i] += dy[i] * alpha * pow(x[i], alpha - 1)
+    elif op == OP_CLIP:
+        # Inside the closed interval the value passes through; the bounds let it pass too.
+        lo = <floating>reals[0]
+        hi = <floating>reals[1]
+        for i in range(n):
+            if lo <= x[i] <= hi:
+                dx[i] += dy[i]
+
+
+cdef void binary_backward(Node* node, Node* nodes) noexcept nogil:
+    if node.size == 0:
+        return
+    if node.is_f64:
+        binary_kernel[double](node, nodes, <double*>node.grad)
+    else:
+        binary_kernel[float](node, nodes, <float*>node.grad)
+
+
+cdef void binary_kernel(Node* node, Node* nodes, floating* dy) noexcept nogil:
+    cdef index_t ndim = node.ints[0]
+    cdef const index_t* shape = node.ints + 1
+    cdef const index_t* stride_a = node.ints + 1 + ndim
+    cdef const index_t* stride_b = node.ints + 1 + 2 * ndim
+    cdef const floating* a = <floating*>node.in_values[0]
+    cdef const floating* b = <floating*>node.in_values[1]
+    cdef const floating* y = <floating*>node.value
+    cdef const floating* mask = <floating*>node.saved[0] if node.op == OP_WHERE else NULL
+    cdef floating* da = <floating*>nodes[node.inputs[0]].grad if node.inputs[0] >= 0 else NULL
+    cdef floating* db = <floating*>nodes[node.inputs[1]].grad if node.inputs[1] >= 0 else NULL
+    cdef index_t counter[64]
+    cdef index_t d, i, n = shape[ndim - 1], sa = stride_a[ndim - 1], sb = stride_b[ndim - 1]
+    cdef index_t off_y = 0, off_a = 0, off_b = 0
+    for d in range(ndim):
+        counter[d] = 0
+    while True:
+        # The innermost axis runs as a flat loop; the outer axes step like an odometer.
+        binary_row(node.op, n, dy + off_y, a + off_a, sa, b + off_b, sb, y + off_y,
+                   mask + off_y if mask != NULL else NULL,
+                   da + off_a if da != NULL else NULL, db + off_b if db != NULL else NULL)
+        off_y += n
+        d = ndim - 2
+        while d >= 0:
+            counter[d] += 1
+            off_a += stride_a[d]
+            off_b += stride_b[d]
+            if counter[d] < shape[d]:
+                break
+            off_a -= stride_a[d] * shape[d]
+            off_b -= stride_b[d] * shape[d]
+            counter[d] = 0
+            d -= 1
+        if d < 0:
+            return
+
+
+cdef inline void binary_row(int op, index_t n, const floating* dy, const floating* a,
+                            index_t sa, const floating* b, index_t sb, const floating* y,
+                            const floating* mask, floating* da, floating* db) noexcept nogil:
+    cdef index_t i
+    if op == OP_ADD:
+        if da != NULL:
+            for i in range(n):
+                da[i * sa] += dy[i]
+        if db != NULL:
+            for i in range(n):
+                db[i * sb] += dy[i]
+    elif op == OP_SUB:
+        if da != NULL:
+            for i in range(n):
+                da[i * sa] += dy[i]
+        if db != NULL:
+            for i in range(n):
+                db[i * sb] -= dy[i]
+    elif op == OP_MUL:
+        if da != NULL:
+            for i in range(n):
+                da[i * sa] += dy[i] * b[i * sb]
+        if db != NULL:
+            for i in range(n):
+                db[i * sb] += dy[i] * a[i * sa]
+    elif op == OP_DIV:
+        if da != NULL:
+            for i in range(n):
+                da[i * sa] += dy[i] / b[i * sb]
+        if db != NULL:
+            for i in range(n):
+                db[i * sb] -= dy[i] * y[i] / b[i * sb]
+    elif op == OP_WHERE:
+        if da != NULL:
+            for i in range(n):
+                da[i * sa] += dy[i] * mask[i]
+        if db != NULL:
+            for i in range(n):
+                db[i * sb] += dy[i] * (1 - mask[i])

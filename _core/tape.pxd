@@ -1,0 +1,73 @@
+# The tape: a linear array of nodes in creation order (which is topological), replayed
+# backwards by one loop in C. Each node names its op, its inputs' node ids and values, its
+# own value and gradient, and the op's small attributes and saved buffers.
+ctypedef Py_ssize_t index_t
+
+ctypedef struct Node:
+    int op                 # op code (registry.pxd)
+    bint is_f64            # dtype of value and grad: double if set, float otherwise
+    bint reached           # contributes to the differentiated result
+    index_t n_inputs
+    index_t* inputs        # node id of each input, -1 for a constant
+    void** in_values       # data of each input's value (C-contiguous, node dtype)
+    void* value            # data of this node's value (C-contiguous)
+    void* grad             # gradient of the result w.r.t. value; set during backward
+    index_t size           # number of elements of value
+    index_t n_ints
+    index_t* ints          # op attributes: sizes, strides, axes
+    double* reals          # op attributes: scalars
+    void** saved           # op buffers saved for backward
+
+# A backward function reads node.grad and adds its contribution to every input gradient
+# whose node id is >= 0. It runs without the GIL.
+ctypedef void (*backward_fn)(Node* node, Node* nodes) noexcept nogil
+
+cdef void register_backward(int op, backward_fn fn) noexcept
+
+# Bump allocator: one block sized to the previous call's high-water mark, overflow blocks
+# while a call outgrows it. Reset keeps the block, so a repeated call allocates nothing.
+ctypedef struct Arena:
+    char* block
+    size_t capacity
+    size_t used
+    size_t requested
+    void** overflow
+    index_t n_overflow
+    index_t overflow_capacity
+
+
+cdef class Tape:
+    cdef Node* nodes
+    cdef index_t n_nodes
+    cdef index_t capacity
+    cdef Arena meta        # node attributes; lives until the tape is reset
+    cdef Arena work        # gradients and saved buffers; lives until the tape is reset
+    cdef list keep         # Python objects whose data nodes point into
+    cdef dict watched      # id(Param) -> leaf node id
+    cdef list watched_params
+    cdef readonly long epoch
+    cdef readonly bint recording
+
+    # Node id of a Tensor/Param recorded on this tape, or -1 for anything else.
+    cdef index_t node_of(self, object x) except -2
+    # Appends a node for `value` (a C-contiguous float32/float64 ndarray, kept alive).
+    # The returned pointer is valid until the next append.
+    cdef Node* append(self, int op, object value, index_t n_inputs, index_t n_ints,
+                      index_t n_reals, index_t n_saved) except NULL
+    # Sets input i of `node`: its node id and its value's data (array kept alive).
+    cdef void set_input(self, Node* node, index_t i, index_t node_id, object array) except *
+    # Memory valid until the tape is reset (saved buffers of fused kernels).
+    cdef void* scratch(self, size_t nbytes) except NULL
+    cdef void* meta_alloc(self, size_t nbytes) except NULL
+    # Keeps a Python object alive until the tape is reset.
+    cdef void hold(self, object obj) except *
+    # A Tensor for node `node_id` with value `value`.
+    cdef object tensor(self, object value, index_t node_id)
+
+
+# This thread's tape if it is recording, else None. Costs one integer test when no thread
+# is recording.
+cpdef Tape recording_tape()
+
+# Wraps an array as a constant (unrecorded) Tensor.
+cdef object constant(object value)

@@ -1,0 +1,394 @@
+# The tape and the backward loop. Values are numpy arrays owned by Python, so a value stays
+# valid after its tape is reset; gradients, attributes and saved buffers live in arenas that
+# are kept from one `gradient` call to the next.
+import threading
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memset, memcpy
+from numpy import empty as np_empty
+from cpython.object cimport PyObject
+cimport numpy as cnp
+from recur._core.registry cimport OP_LEAF, OP_ALIAS
+
+cnp.import_array()
+
+cdef enum:
+    MAX_OPS = 128
+    ALIGN = 64
+    FIRST_BLOCK = 1 << 16
+
+cdef backward_fn backward_table[MAX_OPS]
+
+cdef void register_backward(int op, backward_fn fn) noexcept:
+    backward_table[op] = fn
+
+
+# ---------------------------------------------------------------- arena
+
+cdef inline size_t aligned(size_t n) noexcept nogil:
+    return (n + ALIGN - 1) & ~(<size_t>ALIGN - 1)
+
+cdef void* raw_alloc(size_t nbytes) noexcept nogil:
+    # malloc's 16-byte alignment is enough for every kernel; blocks are padded to ALIGN so
+    # consecutive buffers start on cache lines.
+    return malloc(nbytes if nbytes > 0 else 1)
+
+cdef void* arena_alloc(Arena* a, size_t nbytes) noexcept nogil:
+    cdef void* p
+    cdef void** grown
+    nbytes = aligned(nbytes)
+    a.requested += nbytes
+    if a.used + nbytes <= a.capacity:
+        p = a.block + a.used
+        a.used += nbytes
+        return p
+    if a.n_overflow == a.overflow_capacity:
+        grown = <void**>realloc(a.overflow, (2 * a.overflow_capacity + 8) * sizeof(void*))
+        if grown == NULL:
+            return NULL
+        a.overflow = grown
+        a.overflow_capacity = 2 * a.overflow_capacity + 8
+    p = raw_alloc(nbytes)
+    if p != NULL:
+        a.overflow[a.n_overflow] = p
+        a.n_overflow += 1
+    return p
+
+cdef void arena_reset(Arena* a) noexcept nogil:
+    cdef index_t i
+    for i in range(a.n_overflow):
+        free(a.overflow[i])
+    a.n_overflow = 0
+    if a.requested > a.capacity:
+        # Grow the block to this call's high-water mark so the next call fits in it.
+        free(a.block)
+        a.capacity = aligned(a.requested + a.requested // 4)
+        a.block = <char*>raw_alloc(a.capacity)
+        if a.block == NULL:
+            a.capacity = 0
+    a.used = 0
+    a.requested = 0
+
+cdef void arena_free(Arena* a) noexcept nogil:
+    arena_reset(a)
+    free(a.block)
+    free(a.overflow)
+    memset(a, 0, sizeof(Arena))
+
+
+# ---------------------------------------------------------------- tensors
+
+# recur.tensor registers its classes here; the tape creates Tensors and recognises Params.
+cdef object Tensor_type = None
+cdef object Param_type = None
+cdef object make_tensor = None
+
+def set_tensor_types(tensor_type, param_type, factory):
+    global Tensor_type, Param_type, make_tensor
+    Tensor_type, Param_type, make_tensor = tensor_type, param_type, factory
+
+cdef object constant(object value):
+    return make_tensor(value, None, 0, -1)
+
+
+# ---------------------------------------------------------------- the tape
+
+cdef long recording_count = 0     # tapes recording in any thread (guarded by the GIL)
+cdef long next_epoch = 1
+thread_state = threading.local()
+
+
+cdef class Tape:
+
+    def __cinit__(self):
+        self.capacity = 256
+        self.nodes = <Node*>malloc(self.capacity * sizeof(Node))
+        if self.nodes == NULL:
+            raise MemoryError()
+        self.n_nodes = 0
+        memset(&self.meta, 0, sizeof(Arena))
+        memset(&self.work, 0, sizeof(Arena))
+        self.keep = []
+        self.watched = {}
+        self.watched_params = []
+        self.recording = False
+
+    def __dealloc__(self):
+        free(self.nodes)
+        arena_free(&self.meta)
+        arena_free(&self.work)
+
+    cdef index_t node_of(self, object x) except -2:
+        if type(x) is Tensor_type:
+            if (<object>x)._tape is self and (<object>x)._epoch == self.epoch:
+                return (<object>x)._node
+            return -1
+        if isinstance(x, Param_type):
+            return self.watched.get(id(x), -1)
+        if isinstance(x, Tensor_type):
+            if x._tape is self and x._epoch == self.epoch:
+                return x._node
+        return -1
+
+    cdef Node* append(self, int op, object value, index_t n_inputs, index_t n_ints,
+                      index_t n_reals, index_t n_saved) except NULL:
+        cdef cnp.ndarray arr = <cnp.ndarray?>value
+        cdef Node* grown
+        cdef Node* node
+        cdef char* block
+        if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+            raise ValueError("tape values must be C-contiguous")
+        if self.n_nodes == self.capacity:
+            grown = <Node*>realloc(self.nodes, 2 * self.capacity * sizeof(Node))
+            if grown == NULL:
+                raise MemoryError()
+            self.nodes = grown
+            self.capacity *= 2
+        node = &self.nodes[self.n_nodes]
+        memset(node, 0, sizeof(Node))
+        node.op = op
+        node.is_f64 = cnp.PyArray_TYPE(arr) == cnp.NPY_DOUBLE
+        node.value = cnp.PyArray_DATA(arr)
+        node.size = cnp.PyArray_SIZE(arr)
+        node.n_inputs = n_inputs
+        node.n_ints = n_ints
+        # One block holds all of the node's attributes; every field is 8 bytes wide.
+        block = <char*>self.meta_alloc(8 * (2 * n_inputs + n_ints + n_reals + n_saved) + 8)
+        node.inputs = <index_t*>block
+        node.in_values = <void**>(block + 8 * n_inputs)
+        node.ints = <index_t*>(block + 16 * n_inputs)
+        node.reals = <double*>(block + 8 * (2 * n_inputs + n_ints))
+        node.saved = <void**>(block + 8 * (2 * n_inputs + n_ints + n_reals))
+        memset(node.inputs, 0xff, n_inputs * sizeof(index_t))   # -1: constant
+        self.keep.append(value)
+        self.n_nodes += 1
+        return node
+
+    cdef void* meta_alloc(self, size_t nbytes) except NULL:
+        cdef void* p = arena_alloc(&self.meta, nbytes)
+        if p == NULL:
+            raise MemoryError()
+        return p
+
+    cdef void set_input(self, Node* node, index_t i, index_t node_id, object array) except *:
+        cdef cnp.ndarray arr = <cnp.ndarray?>array
+        if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+            raise ValueError("tape inputs must be C-contiguous")
+        node.inputs[i] = node_id
+        node.in_values[i] = cnp.PyArray_DATA(arr)
+        if node_id < 0:
+            self.keep.append(array)
+
+    cdef void* scratch(self, size_t nbytes) except NULL:
+        cdef void* p = arena_alloc(&self.work, nbytes)
+        if p == NULL:
+            raise MemoryError()
+        return p
+
+    cdef void hold(self, object obj) except *:
+        self.keep.append(obj)
+
+    cdef object tensor(self, object value, index_t node_id):
+        return make_tensor(value, self, self.epoch, node_id)
+
+    # -------------------------------------------------------- a gradient call
+
+    def start(self, params):
+        """Begins recording with `params` as the watched leaves."""
+        global recording_count, next_epoch
+        cdef Node* node
+        if self.recording:
+            raise RuntimeError(
+                "recur.gradient called inside another gradient call on the same thread; "
+                "nested differentiation is not supported")
+        self.epoch = next_epoch
+        next_epoch += 1
+        self.recording = True
+        recording_count += 1
+        for p in params:
+            if id(p) in self.watched:
+                continue
+            node = self.append(OP_LEAF, p.value, 0, 0, 0, 0)
+            self.watched[id(p)] = self.n_nodes - 1
+            self.watched_params.append(p)
+
+    def finish(self):
+        """Ends recording and resets the tape; its buffers are kept for the next call."""
+        global recording_count
+        if self.recording:
+            recording_count -= 1
+        self.recording = False
+        self.n_nodes = 0
+        self.keep = []
+        self.watched = {}
+        self.watched_params = []
+        arena_reset(&self.meta)
+        arena_reset(&self.work)
+
+    def node_id(self, x):
+        return self.node_of(x)
+
+    def backward(self, index_t root):
+        """Propagates d(root)/d(node) to every node that root depends on."""
+        cdef index_t i, j, inp
+        cdef Node* node
+        cdef size_t itemsize
+        if root < 0 or root >= self.n_nodes:
+            raise IndexError(f"node {root} is not on the tape")
+        for i in range(self.n_nodes):
+            self.nodes[i].reached = False
+            self.nodes[i].grad = NULL
+        self.nodes[root].reached = True
+        for i in range(root, -1, -1):
+            node = &self.nodes[i]
+            if node.reached:
+                if node.op != OP_LEAF and node.op != OP_ALIAS and backward_table[node.op] == NULL:
+                    raise NotImplementedError(f"op {node.op} has no backward")
+                for j in range(node.n_inputs):
+                    inp = node.inputs[j]
+                    if inp >= 0:
+                        self.nodes[inp].reached = True
+        # Forward order, so an alias finds its input's gradient buffer already made.
+        for i in range(root + 1):
+            node = &self.nodes[i]
+            if not node.reached:
+                continue
+            itemsize = sizeof(double) if node.is_f64 else sizeof(float)
+            if node.op == OP_ALIAS:
+                node.grad = <char*>self.nodes[node.inputs[0]].grad + node.ints[0] * itemsize
+            else:
+                node.grad = self.scratch(node.size * itemsize)
+                memset(node.grad, 0, node.size * itemsize)
+        node = &self.nodes[root]
+        if node.is_f64:
+            (<double*>node.grad)[0] += 1.0
+        else:
+            (<float*>node.grad)[0] += 1.0
+        with nogil:
+            for i in range(root, -1, -1):
+                node = &self.nodes[i]
+                if node.reached and node.op != OP_LEAF and node.op != OP_ALIAS:
+                    backward_table[node.op](node, self.nodes)
+
+    def grad_of(self, index_t node_id, shape, dtype):
+        """A copy of a node's gradient, or None if the result does not depend on it."""
+        cdef Node* node
+        cdef cnp.ndarray out
+        if node_id < 0:
+            return None
+        node = &self.nodes[node_id]
+        if not node.reached or node.grad == NULL:
+            return None
+        out = np_empty(shape, dtype)
+        memcpy(cnp.PyArray_DATA(out), node.grad,
+               node.size * (sizeof(double) if node.is_f64 else sizeof(float)))
+        return out
+
+    @property
+    def n_nodes_recorded(self):
+        return self.n_nodes
+
+    @property
+    def arena_bytes(self):
+        """Bytes held by the arenas between calls (their high-water marks)."""
+        return self.meta.capacity + self.work.capacity
+
+
+cpdef Tape recording_tape():
+    if recording_count == 0:
+        return None
+    tape = getattr(thread_state, "tape", None)
+    if tape is not None and (<Tape>tape).recording:
+        return <Tape>tape
+    return None
+
+
+def thread_tape():
+    """This thread's tape, created on first use."""
+    tape = getattr(thread_state, "tape", None)
+    if tape is None:
+        tape = Tape()
+        thread_state.tape = tape
+    return tape
+
+
+# ---------------------------------------------------------------- recording from Python
+
+def record(int op, object value, tuple inputs, tuple arrays, ints=(), reals=(), saved=()):
+    """Wraps `value` as the result of `op` on `inputs`.
+
+    `arrays[i]` is the C-contiguous value of `inputs[i]` in the op's dtype. The node is
+    recorded only if this thread is recording and some input is on its tape; otherwise the
+    result is a constant Tensor.
+    """
+    cdef Tape tape = recording_tape()
+    cdef index_t i, n = len(inputs)
+    cdef index_t ids[8]
+    cdef bint any_recorded = False
+    cdef Node* node
+    if tape is None:
+        return make_tensor(value, None, 0, -1)
+    if n > 8:
+        raise ValueError("record takes at most 8 inputs; use record_many")
+    for i in range(n):
+        ids[i] = tape.node_of(inputs[i])
+        if ids[i] >= 0:
+            any_recorded = True
+    if not any_recorded:
+        return make_tensor(value, None, 0, -1)
+    node = tape.append(op, value, n, len(ints), len(reals), len(saved))
+    for i in range(n):
+        tape.set_input(node, i, ids[i], arrays[i])
+    fill_attributes(tape, node, ints, reals, saved)
+    return make_tensor(value, tape, tape.epoch, tape.n_nodes - 1)
+
+
+def record_many(int op, object value, list inputs, list arrays, ints=(), reals=()):
+    """`record` for ops with any number of inputs (concatenation)."""
+    cdef Tape tape = recording_tape()
+    cdef index_t i, n = len(inputs)
+    cdef Node* node
+    if tape is None:
+        return make_tensor(value, None, 0, -1)
+    ids = [tape.node_of(x) for x in inputs]
+    if max(ids, default=-1) < 0:
+        return make_tensor(value, None, 0, -1)
+    node = tape.append(op, value, n, len(ints), len(reals), 0)
+    for i in range(n):
+        tape.set_input(node, i, ids[i], arrays[i])
+    fill_attributes(tape, node, ints, reals, ())
+    return make_tensor(value, tape, tape.epoch, tape.n_nodes - 1)
+
+
+cdef void fill_attributes(Tape tape, Node* node, ints, reals, saved) except *:
+    cdef index_t i
+    for i in range(len(ints)):
+        node.ints[i] = ints[i]
+    for i in range(len(reals)):
+        node.reals[i] = reals[i]
+    for i in range(len(saved)):
+        node.saved[i] = cnp.PyArray_DATA(<cnp.ndarray?>saved[i])
+        tape.hold(saved[i])
+
+
+def alias(object parent, object value, index_t offset):
+    """`value`, a C-contiguous block of `parent`'s value starting `offset` elements in, as a
+    Tensor whose gradient is the same block of the parent's gradient (no backward work)."""
+    cdef Tape tape = recording_tape()
+    cdef index_t parent_id
+    cdef Node* node
+    if tape is None:
+        return make_tensor(value, None, 0, -1)
+    parent_id = tape.node_of(parent)
+    if parent_id < 0:
+        return make_tensor(value, None, 0, -1)
+    node = tape.append(OP_ALIAS, value, 1, 1, 0, 0)
+    node.inputs[0] = parent_id
+    node.in_values[0] = tape.nodes[parent_id].value
+    node.ints[0] = offset
+    return make_tensor(value, tape, tape.epoch, tape.n_nodes - 1)
+
+
+def is_recorded(object x):
+    """Whether `x` is a node of this thread's recording tape."""
+    cdef Tape tape = recording_tape()
+    return tape is not None and tape.node_of(x) >= 0

@@ -1,0 +1,50 @@
+"""Build of recur: every `_core/*.pyx` becomes the extension module `recur._core.<name>`."""
+import os
+import shutil
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORE = os.path.join(HERE, "_core")
+
+# Cython resolves `from recur._core cimport tape` as recur/_core/tape.pxd on its include path,
+# while the sources live in _core/. Mirror the interfaces into a build-only include tree.
+PXD_ROOT = os.path.join(HERE, "build", "pxd")
+pxd_dir = os.path.join(PXD_ROOT, "recur", "_core")
+os.makedirs(pxd_dir, exist_ok=True)
+for pkg in (os.path.join(PXD_ROOT, "recur"), pxd_dir):
+    open(os.path.join(pkg, "__init__.pxd"), "w").close()
+for name in os.listdir(CORE):
+    if name.endswith(".pxd"):
+        shutil.copyfile(os.path.join(CORE, name), os.path.join(pxd_dir, name))
+
+extensions = [
+    Extension(
+        f"recur._core.{name[:-4]}",
+        [os.path.join("_core", name)],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        extra_compile_args=["-O3", "-fno-math-errno", "-Wno-unused-function"],
+    )
+    for name in sorted(os.listdir(CORE))
+    if name.endswith(".pyx")
+]
+
+setup(
+    packages=["recur", "recur._core"],
+    package_dir={"recur": "recur", "recur._core": "_core"},
+    package_data={"recur._core": ["*.pxd"]},
+    ext_modules=cythonize(
+        extensions,
+        include_path=[PXD_ROOT],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    ),
+)
