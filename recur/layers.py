@@ -8,7 +8,7 @@ from recur._core import ops_dense
 from recur._core.tape import recording_tape
 from recur.tensor import Param, Tensor, as_array
 
-__all__ = ["Dense", "Chain", "Embedding", "Dropout", "glorot_uniform", "glorot_normal",
+__all__ = ["Layer", "Dense", "Chain", "Embedding", "Dropout", "glorot_uniform", "glorot_normal",
            "zeros", "ones", "seed", "default_rng", "layer_input", "FUSED_ACTIVATIONS"]
 
 _rng = np.random.default_rng()
@@ -90,7 +90,25 @@ def _name(f):
 
 # ---------------------------------------------------------------- layers
 
-class Dense:
+class Layer:
+    """What every recur layer shares: saving and loading its state, and the display."""
+
+    def state_dict(self):
+        """{dotted name: ndarray copy} of the parameters and Recur states."""
+        from recur.io import state_dict
+        return state_dict(self)
+
+    def load_state_dict(self, arrays):
+        """Loads `arrays` after checking every name and shape; changes nothing on a mismatch."""
+        from recur.io import load_state_dict
+        load_state_dict(self, arrays)
+
+    def __repr__(self):
+        from recur.show import show
+        return show(self)
+
+
+class Dense(Layer):
     """`σ(x @ W.T + b)` over the last axis of any input; one fused node (GEMM, bias and a
     tanh/sigmoid/relu activation in one pass)."""
 
@@ -130,7 +148,7 @@ class Dense:
         return f"Dense({n_in} => {out}{act}{bias})"
 
 
-class Chain:
+class Chain(Layer):
     """Calls its layers in order; a layer may be any callable."""
 
     def __init__(self, *layers):
@@ -154,12 +172,11 @@ class Chain:
     def __iter__(self):
         return iter(self.layers)
 
-    def __repr__(self):
-        from recur.show import show
-        return show(self)
+    def _children(self):
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
 
 
-class Embedding:
+class Embedding(Layer):
     """Integer indices of any shape → vectors of `dim`, shape `(..., dim)`. Row `i` of `W`
     (vocab, dim) is the vector of index `i`."""
 
@@ -187,7 +204,7 @@ class Embedding:
         return f"Embedding({self.W.shape[0]} => {self.W.shape[1]})"
 
 
-class Dropout:
+class Dropout(Layer):
     """Zeroes each element with probability `p` and scales the rest by 1/(1-p) — only while
     a `gradient`/`train` call is recording; the identity otherwise."""
 

@@ -47,7 +47,12 @@ def _lines(obj, depth):
 
 
 def _leaf_repr(obj):
-    return repr(obj) if not callable(obj) or hasattr(obj, "__dict__") else getattr(obj, "__name__", repr(obj))
+    from recur.layers import Layer
+    if isinstance(obj, Layer) and type(obj).__repr__ is Layer.__repr__:
+        return f"{type(obj).__name__}()"     # a container show() does not know
+    if callable(obj) and not hasattr(obj, "__dict__") or isinstance(obj, type(_leaf_repr)):
+        return getattr(obj, "__name__", repr(obj))
+    return repr(obj)
 
 
 def show(model):

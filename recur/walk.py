@@ -12,16 +12,17 @@ _LEAVES = (str, bytes, int, float, complex, bool, type(None), np.ndarray, np.gen
 
 
 def children(obj):
-    """(name, child) pairs of a container or an object's attributes, in a stable order."""
+    """(name, child) pairs of a container or an object's attributes, in a stable order.
+    A class may name its children itself with a `_children()` method."""
     if isinstance(obj, _LEAVES) or callable(obj) and not hasattr(obj, "__dict__"):
         return []
     if isinstance(obj, (list, tuple)):
         return [(str(i), x) for i, x in enumerate(obj)]
     if isinstance(obj, dict):
         return [(str(k), v) for k, v in obj.items()]
-    fields = getattr(obj, "_fields", None)
-    if fields is not None:
-        return [(name, getattr(obj, name)) for name in fields]
+    own = getattr(obj, "_children", None)
+    if own is not None:
+        return own()
     if hasattr(obj, "__dict__"):
         return [(k, v) for k, v in vars(obj).items() if not k.startswith("_")]
     return []
