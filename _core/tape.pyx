@@ -283,6 +283,10 @@ cdef class Tape:
                node.size * (sizeof(double) if node.is_f64 else sizeof(float)))
         return out
 
+    def recorded_ops(self):
+        """Op codes of the nodes on the tape, in order (for tests and profiling)."""
+        return [self.nodes[i].op for i in range(self.n_nodes)]
+
     @property
     def n_nodes_recorded(self):
         return self.n_nodes
@@ -381,6 +385,8 @@ def alias(object parent, object value, index_t offset):
     parent_id = tape.node_of(parent)
     if parent_id < 0:
         return make_tensor(value, None, 0, -1)
+    if offset < 0 or offset + cnp.PyArray_SIZE(<cnp.ndarray?>value) > tape.nodes[parent_id].size:
+        raise ValueError(f"alias block at offset {offset} does not lie inside its input")
     node = tape.append(OP_ALIAS, value, 1, 1, 0, 0)
     node.inputs[0] = parent_id
     node.in_values[0] = tape.nodes[parent_id].value

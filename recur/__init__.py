@@ -13,5 +13,9 @@ from recur.losses import (
     mse, mae, crossentropy, logitcrossentropy, binarycrossentropy, logitbinarycrossentropy,
     huber_loss, kldivergence,
 )
+from recur.optimise import (
+    Descent, Momentum, Nesterov, RMSProp, Adam, ADAM, AdamW, ClipNorm, ClipValue, OptimiserChain,
+    update,
+)
 
 __version__ = "0.1.0"

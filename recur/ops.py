@@ -306,11 +306,11 @@ def logsoftmax(x, axis=-1):
 
 def _view_of(x, value):
     """A Tensor for `value`, a C-contiguous view into x's value: shares x's gradient."""
+    offset = (value.__array_interface__["data"][0]
+              - x._value.__array_interface__["data"][0]) // x._value.itemsize
     if isinstance(x, Param):
         # A Param's memory changes under the optimiser; a view must not.
         value = value.copy()
-    offset = (value.__array_interface__["data"][0]
-              - x._value.__array_interface__["data"][0]) // x._value.itemsize
     return alias(x, value, offset)
 
 
@@ -380,7 +380,9 @@ def getitem(x, key):
         x = Tensor(x)
     value = x._value
     if _is_basic(key):
-        view = value[key]
+        # A trailing Ellipsis makes numpy return a 0-d view instead of a scalar copy.
+        parts = key if isinstance(key, tuple) else (key,)
+        view = value[parts if Ellipsis in parts else parts + (Ellipsis,)]
         if view.flags.c_contiguous:
             return _view_of(x, view)
         return _strided(x, view)
