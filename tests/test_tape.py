@@ -1,0 +1,271 @@
+"""The tape's contract: scope, memory, values, errors, threads."""
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import recur as rc
+from recur._core.tape import thread_tape
+
+
+def test_no_tape_outside_gradient():
+    W = rc.param(np.ones((2, 3)))
+    y = rc.tanh(W @ np.ones(3))
+    assert thread_tape().n_nodes_recorded == 0
+    assert y._tape is None
+
+
+def test_inference_memory_stays_flat():
+    script = textwrap.dedent("""
+        import resource, numpy as np, recur as rc
+        model = rc.Chain(rc.Dense(16, 32, rc.tanh), rc.Dense(32, 4))
+        x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+        def rss_kib():
+            with open("/proc/self/status") as status:
+                return next(int(l.split()[1]) for l in status if l.startswith("VmRSS"))
+        for _ in range(2000):
+            model(x)
+        before = rss_kib()
+        for _ in range(100_000):
+            model(x)
+        print(rss_kib() - before)
+    """)
+    grown_kib = int(subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                   text=True, check=True).stdout)
+    assert grown_kib < 2048, f"100,000 inference calls grew the process by {grown_kib} KiB"
+
+
+def test_gradient_calls_reuse_the_tape_buffers():
+    model = rc.Chain(rc.Dense(8, 16, rc.tanh), rc.Dense(16, 1))
+    x = np.ones((4, 8), np.float32)
+    loss = lambda: rc.mean(model(x))
+    rc.gradient(loss, model)
+    held = thread_tape().arena_bytes
+    for _ in range(50):
+        rc.gradient(loss, model)
+    assert thread_tape().arena_bytes == held
+
+
+def test_values_stay_readable_and_unchanged_after_the_call():
+    W = rc.param(np.arange(6.0).reshape(2, 3))
+    kept = {}
+
+    def loss():
+        kept["h"] = rc.tanh(W * 0.1)
+        kept["row"] = kept["h"][1]
+        return rc.sum(kept["h"])
+
+    rc.gradient(loss, [W])
+    snapshot = kept["h"].numpy().copy(), kept["row"].numpy().copy()
+    for _ in range(3):
+        rc.gradient(lambda: rc.sum(rc.exp(W * 2.0)), [W])
+    np.testing.assert_array_equal(kept["h"].numpy(), snapshot[0])
+    np.testing.assert_array_equal(kept["row"].numpy(), snapshot[1])
+    # Afterwards the value is a constant: using it records nothing.
+    gs = rc.gradient(lambda: rc.sum(kept["h"] * W), [W])
+    np.testing.assert_allclose(gs[W], snapshot[0])
+
+
+def test_values_are_read_only():
+    t = rc.tanh(np.ones(3))
+    with pytest.raises(ValueError):
+        np.asarray(t)[0] = 5
+
+
+def test_nested_gradient_raises():
+    W = rc.param(np.ones(2))
+    with pytest.raises(RuntimeError, match="nested"):
+        rc.gradient(lambda: rc.sum(W) + rc.gradient(lambda: rc.sum(W), [W])[W].sum(), [W])
+    # The outer call cleaned up: gradients work again.
+    assert rc.gradient(lambda: rc.sum(W * 3), [W])[W].tolist() == [3, 3]
+
+
+def test_non_scalar_result_raises():
+    W = rc.param(np.ones(3))
+    with pytest.raises(ValueError, match=r"scalar.*shape \(3,\)"):
+        rc.gradient(lambda: W * 2, [W])
+    with pytest.raises(ValueError, match="scalar"):
+        rc.gradient(lambda: "loss", [W])
+
+
+def test_unused_parameter_gets_none():
+    used, unused = rc.param(np.ones(2)), rc.param(np.ones(2))
+    gs = rc.gradient(lambda: rc.sum(used * 2), [used, unused])
+    assert gs[unused] is None and gs[used].tolist() == [2, 2]
+    # A constant result depends on nothing.
+    loss, gs = rc.value_and_gradient(lambda: 3.0, [used])
+    assert loss == 3.0 and gs[used] is None
+
+
+def test_tied_weight_gets_summed_gradient():
+    shared = rc.Dense(3, 3, dtype=np.float64)
+    model = rc.Chain(shared, rc.tanh, shared)
+    ps = rc.params(model)
+    assert len(ps) == 2
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    gs = rc.gradient(lambda: rc.sum(model(x)), ps)
+    W = shared.W.value
+    h = np.tanh(x @ W.T + shared.b.value)
+    dz = np.ones((2, 3))
+    dh = dz @ W * (1 - h ** 2)
+    np.testing.assert_allclose(gs[shared.W], dz.T @ h + dh.T @ x)
+
+
+def test_value_and_gradient_returns_a_float():
+    W = rc.param(np.full(2, 2.0))
+    loss, gs = rc.value_and_gradient(lambda: rc.sum(W * W), W)
+    assert isinstance(loss, float) and loss == 8.0
+    assert gs[W].tolist() == [4, 4]
+
+
+def test_an_exception_inside_f_leaves_no_tape_behind():
+    W = rc.param(np.ones(2))
+    with pytest.raises(ZeroDivisionError):
+        rc.gradient(lambda: 1 / 0, [W])
+    assert thread_tape().n_nodes_recorded == 0
+    assert rc.gradient(lambda: rc.sum(W), [W])[W].tolist() == [1, 1]
+
+
+def test_long_chains_need_no_recursion():
+    W = rc.param(np.ones(1))
+    def loss():
+        h = W
+        for _ in range(20_000):
+            h = h * 1.0
+        return rc.sum(h)
+    assert rc.gradient(loss, [W])[W].tolist() == [1.0]
+
+
+def _model_and_loss(seed):
+    rng = np.random.default_rng(seed)
+    model = rc.Chain(rc.Dense(256, 256, rc.tanh, dtype=np.float64, rng=rng),
+                     rc.Dense(256, 256, dtype=np.float64, rng=rng))
+    x = rng.standard_normal((256, 256))
+    return model, lambda: rc.mean(rc.square(model(x)))
+
+
+def test_threads_give_the_serial_results():
+    pairs = [_model_and_loss(seed) for seed in (1, 2)]
+    serial = [rc.gradient(loss, model) for model, loss in pairs]
+    results = [None, None]
+
+    def work(k):
+        model, loss = pairs[k]
+        for _ in range(5):
+            results[k] = rc.gradient(loss, model)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (model, _), expected, got in zip(pairs, serial, results):
+        for p in rc.params(model):
+            np.testing.assert_array_equal(got[p], expected[p])
+
+
+def test_kernels_release_the_gil():
+    """While one thread runs a long matrix product, another keeps running Python."""
+    rng = np.random.default_rng(0)
+    W = rc.param(rng.standard_normal((1500, 1500)))
+    x = rng.standard_normal((1500, 1500))
+    start = time.perf_counter()
+    rc.gradient(lambda: rc.sum(x @ W), [W])
+    single = time.perf_counter() - start
+    gaps, done = [], threading.Event()
+
+    def heartbeat():
+        last = time.perf_counter()
+        while not done.is_set():
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    beat = threading.Thread(target=heartbeat)
+    beat.start()
+    rc.gradient(lambda: rc.sum(x @ W), [W])
+    done.set()
+    beat.join()
+    # Holding the GIL through a product would stall the heartbeat for the whole product.
+    assert max(gaps) < single / 3, (max(gaps), single)
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_dense_wrong_feature_size():
+    with pytest.raises(ValueError, match=r"Dense\(3 => 2\).*3 features.*\(4, 5\)"):
+        rc.Dense(3, 2)(np.ones((4, 5)))
+
+
+def test_dense_scalar_input():
+    with pytest.raises(ValueError, match=r"Dense\(3 => 2\).*scalar"):
+        rc.Dense(3, 2)(1.0)
+
+
+@pytest.mark.parametrize("bad", [np.array([1 + 2j]), np.array(["a"]), np.array([object()]),
+                                 "text"])
+def test_non_numeric_input_raises_type_error(bad):
+    with pytest.raises(TypeError, match="dtype|real numbers"):
+        rc.tanh(bad)
+
+
+def test_loss_shape_mismatch():
+    with pytest.raises(ValueError, match=r"mse.*\(3, 2\).*\(2, 3\)"):
+        rc.mse(np.ones((3, 2)), np.ones((2, 3)))
+
+
+def test_unsupported_numpy_function_names_itself():
+    t = rc.Tensor(np.ones((2, 2)))
+    with pytest.raises(TypeError, match="numpy.cumsum"):
+        np.cumsum(t)
+    with pytest.raises(TypeError, match="numpy.sin"):
+        np.sin(t)
+    with pytest.raises(TypeError, match="numpy.add.accumulate"):
+        np.add.accumulate(t)
+
+
+def test_supported_numpy_functions_stay_on_the_tape():
+    W = rc.param(np.array([0.5, -0.2]), np.float64)
+    gs = rc.gradient(lambda: np.sum(np.tanh(W) * np.exp(W)), [W])
+    expected = (1 - np.tanh(W.value) ** 2) * np.exp(W.value) + np.tanh(W.value) * np.exp(W.value)
+    np.testing.assert_allclose(gs[W], expected)
+    a = np.arange(2.0)
+    assert isinstance(a + W, rc.Tensor)
+    assert isinstance(np.concatenate([W, a]), rc.Tensor)
+
+
+def test_matmul_shape_mismatch():
+    with pytest.raises(ValueError, match=r"\(2, 3\) @ \(2, 3\)"):
+        rc.Tensor(np.ones((2, 3))) @ np.ones((2, 3))
+
+
+def test_embedding_bad_indices():
+    e = rc.Embedding(5, 2)
+    with pytest.raises(IndexError, match=r"index 7 is out of range \[0, 5\)"):
+        e(np.array([1, 7]))
+    with pytest.raises(TypeError, match="integer indices"):
+        e(np.array([1.0]))
+
+
+def test_broadcast_mismatch():
+    with pytest.raises(ValueError, match="broadcast"):
+        rc.Tensor(np.ones(3)) + np.ones(4)
+
+
+def test_power_needs_a_scalar_exponent():
+    with pytest.raises(TypeError, match="scalar"):
+        rc.Tensor(np.ones(3)) ** np.ones(3)
+
+
+def test_reshape_error_names_shapes():
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(4,\)"):
+        rc.reshape(rc.Tensor(np.ones((2, 3))), (4,))
+
+
+def test_axis_out_of_range():
+    with pytest.raises(ValueError, match="axis 2"):
+        rc.sum(np.ones((2, 2)), axis=2)
