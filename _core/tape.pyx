@@ -5,7 +5,7 @@ import threading
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memset, memcpy
 from numpy import empty as np_empty
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject
 cimport numpy as cnp
 from recur._core.registry cimport OP_LEAF, OP_ALIAS
 
@@ -80,11 +80,29 @@ cdef void arena_free(Arena* a) noexcept nogil:
 # recur.tensor registers its classes here; the tape creates Tensors and recognises Params.
 cdef object Tensor_type = None
 cdef object Param_type = None
-cdef object make_tensor = None
 
-def set_tensor_types(tensor_type, param_type, factory):
-    global Tensor_type, Param_type, make_tensor
-    Tensor_type, Param_type, make_tensor = tensor_type, param_type, factory
+def set_tensor_types(tensor_type, param_type):
+    global Tensor_type, Param_type
+    Tensor_type, Param_type = tensor_type, param_type
+
+cdef extern from "Python.h":
+    # object.__new__ without the Python-level call: Tensors are made on every op.
+    object PyBaseObject_Type_new "PyBaseObject_Type.tp_new"(PyTypeObject* cls, object args,
+                                                           object kwargs)
+
+cdef object make_tensor(object value, object tape, long epoch, index_t node):
+    # Tensor values are read-only: the tape and other Tensors may share their memory.
+    cnp.PyArray_CLEARFLAGS(<cnp.ndarray?>value, cnp.NPY_ARRAY_WRITEABLE)
+    t = PyBaseObject_Type_new(<PyTypeObject*>Tensor_type, (), None)
+    t._value = value
+    t._tape = tape
+    t._epoch = epoch
+    t._node = node
+    return t
+
+def tensor_of(value):
+    """An unrecorded Tensor owning `value` (a fresh C-contiguous float array)."""
+    return make_tensor(value, None, 0, -1)
 
 cdef object constant(object value):
     return make_tensor(value, None, 0, -1)

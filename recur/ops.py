@@ -130,6 +130,13 @@ def where(cond, a, b):
 # ---------------------------------------------------------------- elementwise functions
 
 def _unary(op, fn, x, reals=()):
+    if type(x) is Tensor:
+        # The common case inside a model, kept short: the op's overhead is the point.
+        value = x._value
+        out = fn(value)
+        if type(out) is not np.ndarray:
+            out = np.asarray(out)
+        return record(op, out, (x,), (value,), (), reals)
     dtype = result_dtype(x)
     value, x = _operand(x, dtype)
     out = _contiguous(fn(value))

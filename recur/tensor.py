@@ -30,10 +30,7 @@ class Tensor:
     def value(self):
         return self._value
 
-    @staticmethod
-    def _constant(value):
-        """An unrecorded Tensor that takes ownership of a fresh array (no copy)."""
-        return _make(value, None, 0, -1)
+    _constant = staticmethod(_tape.tensor_of)   # takes ownership of a fresh array, no copy
 
     # ------------------------------------------------------------ array-like
     shape = property(lambda self: self._value.shape)
@@ -165,17 +162,7 @@ def param(array, dtype=None):
     return Param(array, dtype)
 
 
-def _make(value, tape, epoch, node):
-    value.flags.writeable = False   # the tape and other Tensors may share this memory
-    t = Tensor.__new__(Tensor)
-    t._value = value
-    t._tape = tape
-    t._epoch = epoch
-    t._node = node
-    return t
-
-
-_tape.set_tensor_types(Tensor, Param, _make)
+_tape.set_tensor_types(Tensor, Param)
 
 _ops_module = None
 
@@ -208,20 +195,34 @@ def float_dtype(dtype):
     raise TypeError(f"recur computes on float32/float64 numbers; got an array of dtype {dtype}")
 
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
 def result_dtype(*xs):
     """float64 if any operand is a float64 array or tensor, else float32. Python scalars and
     integer/bool arrays adopt the other operands' float type."""
-    result = np.dtype(np.float32)
+    result = _F32
     for x in xs:
-        if isinstance(x, (bool, numbers.Integral, float)) and not isinstance(x, np.generic):
+        kind = type(x)
+        if kind is Tensor or kind is Param or kind is np.ndarray:
+            dtype = x.dtype
+            if dtype is _F64:
+                result = _F64
+                continue
+            if dtype is _F32:
+                continue
+        elif kind is float or kind is int or kind is bool:
             continue
-        if isinstance(x, (complex, str, bytes)):
+        elif isinstance(x, (complex, str, bytes)):
             raise TypeError(f"recur computes on real numbers; got {type(x).__name__} {x!r}")
-        dtype = _dtype_of(x)
-        if dtype is None:
-            dtype = np.asarray(x).dtype
-        if float_dtype(dtype) == np.float64:
-            result = np.dtype(np.float64)
+        else:
+            dtype = _dtype_of(x)
+            if dtype is None:
+                if isinstance(x, numbers.Real) and not isinstance(x, np.generic):
+                    continue
+                dtype = as_array(x).dtype
+        if float_dtype(dtype) == _F64:
+            result = _F64
     return result
 
 
