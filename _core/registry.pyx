@@ -4,6 +4,7 @@ from recur._core.tape cimport register_backward
 from recur._core cimport ops_elementwise as elementwise
 from recur._core cimport ops_shape as shape
 from recur._core cimport ops_dense as dense
+from recur._core cimport ops_rnn as rnn
 
 register_backward(OP_CAST, elementwise.cast_backward)
 for op in (OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_WHERE):
@@ -21,6 +22,10 @@ register_backward(OP_CONCAT, shape.concat_backward)
 
 register_backward(OP_MATMUL, dense.matmul_backward)
 register_backward(OP_DENSE, dense.dense_backward)
+
+for op in (OP_RNN_STEP, OP_LSTM_STEP, OP_GRU_STEP, OP_GRUV3_STEP,
+           OP_RNN_SEQ, OP_LSTM_SEQ, OP_GRU_SEQ, OP_GRUV3_SEQ):
+    register_backward(op, rnn.recurrent_backward)
 
 # Op codes by name, for the Python side (recur/ops.py) and the registry-driven tests.
 CODES = {name: code for name, code in (

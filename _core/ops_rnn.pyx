@@ -1,0 +1,629 @@
+# Recurrent cells as fused tape nodes, forward and backward side by side.
+#
+# One kernel runs a whole sequence X (T, B, in); a single cell step is the case T = 1, so
+# `cell(state, x)` and `m(X)` share every line below. Forward: one GEMM projects every
+# step's input at once (bias folded in), then per step one GEMM for the recurrence and one
+# elementwise pass for the gates. Backward: per step in reverse, an elementwise pass and
+# one GEMM into dh; after the loop, whole-sequence GEMMs for dWi, dWh (against the states
+# each step saw, h[t-1]) and dX, and db as a column sum.
+#
+# Row-major layout, H = hidden size. Gate blocks of Wi and b: RNN [a], LSTM [i f g o],
+# GRU and GRUv3 [r z n]; Wh has the same blocks except GRUv3's [r z].
+#   value   Y (T, B, H); the LSTM appends c_T: (T + 1, B, H)
+#   inputs  0 X, 1 h0, 2 c0, 3 Wi, 4 Wh, 5 b, 6 Wh_h   (slots a cell lacks stay -1)
+#   ints    cell, act, T, B, n_in, H, h0 broadcast, c0 broadcast
+#   saved   [0] the node's Buffers
+from libc.math cimport tanh, tanhf, exp, expf
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+from cython cimport floating
+cimport numpy as cnp
+import numpy as np
+from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant
+from recur._core.tape import alias
+from recur._core.blas cimport gemm, blas_int
+from recur._core.ops_dense cimport activate, activation_grad
+from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
+
+cnp.import_array()
+
+RNN, LSTM, GRU, GRUV3 = CELL_RNN, CELL_LSTM, CELL_GRU, CELL_GRUV3
+
+cdef enum:
+    N_INPUTS = 7
+    N_INTS = 8
+    IN_X = 0
+    IN_H0 = 1
+    IN_C0 = 2
+    IN_WI = 3
+    IN_WH = 4
+    IN_B = 5
+    IN_WH_H = 6
+
+
+ctypedef struct Dims:
+    int cell
+    int act                # ACT_* of ops_dense.pxd (RNN only)
+    index_t T, B, n_in, H
+    bint h_broadcast       # h0 is unbatched (H,) against a batch of B rows
+    bint c_broadcast
+
+
+# The working memory of one node: one block carved into named buffers, NULL where a cell
+# needs none. Buffers marked [t] keep every step while recording, for backward; otherwise
+# they hold one step and each step overwrites the last (their step stride is 0).
+ctypedef struct Buffers:
+    void* gates            # (T, B, G·H) input projections, then the activated gates; RNN: Y
+    void* cells            # LSTM: c_t [t]
+    void* hidden           # GRU: h Wh_nᵀ [t];  GRUv3: r ⊙ h [t]
+    void* hidden_proj      # GRU: h Whᵀ of the current step (B, 3H)
+    void* h0               # the initial h as (B, H): the input itself or its broadcast rows
+    void* c0               # LSTM: the initial c, likewise
+    void* d_gates          # backward: gradient of the gate pre-activations (T, B, G·H)
+    void* d_hidden_proj    # backward: gradient of h Whᵀ; GRU (T, B, 3H), others d_gates
+    void* dh               # backward: gradient reaching h_t (B, H)
+    void* dc               # backward, LSTM: gradient reaching c_t (B, H)
+    void* d_reset          # backward, GRUv3: gradient of r ⊙ h (B, H)
+
+
+cdef inline index_t input_blocks(int cell) noexcept nogil:
+    return 1 if cell == CELL_RNN else 4 if cell == CELL_LSTM else 3
+
+
+cdef inline index_t hidden_blocks(int cell) noexcept nogil:
+    return 1 if cell == CELL_RNN else 4 if cell == CELL_LSTM else 3 if cell == CELL_GRU else 2
+
+
+cdef inline void* take(char* block, size_t* used, size_t nbytes) noexcept nogil:
+    cdef void* p = NULL
+    if nbytes > 0:
+        if block != NULL:
+            p = block + used[0]
+        used[0] += (nbytes + 63) & ~(<size_t>63)     # cache-line aligned buffers
+    return p
+
+
+cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t itemsize,
+                  void* Y, void* h0, void* c0) noexcept nogil:
+    """Lays the buffers out in `block` and returns the bytes they take (measure first with
+    `block` NULL). Y, h0 and c0 are the node's value and initial states."""
+    cdef size_t used = 0
+    cdef size_t step = itemsize * d.B * d.H
+    cdef size_t kept = step * (d.T if recording else 1)
+    cdef size_t all_gates = itemsize * d.T * d.B * input_blocks(d.cell) * d.H
+    cdef int cell = d.cell
+    memset(w, 0, sizeof(Buffers))
+    w.gates = Y if cell == CELL_RNN else take(block, &used, all_gates)
+    w.cells = take(block, &used, kept if cell == CELL_LSTM else 0)
+    w.hidden = take(block, &used, kept if cell == CELL_GRU or cell == CELL_GRUV3 else 0)
+    w.hidden_proj = take(block, &used, 3 * step if cell == CELL_GRU else 0)
+    w.h0 = take(block, &used, step) if d.h_broadcast else h0
+    w.c0 = take(block, &used, step) if d.c_broadcast else c0
+    if recording:
+        w.d_gates = take(block, &used, all_gates)
+        w.d_hidden_proj = (take(block, &used, 3 * d.T * step) if cell == CELL_GRU
+                           else w.d_gates)
+        w.dh = take(block, &used, step)
+        w.dc = take(block, &used, step if cell == CELL_LSTM else 0)
+        w.d_reset = take(block, &used, step if cell == CELL_GRUV3 else 0)
+    return used
+
+
+cdef inline floating logistic(floating v) noexcept nogil:
+    if floating is float:
+        return 1 / (1 + expf(-v))
+    else:
+        return 1 / (1 + exp(-v))
+
+
+cdef inline floating tanh_of(floating v) noexcept nogil:
+    if floating is float:
+        return tanhf(v)
+    else:
+        return tanh(v)
+
+
+cdef void copy_rows(index_t rows, index_t n, const floating* row, floating* out) noexcept nogil:
+    cdef index_t r
+    for r in range(rows):
+        memcpy(out + r * n, row, n * sizeof(floating))
+
+
+# ---------------------------------------------------------------- Python entry points
+
+def step(layer, int cell, int act, x, h, c, Wi, Wh, b, Wh_h):
+    """One step of `cell` (RNN, LSTM, GRU or GRUV3): h' as a Tensor, or (h', c') for the
+    LSTM. `x` is (in,) or (B, in); `h`, `c` are (H,) or (B, H), an unbatched state
+    broadcasting over the batch. Arguments are Tensors, Params or C-contiguous arrays of one
+    float dtype; `c` and `Wh_h` are None for the cells without them. `layer` names the cell
+    in error messages."""
+    return run(layer, cell, act, False, x, h, c, Wi, Wh, b, Wh_h)
+
+
+def sequence(layer, int cell, int act, X, h, c, Wi, Wh, b, Wh_h):
+    """The whole sequence X (T, B, in) through `cell`: (Y (T, B, H), h_T), or
+    (Y, (h_T, c_T)) for the LSTM. Otherwise as `step`."""
+    return run(layer, cell, act, True, X, h, c, Wi, Wh, b, Wh_h)
+
+
+cdef inline cnp.ndarray value_of(object x):
+    # Callers pass ndarrays, or Tensors and Params, which keep their array in `_value`.
+    return <cnp.ndarray?>(x if isinstance(x, cnp.ndarray) else x._value)
+
+
+cdef object run(object layer, int cell, int act, bint is_sequence, object x, object h,
+                object c, object Wi, object Wh, object b, object Wh_h):
+    cdef bint lstm = cell == CELL_LSTM
+    cdef list objects = [x, h, c if lstm else None, Wi, Wh, b,
+                         Wh_h if cell == CELL_GRUV3 else None]
+    cdef list arrays = [None if o is None else value_of(o) for o in objects]
+    cdef cnp.ndarray X_value = arrays[IN_X]
+    cdef cnp.ndarray value
+    cdef Dims d
+    cdef bint batched
+    cdef Tape tape
+    cdef Node* node
+    cdef Buffers local
+    cdef Buffers* w = &local
+    cdef char* block
+    cdef size_t nbytes, itemsize
+    cdef index_t ids[N_INPUTS]
+    cdef index_t i, BH
+    cdef bint recording = False
+    cdef void* data[N_INPUTS]
+
+    d.cell = cell
+    d.act = act
+    check_weights(layer, cell, arrays, &d)
+    if is_sequence:
+        if X_value.ndim != 3:
+            raise ValueError(f"{layer!r}: a sequence must have shape (time, batch, features), "
+                             f"got shape {(<object>X_value).shape}")
+        d.T, d.B, batched = X_value.shape[0], X_value.shape[1], True
+    elif X_value.ndim == 1 or X_value.ndim == 2:
+        batched = X_value.ndim == 2
+        d.T, d.B = 1, X_value.shape[0] if batched else 1
+    else:
+        raise ValueError(f"{layer!r}: one step takes an input of shape (features,) or "
+                         f"(batch, features), got shape {(<object>X_value).shape}; pass a "
+                         "(time, batch, features) sequence to a recurrent layer")
+    if X_value.shape[X_value.ndim - 1] != d.n_in:
+        raise ValueError(f"{layer!r} expects {d.n_in} features in the last axis of its "
+                         f"input, got shape {(<object>X_value).shape}")
+    d.h_broadcast = broadcasts(layer, "h", arrays[IN_H0], &d, batched)
+    d.c_broadcast = lstm and broadcasts(layer, "c", arrays[IN_C0], &d, batched)
+    check_layout(layer, arrays)
+    blas_int(d.T * d.B)
+    blas_int(input_blocks(cell) * d.H)
+    blas_int(d.n_in)
+
+    if is_sequence and d.T == 0:
+        empty = np.empty((0, d.B, d.H), dtype=X_value.dtype)
+        return constant(empty), ((h, c) if lstm else h)
+    if is_sequence:
+        shape = (d.T + lstm, d.B, d.H)
+    else:
+        shape = ((2,) if lstm else ()) + (<tuple>(d.B, d.H) if batched else (d.H,))
+    value = np.empty(shape, dtype=X_value.dtype)
+    itemsize = X_value.itemsize
+    for i in range(N_INPUTS):
+        data[i] = NULL if arrays[i] is None else cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
+
+    tape = recording_tape()
+    if tape is not None:
+        for i in range(N_INPUTS):
+            ids[i] = tape.node_of(objects[i])
+            recording = recording or ids[i] >= 0
+    nbytes = carve(w, NULL, &d, recording, itemsize, NULL, NULL, NULL)
+    if recording:
+        w = <Buffers*>tape.meta_alloc(sizeof(Buffers))
+        block = <char*>tape.scratch(nbytes)
+    else:
+        block = <char*>malloc(nbytes if nbytes > 0 else 1)
+        if block == NULL:
+            raise MemoryError()
+    carve(w, block, &d, recording, itemsize, cnp.PyArray_DATA(value), data[IN_H0],
+          data[IN_C0])
+    if itemsize == sizeof(double):
+        with nogil:
+            recurrent_forward[double](&d, w, recording, <double*>data[IN_X],
+                                      <double*>data[IN_H0], <double*>data[IN_C0],
+                                      <double*>data[IN_WI], <double*>data[IN_WH],
+                                      <double*>data[IN_B], <double*>data[IN_WH_H],
+                                      <double*>cnp.PyArray_DATA(value))
+    else:
+        with nogil:
+            recurrent_forward[float](&d, w, recording, <float*>data[IN_X],
+                                     <float*>data[IN_H0], <float*>data[IN_C0],
+                                     <float*>data[IN_WI], <float*>data[IN_WH],
+                                     <float*>data[IN_B], <float*>data[IN_WH_H],
+                                     <float*>cnp.PyArray_DATA(value))
+    if recording:
+        node = tape.append((OP_RNN_SEQ if is_sequence else OP_RNN_STEP) + cell, value,
+                           N_INPUTS, N_INTS, 0, 1)
+        for i in range(N_INPUTS):
+            if arrays[i] is not None:
+                tape.set_input(node, i, ids[i], arrays[i])
+        node.ints[0] = d.cell; node.ints[1] = d.act; node.ints[2] = d.T; node.ints[3] = d.B
+        node.ints[4] = d.n_in; node.ints[5] = d.H
+        node.ints[6] = d.h_broadcast; node.ints[7] = d.c_broadcast
+        node.saved[0] = w
+        parent = tape.tensor(value, tape.n_nodes - 1)
+    else:
+        free(block)
+        parent = constant(value)
+
+    # The outputs are blocks of the node's value (alias nodes: no copies, no backward work).
+    BH = d.B * d.H
+    if not is_sequence:
+        return (alias(parent, value[0], 0), alias(parent, value[1], BH)) if lstm else parent
+    h_last = alias(parent, value[d.T - 1], (d.T - 1) * BH)
+    if lstm:
+        return alias(parent, value[:d.T], 0), (h_last, alias(parent, value[d.T], d.T * BH))
+    return parent, h_last
+
+
+cdef int check_weights(object layer, int cell, list arrays, Dims* d) except -1:
+    cdef cnp.ndarray Wi = arrays[IN_WI], Wh = arrays[IN_WH], b = arrays[IN_B]
+    cdef cnp.ndarray Wh_h = arrays[IN_WH_H]
+    cdef index_t G = input_blocks(cell), Gh = hidden_blocks(cell), H
+    if Wi.ndim == 2 and Wh.ndim == 2 and b.ndim == 1:
+        H = Wh.shape[1]
+        if (Wi.shape[0] == G * H and Wh.shape[0] == Gh * H and b.shape[0] == G * H
+                and (Wh_h is None or Wh_h.ndim == 2 and Wh_h.shape[0] == H
+                     and Wh_h.shape[1] == H)):
+            d.H, d.n_in = H, Wi.shape[1]
+            return 0
+    shapes = ", ".join(f"{name} {(<object>a).shape}" for name, a in
+                       zip(("Wi", "Wh", "b", "Wh_h"), arrays[IN_WI:]) if a is not None)
+    expected = f"Wi ({G}·out, in), Wh ({Gh}·out, out), b ({G}·out,)"
+    raise ValueError(f"{layer!r}: its weights {shapes} do not form the cell; expected "
+                     f"{expected}" + (", Wh_h (out, out)" if Wh_h is not None else ""))
+
+
+cdef bint broadcasts(object layer, str name, cnp.ndarray state, const Dims* d,
+                     bint batched) except -1:
+    """Whether `state` is unbatched (H,) against a batch; raises if it fits no batch."""
+    if state.ndim == 1 and state.shape[0] == d.H:
+        return batched
+    if batched and state.ndim == 2 and state.shape[0] == d.B and state.shape[1] == d.H:
+        return False
+    expected = f"({d.H},) or ({d.B}, {d.H})" if batched else f"({d.H},) for a single input"
+    raise ValueError(f"{layer!r}: state {name} has shape {(<object>state).shape}; expected "
+                     f"{expected}")
+
+
+cdef int check_layout(object layer, list arrays) except -1:
+    cdef cnp.ndarray a
+    cdef int dtype = cnp.PyArray_TYPE(<cnp.ndarray>arrays[IN_WI])
+    if dtype != cnp.NPY_FLOAT and dtype != cnp.NPY_DOUBLE:
+        raise TypeError(f"{layer!r}: weights must be float32 or float64, got "
+                        f"{(<object>arrays[IN_WI]).dtype}")
+    for a in arrays:
+        if a is None:
+            continue
+        if cnp.PyArray_TYPE(a) != dtype:
+            raise TypeError(f"{layer!r}: inputs, states and weights must share one dtype; "
+                            f"got {(<object>a).dtype} with weights of "
+                            f"{(<object>arrays[IN_WI]).dtype}")
+        if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+            raise ValueError(f"{layer!r}: arrays must be C-contiguous")
+    return 0
+
+
+# ---------------------------------------------------------------- forward
+
+cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording,
+                            const floating* X, const floating* h0, const floating* c0,
+                            const floating* Wi, const floating* Wh, const floating* b,
+                            const floating* Wh_h, floating* Y) noexcept nogil:
+    cdef index_t T = d.T, B = d.B, H = d.H, BH = d.B * d.H
+    cdef index_t GH = input_blocks(d.cell) * H
+    cdef index_t kept_stride = BH if recording else 0
+    cdef floating* gates = <floating*>w.gates
+    cdef floating* cells = <floating*>w.cells
+    cdef floating* hidden = <floating*>w.hidden
+    cdef floating* hidden_proj = <floating*>w.hidden_proj
+    cdef const floating* h_prev = <floating*>w.h0
+    cdef const floating* c_prev = <floating*>w.c0
+    cdef floating* gates_t
+    cdef floating* y_t
+    cdef index_t t
+    if d.h_broadcast:
+        copy_rows(B, H, h0, <floating*>w.h0)
+    if d.c_broadcast:
+        copy_rows(B, H, c0, <floating*>w.c0)
+    # Every step's input projection in one GEMM, on top of the bias.
+    copy_rows(T * B, GH, b, gates)
+    gemm(False, True, T * B, GH, d.n_in, 1, X, d.n_in, Wi, d.n_in, 1, gates, GH)
+    for t in range(T):
+        gates_t = gates + t * B * GH
+        y_t = Y + t * BH
+        if d.cell == CELL_RNN:          # the gates are y_t itself
+            gemm(False, True, B, H, H, 1, h_prev, H, Wh, H, 1, y_t, H)
+            activate(d.act, BH, y_t)
+        elif d.cell == CELL_LSTM:
+            gemm(False, True, B, 4 * H, H, 1, h_prev, H, Wh, H, 1, gates_t, 4 * H)
+            lstm_forward(B, H, gates_t, c_prev, cells + t * kept_stride, y_t)
+            c_prev = cells + t * kept_stride
+        elif d.cell == CELL_GRU:
+            gemm(False, True, B, 3 * H, H, 1, h_prev, H, Wh, H, 0, hidden_proj, 3 * H)
+            gru_forward(B, H, gates_t, hidden_proj, h_prev, hidden + t * kept_stride, y_t)
+        else:
+            gemm(False, True, B, 2 * H, H, 1, h_prev, H, Wh, H, 1, gates_t, 3 * H)
+            gruv3_reset_forward(B, H, gates_t, h_prev, hidden + t * kept_stride)
+            gemm(False, True, B, H, H, 1, hidden + t * kept_stride, H, Wh_h, H,
+                 1, gates_t + 2 * H, 3 * H)
+            gruv3_output_forward(B, H, gates_t, h_prev, y_t)
+        h_prev = y_t
+    if d.cell == CELL_LSTM:
+        memcpy(Y + T * BH, c_prev, BH * sizeof(floating))
+
+
+cdef void lstm_forward(index_t B, index_t H, floating* gates, const floating* c_prev,
+                       floating* c, floating* h) noexcept nogil:
+    # c' = s(f) c + s(i) tanh(g),  h' = s(o) tanh(c'); activated gates replace their inputs.
+    cdef index_t r, j, k
+    cdef floating* g
+    cdef floating i_gate, f_gate, candidate, o_gate
+    for r in range(B):
+        g = gates + r * 4 * H
+        for j in range(H):
+            k = r * H + j
+            i_gate = logistic(g[j])
+            f_gate = logistic(g[H + j])
+            candidate = tanh_of(g[2 * H + j])
+            o_gate = logistic(g[3 * H + j])
+            g[j] = i_gate
+            g[H + j] = f_gate
+            g[2 * H + j] = candidate
+            g[3 * H + j] = o_gate
+            c[k] = f_gate * c_prev[k] + i_gate * candidate
+            h[k] = o_gate * tanh_of(c[k])
+
+
+cdef void gru_forward(index_t B, index_t H, floating* gates, const floating* hidden_proj,
+                      const floating* h_prev, floating* hidden_n, floating* h) noexcept nogil:
+    # r, z = s(x part + h part),  n = tanh(x Wi_nᵀ + b_n + r ⊙ (h Wh_nᵀ)),
+    # h' = (1 - z) n + z h. Backward needs h Wh_nᵀ: kept in hidden_n.
+    cdef index_t r, j, k
+    cdef floating* g
+    cdef const floating* p
+    cdef floating reset, update, candidate
+    for r in range(B):
+        g = gates + r * 3 * H
+        p = hidden_proj + r * 3 * H
+        for j in range(H):
+            k = r * H + j
+            reset = logistic(g[j] + p[j])
+            update = logistic(g[H + j] + p[H + j])
+            candidate = tanh_of(g[2 * H + j] + reset * p[2 * H + j])
+            g[j] = reset
+            g[H + j] = update
+            g[2 * H + j] = candidate
+            hidden_n[k] = p[2 * H + j]
+            h[k] = (1 - update) * candidate + update * h_prev[k]
+
+
+cdef void gruv3_reset_forward(index_t B, index_t H, floating* gates, const floating* h_prev,
+                              floating* reset_h) noexcept nogil:
+    # r, z = s(·); r ⊙ h is the input of the candidate's own matrix Wh_h.
+    cdef index_t r, j, k
+    cdef floating* g
+    for r in range(B):
+        g = gates + r * 3 * H
+        for j in range(H):
+            k = r * H + j
+            g[j] = logistic(g[j])
+            g[H + j] = logistic(g[H + j])
+            reset_h[k] = g[j] * h_prev[k]
+
+
+cdef void gruv3_output_forward(index_t B, index_t H, floating* gates, const floating* h_prev,
+                               floating* h) noexcept nogil:
+    # n = tanh(x Wi_nᵀ + b_n + (r ⊙ h) Wh_hᵀ),  h' = (1 - z) n + z h.
+    cdef index_t r, j, k
+    cdef floating* g
+    for r in range(B):
+        g = gates + r * 3 * H
+        for j in range(H):
+            k = r * H + j
+            g[2 * H + j] = tanh_of(g[2 * H + j])
+            h[k] = (1 - g[H + j]) * g[2 * H + j] + g[H + j] * h_prev[k]
+
+
+# ---------------------------------------------------------------- backward
+
+cdef void recurrent_backward(Node* node, Node* nodes) noexcept nogil:
+    if node.is_f64:
+        backward_kernel[double](node, nodes, <double*>node.grad)
+    else:
+        backward_kernel[float](node, nodes, <float*>node.grad)
+
+
+cdef Dims dims_of(const Node* node) noexcept nogil:
+    cdef Dims d
+    d.cell = <int>node.ints[0]
+    d.act = <int>node.ints[1]
+    d.T, d.B, d.n_in, d.H = node.ints[2], node.ints[3], node.ints[4], node.ints[5]
+    d.h_broadcast, d.c_broadcast = node.ints[6], node.ints[7]
+    return d
+
+
+cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept nogil:
+    cdef Dims d = dims_of(node)
+    cdef const Buffers* w = <Buffers*>node.saved[0]
+    cdef index_t T = d.T, B = d.B, H = d.H, n_in = d.n_in, BH = d.B * d.H
+    cdef index_t GH = input_blocks(d.cell) * H, hidden_GH = hidden_blocks(d.cell) * H
+    cdef index_t ld_hidden = 3 * H if d.cell == CELL_GRU else GH
+    cdef index_t* inputs = node.inputs
+    cdef const floating* X = <floating*>node.in_values[IN_X]
+    cdef const floating* Wi = <floating*>node.in_values[IN_WI]
+    cdef const floating* Wh = <floating*>node.in_values[IN_WH]
+    cdef const floating* Y = <floating*>node.value
+    cdef const floating* gates = <floating*>w.gates
+    cdef const floating* cells = <floating*>w.cells
+    cdef const floating* hidden = <floating*>w.hidden
+    cdef const floating* h0 = <floating*>w.h0
+    cdef floating* d_gates = <floating*>w.d_gates
+    cdef floating* d_hidden = <floating*>w.d_hidden_proj
+    cdef floating* dh = <floating*>w.dh
+    cdef floating* dc = <floating*>w.dc
+    cdef const floating* h_prev
+    cdef index_t t
+    memset(dh, 0, BH * sizeof(floating))
+    if d.cell == CELL_LSTM:
+        memcpy(dc, dY + T * BH, BH * sizeof(floating))     # the gradient of c_T
+    for t in range(T - 1, -1, -1):
+        h_prev = Y + (t - 1) * BH if t > 0 else h0
+        # h_t is both this step's output and the next step's state.
+        add_to(BH, dY + t * BH, dh)
+        if d.cell == CELL_RNN:
+            activation_grad(d.act, BH, Y + t * BH, dh, d_gates + t * B * GH)
+        elif d.cell == CELL_LSTM:
+            lstm_backward(B, H, gates + t * B * GH,
+                          cells + (t - 1) * BH if t > 0 else <floating*>w.c0,
+                          cells + t * BH, dh, dc, d_gates + t * B * GH)
+        elif d.cell == CELL_GRU:
+            gru_backward(B, H, gates + t * B * GH, hidden + t * BH, h_prev, dh,
+                         d_gates + t * B * GH, d_hidden + t * B * ld_hidden)
+        else:
+            gruv3_output_backward(B, H, gates + t * B * GH, h_prev, dh, d_gates + t * B * GH)
+            gemm(False, False, B, H, H, 1, d_gates + t * B * GH + 2 * H, 3 * H,
+                 <floating*>node.in_values[IN_WH_H], H, 0, <floating*>w.d_reset, H)
+            gruv3_reset_backward(B, H, gates + t * B * GH, h_prev, <floating*>w.d_reset, dh,
+                                 d_gates + t * B * GH)
+        if t > 0 or inputs[IN_H0] >= 0:
+            # RNN and LSTM reach h only through h Whᵀ; the GRUs' direct paths are in dh.
+            gemm(False, False, B, H, hidden_GH, 1, d_hidden + t * B * ld_hidden, ld_hidden,
+                 Wh, H, 0 if d.cell == CELL_RNN or d.cell == CELL_LSTM else 1, dh, H)
+    if inputs[IN_H0] >= 0:
+        add_state_grad(d.h_broadcast, B, H, dh, <floating*>nodes[inputs[IN_H0]].grad)
+    if d.cell == CELL_LSTM and inputs[IN_C0] >= 0:
+        add_state_grad(d.c_broadcast, B, H, dc, <floating*>nodes[inputs[IN_C0]].grad)
+
+    # Whole-sequence weight gradients: every step's rows in one GEMM each.
+    if inputs[IN_WI] >= 0:
+        gemm(True, False, GH, n_in, T * B, 1, d_gates, GH, X, n_in,
+             1, <floating*>nodes[inputs[IN_WI]].grad, n_in)
+    if inputs[IN_WH] >= 0:        # step 0 saw h0, step t > 0 saw Y[t - 1]
+        gemm(True, False, hidden_GH, H, B, 1, d_hidden, ld_hidden, h0, H,
+             1, <floating*>nodes[inputs[IN_WH]].grad, H)
+        gemm(True, False, hidden_GH, H, (T - 1) * B, 1, d_hidden + B * ld_hidden, ld_hidden,
+             Y, H, 1, <floating*>nodes[inputs[IN_WH]].grad, H)
+    if d.cell == CELL_GRUV3 and inputs[IN_WH_H] >= 0:     # the n block against r ⊙ h
+        gemm(True, False, H, H, T * B, 1, d_gates + 2 * H, 3 * H, hidden, H,
+             1, <floating*>nodes[inputs[IN_WH_H]].grad, H)
+    if inputs[IN_B] >= 0:
+        add_column_sums(T * B, GH, d_gates, <floating*>nodes[inputs[IN_B]].grad)
+    if inputs[IN_X] >= 0:
+        gemm(False, False, T * B, n_in, GH, 1, d_gates, GH, Wi, n_in,
+             1, <floating*>nodes[inputs[IN_X]].grad, n_in)
+
+
+cdef void add_to(index_t n, const floating* src, floating* dst) noexcept nogil:
+    cdef index_t k
+    for k in range(n):
+        dst[k] += src[k]
+
+
+cdef void add_column_sums(index_t rows, index_t n, const floating* m, floating* out) noexcept nogil:
+    cdef index_t r
+    for r in range(rows):
+        add_to(n, m + r * n, out)
+
+
+cdef void add_state_grad(bint broadcast, index_t B, index_t H, const floating* d_state,
+                         floating* grad) noexcept nogil:
+    # An unbatched state served every row of the batch: its gradient is the batch sum.
+    if broadcast:
+        add_column_sums(B, H, d_state, grad)
+    else:
+        add_to(B * H, d_state, grad)
+
+
+cdef void lstm_backward(index_t B, index_t H, const floating* gates, const floating* c_prev,
+                        const floating* c, const floating* dh, floating* dc,
+                        floating* d_gates) noexcept nogil:
+    # c' reaches the loss directly (dc) and through h' = o tanh(c'); dc leaves as the
+    # gradient of c, dc' f.
+    cdef index_t r, j, k
+    cdef const floating* g
+    cdef floating* dg
+    cdef floating i_gate, f_gate, candidate, o_gate, tanh_c, dc_total
+    for r in range(B):
+        g = gates + r * 4 * H
+        dg = d_gates + r * 4 * H
+        for j in range(H):
+            k = r * H + j
+            i_gate, f_gate, candidate, o_gate = g[j], g[H + j], g[2 * H + j], g[3 * H + j]
+            tanh_c = tanh_of(c[k])
+            dc_total = dc[k] + dh[k] * o_gate * (1 - tanh_c * tanh_c)
+            dg[j] = dc_total * candidate * i_gate * (1 - i_gate)
+            dg[H + j] = dc_total * c_prev[k] * f_gate * (1 - f_gate)
+            dg[2 * H + j] = dc_total * i_gate * (1 - candidate * candidate)
+            dg[3 * H + j] = dh[k] * tanh_c * o_gate * (1 - o_gate)
+            dc[k] = dc_total * f_gate
+
+
+cdef void gru_backward(index_t B, index_t H, const floating* gates, const floating* hidden_n,
+                       const floating* h_prev, floating* dh, floating* d_gates,
+                       floating* d_hidden_proj) noexcept nogil:
+    # The n block enters the input projection as is and the hidden one scaled by r; dh
+    # leaves holding the direct path of h' = (1 - z) n + z h, the GEMM adds the rest.
+    cdef index_t r, j, k
+    cdef const floating* g
+    cdef floating* dg
+    cdef floating* dp
+    cdef floating reset, update, candidate, d_candidate
+    for r in range(B):
+        g = gates + r * 3 * H
+        dg = d_gates + r * 3 * H
+        dp = d_hidden_proj + r * 3 * H
+        for j in range(H):
+            k = r * H + j
+            reset, update, candidate = g[j], g[H + j], g[2 * H + j]
+            d_candidate = dh[k] * (1 - update) * (1 - candidate * candidate)
+            dg[j] = d_candidate * hidden_n[k] * reset * (1 - reset)
+            dg[H + j] = dh[k] * (h_prev[k] - candidate) * update * (1 - update)
+            dg[2 * H + j] = d_candidate
+            dp[j] = dg[j]
+            dp[H + j] = dg[H + j]
+            dp[2 * H + j] = d_candidate * reset
+            dh[k] = dh[k] * update
+
+
+cdef void gruv3_output_backward(index_t B, index_t H, const floating* gates,
+                                const floating* h_prev, const floating* dh,
+                                floating* d_gates) noexcept nogil:
+    # The z and n blocks; r needs the gradient of r ⊙ h, a GEMM away.
+    cdef index_t r, j, k
+    cdef const floating* g
+    cdef floating* dg
+    cdef floating update, candidate
+    for r in range(B):
+        g = gates + r * 3 * H
+        dg = d_gates + r * 3 * H
+        for j in range(H):
+            k = r * H + j
+            update, candidate = g[H + j], g[2 * H + j]
+            dg[H + j] = dh[k] * (h_prev[k] - candidate) * update * (1 - update)
+            dg[2 * H + j] = dh[k] * (1 - update) * (1 - candidate * candidate)
+
+
+cdef void gruv3_reset_backward(index_t B, index_t H, const floating* gates,
+                               const floating* h_prev, const floating* d_reset_h, floating* dh,
+                               floating* d_gates) noexcept nogil:
+    # h reaches h' through r ⊙ h and through z h; the GEMM adds the r and z projections.
+    cdef index_t r, j, k
+    cdef const floating* g
+    cdef floating* dg
+    cdef floating reset
+    for r in range(B):
+        g = gates + r * 3 * H
+        dg = d_gates + r * 3 * H
+        for j in range(H):
+            k = r * H + j
+            reset = g[j]
+            dg[j] = d_reset_h[k] * h_prev[k] * reset * (1 - reset)
+            dh[k] = d_reset_h[k] * reset + dh[k] * g[H + j]
