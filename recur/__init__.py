@@ -1,5 +1,25 @@
 """recur: automatic differentiation for recurrent neural networks — a C tape with BLAS
 products, Flux-style cells, the stateful Recur wrapper, and training on the CPU."""
+
+
+def _reach_installed_core():
+    """Run from a source checkout (`python -m recur` or pytest in the repository), this
+    package shadows the installed one, whose compiled `_core` modules live only in
+    site-packages. Extend the package path to the installed copy so they are found."""
+    import importlib.util
+    import os
+    if importlib.util.find_spec("recur._core") is not None:
+        return
+    from importlib import metadata
+    try:
+        installed = str(metadata.distribution("recur").locate_file("recur"))
+    except metadata.PackageNotFoundError:
+        return
+    if os.path.isdir(os.path.join(installed, "_core")) and installed not in __path__:
+        __path__.append(installed)
+
+
+_reach_installed_core()
 from recur.tensor import Tensor, Param, param, Params, Grads, params, gradient, value_and_gradient
 from recur.ops import (
     tanh, sigmoid, σ, relu, leakyrelu, elu, softplus, exp, log, sqrt, abs, square, sum, mean,
