@@ -1,0 +1,100 @@
+"""Dense, Chain, Embedding, Dropout, initialisers and the seed (SPEC §3)."""
+import numpy as np
+import pytest
+
+import recur as rc
+
+
+@pytest.mark.parametrize("shape", [(3,), (4, 3), (2, 4, 3)])
+def test_dense_maps_the_last_axis_of_any_rank(shape):
+    d = rc.Dense(3, 5, rc.tanh)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    y = d(x)
+    assert y.shape == shape[:-1] + (5,) and y.dtype == np.float32
+    np.testing.assert_allclose(y.numpy(), np.tanh(x @ d.W.value.T + d.b.value), rtol=1e-5)
+
+
+def test_dense_casts_input_to_its_dtype():
+    d = rc.Dense(2, 2)
+    assert d(np.ones(2, np.float64)).dtype == np.float32
+    assert d(np.array([1, 2])).dtype == np.float32
+    d64 = rc.Dense(2, 2, dtype=np.float64)
+    assert d64(np.ones(2, np.float32)).dtype == np.float64
+
+
+def test_dense_with_an_unfused_activation_and_without_bias():
+    d = rc.Dense(3, 2, rc.softplus, bias=False)
+    assert d.b is None and len(rc.params(d)) == 1
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_allclose(d(x).numpy(), np.logaddexp(0, x @ d.W.value.T), rtol=1e-6)
+    assert repr(d) == "Dense(3 => 2, softplus, bias=False)"
+
+
+def test_chain_is_a_sequence_of_callables():
+    m = rc.Chain(rc.Dense(2, 4, rc.relu), rc.Dense(4, 3), rc.softmax, lambda y: y * 2)
+    assert len(m) == 4 and isinstance(m[0], rc.Dense) and len(list(m)) == 4
+    assert isinstance(m[:2], rc.Chain) and len(m[:2]) == 2
+    y = m(np.ones((5, 2), np.float32))
+    np.testing.assert_allclose(y.numpy().sum(-1), 2.0, rtol=1e-5)
+
+
+def test_chain_display_counts_parameters():
+    text = repr(rc.Chain(rc.Dense(2, 5, rc.relu), rc.Dense(5, 1)))
+    assert text == ("Chain(\n"
+                    "  Dense(2 => 5, relu),  # 15 parameters\n"
+                    "  Dense(5 => 1),  # 6 parameters\n"
+                    ")  # Total: 4 trainable arrays, 21 parameters, 84 bytes.")
+
+
+def test_embedding_looks_up_rows_for_indices_of_any_shape():
+    e = rc.Embedding(10, 4)
+    idx = np.array([[1, 2, 3], [9, 0, 1]])
+    y = e(idx)
+    assert y.shape == (2, 3, 4)
+    np.testing.assert_array_equal(y.numpy(), e.W.value[idx])
+    gs = rc.gradient(lambda: rc.sum(e(idx)), e)
+    counts = np.bincount(idx.ravel(), minlength=10)
+    np.testing.assert_array_equal(gs[e.W], np.repeat(counts[:, None], 4, axis=1))
+
+
+def test_dropout_is_identity_outside_gradient_and_active_inside():
+    drop = rc.Dropout(0.5, rng=np.random.default_rng(0))
+    x = np.ones(1000, np.float32)
+    assert drop(x) is x
+    p = rc.param(np.ones(1000, np.float32))
+    seen = {}
+
+    def loss():
+        seen["y"] = drop(p)
+        return rc.sum(seen["y"])
+
+    gs = rc.gradient(loss, [p])
+    y = seen["y"].numpy()
+    assert set(np.unique(y)) == {0.0, 2.0} and 400 < (y == 0).sum() < 600
+    np.testing.assert_array_equal(gs[p], y)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        rc.Dropout(1.0)
+
+
+def test_glorot_uniform_bounds_over_the_stacked_matrix():
+    W = rc.glorot_uniform(400, 100, rng=np.random.default_rng(0))
+    limit = np.sqrt(6 / 500)
+    assert W.dtype == np.float32 and W.shape == (400, 100)
+    assert np.abs(W).max() <= limit and np.abs(W).max() > 0.95 * limit
+    Wn = rc.glorot_normal(300, 200, rng=np.random.default_rng(0))
+    assert abs(Wn.std() - np.sqrt(2 / 500)) < 0.002
+    assert rc.zeros(2, 3).sum() == 0 and rc.ones(4).sum() == 4
+
+
+def test_seed_makes_initialisation_reproducible():
+    rc.seed(42)
+    a = rc.Dense(3, 3).W.value.copy()
+    rc.seed(42)
+    b = rc.Dense(3, 3).W.value.copy()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_params_walks_nested_structures():
+    inner = rc.Dense(2, 2)
+    model = {"encoder": [inner, rc.Chain(rc.Dense(2, 3), inner)], "head": rc.Dense(3, 1)}
+    assert len(rc.params(model)) == 6

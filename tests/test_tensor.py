@@ -1,0 +1,88 @@
+"""Tensor and Param as arrays: the numpy-like surface of SPEC §2."""
+import pickle
+
+import numpy as np
+import pytest
+
+import recur as rc
+
+
+def test_array_like_surface():
+    value = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    t = rc.Tensor(value)
+    assert t.shape == (2, 3) and t.dtype == np.float32 and t.ndim == 2 and len(t) == 2
+    assert t.T.shape == (3, 2)
+    np.testing.assert_array_equal(t[1], value[1])
+    np.testing.assert_array_equal(t[:, 1:].numpy(), value[:, 1:])
+    assert rc.Tensor(np.array([2.5])).item() == 2.5
+    assert float(rc.sum(t)) == 15.0
+    assert [row.shape for row in t] == [(3,), (3,)]
+    assert "Tensor(" in repr(t) and "float32" in repr(t)
+
+
+def test_numpy_view_is_read_only_and_shares_memory():
+    t = rc.tanh(np.ones((2, 2), np.float32))
+    view = np.asarray(t)
+    assert view is t.numpy() and not view.flags.writeable
+    with pytest.raises(ValueError):
+        view[0, 0] = 1
+
+
+def test_constructor_copies_and_leaves_the_users_array_writable():
+    mine = np.ones(3)
+    t = rc.Tensor(mine)
+    mine[0] = 7
+    assert mine.flags.writeable and t.numpy()[0] == 1
+
+
+def test_param_defaults_to_float32_and_keeps_float64():
+    assert rc.param(np.ones(2)).dtype == np.float64
+    assert rc.param([1, 2]).dtype == np.float32
+    assert rc.param(np.ones(2, np.float32)).dtype == np.float32
+    assert rc.param(np.ones(2), dtype=np.float32).dtype == np.float32
+
+
+def test_param_value_updates_in_place():
+    p = rc.param(np.zeros(3))
+    p.value = np.ones(3)
+    assert p.numpy().tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match=r"keep its shape \(3,\)"):
+        p.value = np.ones(4)
+
+
+def test_params_deduplicates_and_keeps_order():
+    a, b = rc.param(np.ones(1)), rc.param(np.ones(2))
+    ps = rc.Params([a, b, a])
+    assert len(ps) == 2 and list(ps) == [a, b] and a in ps
+    with pytest.raises(TypeError, match="Param"):
+        rc.Params([np.ones(2)])
+
+
+def test_grads_lookup_by_identity():
+    a = rc.param(np.ones(2))
+    gs = rc.gradient(lambda: rc.sum(a), [a])
+    assert gs[a].tolist() == [1, 1] and a in gs and len(gs) == 1
+    with pytest.raises(KeyError, match="not among the parameters"):
+        gs[rc.param(np.ones(2))]
+
+
+def test_detach_cuts_the_gradient():
+    a = rc.param(np.full(2, 3.0))
+    gs = rc.gradient(lambda: rc.sum(a * rc.detach(a)), [a])
+    assert gs[a].tolist() == [3, 3]
+
+
+def test_tensors_and_params_pickle():
+    t = rc.Tensor(np.arange(3.0))
+    p = rc.param(np.arange(2.0))
+    t2, p2 = pickle.loads(pickle.dumps((t, p)))
+    assert type(t2) is rc.Tensor and type(p2) is rc.Param
+    np.testing.assert_array_equal(t2.numpy(), t.numpy())
+    np.testing.assert_array_equal(p2.value, p.value)
+    assert p2.value.flags.writeable
+
+
+def test_comparisons_give_boolean_arrays():
+    t = rc.Tensor(np.array([1.0, 2.0]))
+    assert (t > 1.5).tolist() == [False, True]
+    assert np.greater(t, 1.5).tolist() == [False, True]
