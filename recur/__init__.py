@@ -8,15 +8,15 @@ def _reach_installed_core():
     site-packages. Extend the package path to the installed copy so they are found."""
     import importlib.util
     import os
+    import sys
     if importlib.util.find_spec("recur._core") is not None:
         return
-    from importlib import metadata
-    try:
-        installed = str(metadata.distribution("recur").locate_file("recur"))
-    except metadata.PackageNotFoundError:
-        return
-    if os.path.isdir(os.path.join(installed, "_core")) and installed not in __path__:
-        __path__.append(installed)
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        installed = os.path.join(os.path.abspath(entry or os.curdir), "recur")
+        if installed != here and os.path.isdir(os.path.join(installed, "_core")):
+            __path__.append(installed)
+            return
 
 
 _reach_installed_core()
