@@ -186,8 +186,7 @@ def _mismatches(entries, given):
         elif isinstance(target, Param) and array.shape != current.shape:
             problems.append(f"{name}: the model has shape {current.shape}, the arrays "
                             f"{array.shape}")
-        elif not isinstance(target, Param) and (array.ndim < 1 <= current.ndim
-                                                or array.shape[-1:] != current.shape[-1:]):
+        elif not isinstance(target, Param) and array.shape[-1:] != current.shape[-1:]:
             problems.append(f"{name}: a state of shape {array.shape} cannot replace the "
                             f"model's state of shape {current.shape} (the last axis must "
                             "match)")

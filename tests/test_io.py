@@ -13,7 +13,7 @@ import pytest
 
 import recur as rc
 from recur.io import FORMAT_KEY, load, load_state_dict, save, state_dict
-from recur.recurrent import GRU, LSTM, RNN, Recur, reset
+from recur.recurrent import GRU, LSTM, RNN, GRUv3, Recur, reset
 
 DTYPES = [np.float32, np.float64]
 
@@ -28,7 +28,7 @@ def mixed_model(dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
     dense = rc.Dense(5, 5, dtype=dtype, rng=rng)
     return rc.Chain(RNN(3, 5, dtype=dtype, rng=rng), GRU(5, 5, dtype=dtype, rng=rng), dense,
-                    dense, LSTM(5, 4, dtype=dtype, rng=rng),
+                    dense, GRUv3(5, 5, dtype=dtype, rng=rng), LSTM(5, 4, dtype=dtype, rng=rng),
                     rc.Dense(4, 2, bias=False, dtype=dtype, rng=rng))
 
 
@@ -76,7 +76,7 @@ def test_state_dict_has_every_parameter_once_and_recur_states_by_the_recur_name(
     model = mixed_model()
     arrays = state_dict(model)
     states = [name for name in arrays if ".state" in name and "state0" not in name]
-    assert states == ["0.state", "1.state", "4.state.0", "4.state.1"]
+    assert states == ["0.state", "1.state", "4.state", "5.state.0", "5.state.1"]
     parameters = [arrays[name] for name in arrays if name not in states]
     assert len(parameters) == len(rc.params(model))
     for array, p in zip(parameters, rc.params(model)):
