@@ -37,5 +37,8 @@ from recur.optimise import (
     Descent, Momentum, Nesterov, RMSProp, Adam, ADAM, AdamW, ClipNorm, ClipValue, OptimiserChain,
     update,
 )
+from recur.train import train, StopTraining
+from recur.data import DataLoader
+from recur.io import save, load
 
 __version__ = "0.1.0"
