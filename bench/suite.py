@@ -1,0 +1,719 @@
+"""recur against torch: training and inference of RNN, LSTM and GRU models on the CPU.
+
+    python bench/suite.py                 # the full run; writes bench/RESULTS.md
+    python bench/suite.py --quick         # smoke run: one tiny config, 1 repeat, prints only
+    python bench/suite.py --configs 64,256,64,100 --models lstm --threads 1 --output /tmp/r.md
+
+What is measured, per config (input F, hidden H, batch B, time T), model (rnn, lstm, gru),
+style and mode, for each engine:
+- style "sequence": one recurrent layer over a (T, B, F) array, then Dense(H => 3) on every
+  step's output (recur `Chain(LSTM(F, H), Dense(H, 3))`, torch `nn.LSTM` + `nn.Linear`);
+- style "stepwise": a Python loop over the steps (recur `[m(x) for x in seq]`, torch a loop
+  over `nn.LSTMCell` with the Linear head applied at every step);
+- mode "train": one step = reset, forward over the whole sequence, MSE against a target on
+  every step (one mean over the sequence; stepwise: the sum of per-step means), backward,
+  Adam update; mode "infer": forward only (torch under `inference_mode`).
+
+Method: both engines run in one process, warm-up first (two steps each: the first allocates
+buffers and optimiser state, the second calibrates how many steps make one sample last
+`--min-sample-ms`), then `--repeats` samples per engine, alternating which engine goes
+first; the reported time is the median per-step time. Each thread setting runs in its own
+worker process, because OpenBLAS reads OPENBLAS_NUM_THREADS only when it loads: "default"
+leaves the environment alone (both engines use every core), "1" sets OPENBLAS_NUM_THREADS,
+OMP_NUM_THREADS and MKL_NUM_THREADS to 1 and calls torch.set_num_threads(1).
+
+FLOP count (GEMM work only; elementwise work is not counted). With G gate blocks (RNN 1,
+GRU 3, LSTM 4), N = T·B rows and the 3-wide head:
+    forward  = 2·N·(G·H·(F + H) + 3·H)
+    backward = 2·N·(G·H·(F + 2·H) + 2·3·H)      # dWi, dWh, dh through Wh; head dW and dh
+    training = forward + backward = 2·N·(G·H·(2F + 3H) + 9·H)
+The input gradient dX is not counted: X is data, neither engine needs it. recur's GFLOP/s
+is this count over recur's median time; the GEMM limit it is compared with is a float32
+1024×1024×1024 product through recur's own `@` (scipy's OpenBLAS, the library recur calls),
+timed in the same worker at the same thread count, at its start and end (the larger counts).
+
+Fairness notes: torch's GRU has a second bias `b_hn` inside the reset gate's product that
+recur's (Flux's) GRU does not have; it is zeroed before timing and left to train, which does
+not change the work done. Both use Adam(lr=1e-3) with each library's default
+implementation. recur's initial state is a trainable parameter (its gradient is part of the
+work), torch's is a constant zero.
+
+Also measured: the peak resident memory (max RSS) of a process training the LSTM sequence
+model at the largest selected config, one process per engine; `import recur` against
+`import torch` (a fresh interpreter each time, median); and the installed size of each
+package as a wheel installs it (its package directories without __pycache__ and without
+Cython/C sources), plus the installed size of its declared runtime dependencies.
+"""
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+
+import numpy as np
+
+CONFIGS = ["8,32,1,50", "32,64,16,50", "32,128,32,100", "64,256,64,100", "128,512,64,50",
+           "256,1024,32,25"]
+MODELS = ["rnn", "lstm", "gru"]
+STYLES = ["sequence", "stepwise"]
+MODES = ["train", "infer"]
+GATE_BLOCKS = {"rnn": 1, "gru": 3, "lstm": 4}
+HEAD_OUT = 3
+GEMM_SIZE = 1024
+LEARNING_RATE = 1e-3
+MEMORY_TRAINING_STEPS = 3
+DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+# Issue 5's targets. Hidden sizes split at 128/256; the GEMM-throughput target starts at 512.
+SMALL_HIDDEN, LARGE_HIDDEN, GEMM_TARGET_HIDDEN = 128, 256, 512
+GEMM_FRACTION_TARGET = 0.8
+IMPORT_SECONDS_TARGET = 0.3
+MEMORY_FRACTION_TARGET = 0.5
+
+
+class Config(tuple):
+    """(input, hidden, batch, time), parsed from "F,H,B,T"."""
+
+    def __new__(cls, text):
+        values = [int(v) for v in str(text).split(",")]
+        if len(values) != 4 or min(values) < 1:
+            raise argparse.ArgumentTypeError(f"a config is F,H,B,T (4 positive ints), got {text!r}")
+        return super().__new__(cls, values)
+
+    input, hidden, batch, time = (property(lambda self, i=i: self[i]) for i in range(4))
+
+    def __str__(self):
+        return ",".join(map(str, self))
+
+
+def gemm_flops(model, config, mode):
+    """The GEMM floating-point operations of one step (formula in the module docstring)."""
+    F, H, B, T = config
+    G, rows = GATE_BLOCKS[model], T * B
+    forward = 2 * rows * (G * H * (F + H) + HEAD_OUT * H)
+    if mode == "infer":
+        return forward
+    return forward + 2 * rows * (G * H * (F + 2 * H) + 2 * HEAD_OUT * H)
+
+
+def sequence_data(config):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((config.time, config.batch, config.input), dtype=np.float32)
+    Y = rng.standard_normal((config.time, config.batch, HEAD_OUT), dtype=np.float32)
+    return X, Y
+
+
+# ---------------------------------------------------------------- one step of each engine
+
+def recur_step(model_name, style, mode, config, X, Y):
+    """A function running one recur step of this case."""
+    import recur as rc
+    rc.seed(0)
+    layer = {"rnn": rc.RNN, "lstm": rc.LSTM, "gru": rc.GRU}[model_name]
+    model = rc.Chain(layer(config.input, config.hidden), rc.Dense(config.hidden, HEAD_OUT))
+    if style == "sequence":
+        def forward():
+            return model(X)
+
+        def loss():
+            return rc.mse(model(X), Y)
+    else:
+        xs, ys = list(X), list(Y)
+
+        def forward():
+            return [model(x) for x in xs]
+
+        def loss():
+            return sum(rc.mse(model(x), y) for x, y in zip(xs, ys))
+
+    if mode == "infer":
+        def step():
+            rc.reset(model)
+            forward()
+        return step
+
+    ps, opt = rc.params(model), rc.Adam(LEARNING_RATE)
+
+    def step():
+        rc.reset(model)
+        _, grads = rc.value_and_gradient(loss, ps)
+        rc.update(opt, ps, grads)
+    return step
+
+
+def torch_step(model_name, style, mode, config, X, Y):
+    """A function running one torch step of this case."""
+    import torch
+    import torch.nn.functional as tF
+    from torch import nn
+    torch.manual_seed(0)
+    X, Y = torch.from_numpy(X), torch.from_numpy(Y)
+    hidden = config.hidden
+    head = nn.Linear(hidden, HEAD_OUT)
+    if style == "sequence":
+        rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[model_name](config.input, hidden)
+        new_hidden_bias = rnn.bias_hh_l0 if model_name == "gru" else None
+
+        def forward():
+            return head(rnn(X)[0])
+
+        def loss():
+            return tF.mse_loss(forward(), Y)
+    else:
+        rnn = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}[model_name](config.input, hidden)
+        new_hidden_bias = rnn.bias_hh if model_name == "gru" else None
+        xs, ys = X.unbind(0), Y.unbind(0)
+        zeros = torch.zeros(config.batch, hidden)
+
+        def outputs():
+            state = (zeros, zeros) if model_name == "lstm" else zeros
+            for x in xs:
+                state = rnn(x, state)
+                yield head(state[0] if model_name == "lstm" else state)
+
+        def forward():
+            return list(outputs())
+
+        def loss():
+            return sum(tF.mse_loss(y_hat, y) for y_hat, y in zip(outputs(), ys))
+
+    if new_hidden_bias is not None:   # b_hn: recur's GRU has no such bias
+        with torch.no_grad():
+            new_hidden_bias[2 * hidden:] = 0
+
+    if mode == "infer":
+        def step():
+            with torch.inference_mode():
+                forward()
+        return step
+
+    opt = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=LEARNING_RATE)
+
+    def step():
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    return step
+
+
+STEP_BUILDERS = {"recur": recur_step, "torch": torch_step}
+
+
+# ---------------------------------------------------------------- timing
+
+def warmed_up(build, min_sample_seconds):
+    """(step, steps per sample): the case built, run once to allocate, once more to time."""
+    step = build()
+    step()
+    start = time.perf_counter()
+    step()
+    once = time.perf_counter() - start
+    return step, max(1, math.ceil(min_sample_seconds / once)) if once > 0 else 1
+
+
+def interleaved_medians(prepared, repeats):
+    """Median seconds per step of each prepared engine, samples alternating engine order."""
+    samples = {name: [] for name in prepared}
+    names = list(prepared)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            step, steps_per_sample = prepared[name]
+            start = time.perf_counter()
+            for _ in range(steps_per_sample):
+                step()
+            samples[name].append((time.perf_counter() - start) / steps_per_sample)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def gemm_gflops(engine, repeats=7):
+    """float32 GEMM_SIZE³ throughput of an engine's matrix product, median of `repeats`."""
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal((GEMM_SIZE, GEMM_SIZE), dtype=np.float32) for _ in range(2))
+    if engine == "recur":
+        import recur as rc
+        left = rc.Tensor(a)
+    else:
+        import torch
+        left, b = torch.from_numpy(a), torch.from_numpy(b)
+    left @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        left @ b
+        times.append(time.perf_counter() - start)
+    return 2 * GEMM_SIZE ** 3 / statistics.median(times) / 1e9
+
+
+def timing_worker(args):
+    """Times every selected case at this process's thread setting; writes JSON."""
+    engines = args.engines
+    (threads,) = args.threads
+    if "torch" in engines:
+        import torch
+        if threads != "default":
+            torch.set_num_threads(int(threads))
+    gemm_start = {engine: gemm_gflops(engine) for engine in engines}
+    rows = []
+    for config in args.configs:
+        X, Y = sequence_data(config)
+        for model_name in args.models:
+            for style in args.styles:
+                for mode in args.modes:
+                    rows.append(time_case(engines, model_name, style, mode, config, X, Y, args))
+    gemm_end = {engine: gemm_gflops(engine) for engine in engines}
+    result = {
+        "threads": threads,
+        "torch_threads": torch.get_num_threads() if "torch" in engines else None,
+        "openblas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "gemm_start": gemm_start,
+        "gemm_end": gemm_end,
+        "rows": rows,
+    }
+    with open(args.result_file, "w") as f:
+        json.dump(result, f)
+
+
+def time_case(engines, model_name, style, mode, config, X, Y, args):
+    row = {"model": model_name, "style": style, "mode": mode, "config": list(config),
+           "seconds": {}, "errors": {}}
+    prepared = {}
+    for engine in engines:
+        try:
+            prepared[engine] = warmed_up(
+                lambda: STEP_BUILDERS[engine](model_name, style, mode, config, X, Y),
+                args.min_sample_ms / 1000)
+        except Exception as error:   # a broken engine must not hide the other's numbers
+            traceback.print_exc()
+            row["errors"][engine] = f"{type(error).__name__}: {error}"
+    if prepared:
+        row["seconds"] = interleaved_medians(prepared, args.repeats)
+    times = ", ".join(f"{engine} {seconds * 1e3:.3g} ms" for engine, seconds in row["seconds"].items())
+    print(f"[threads {args.threads[0]}] {model_name} {style} {mode} ({config}): {times}"
+          + "".join(f" [{engine} failed: {error}]" for engine, error in row["errors"].items()),
+          file=sys.stderr, flush=True)
+    return row
+
+
+# ---------------------------------------------------------------- memory, import time, size
+
+def peak_rss_mb():
+    """This process's peak resident set size so far, in MB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_worker(args):
+    """Trains the LSTM sequence model a few steps with one engine; prints its peak RSS."""
+    config = args.configs[0]
+    __import__(args.memory_engine)
+    X, Y = sequence_data(config)
+    after_import = peak_rss_mb()
+    step = STEP_BUILDERS[args.memory_engine]("lstm", "sequence", "train", config, X, Y)
+    for _ in range(MEMORY_TRAINING_STEPS):
+        step()
+    print(json.dumps({"after_import_mb": after_import, "peak_mb": peak_rss_mb()}))
+
+
+def run_worker(worker_args, env=None):
+    command = [sys.executable, os.path.abspath(__file__), *worker_args]
+    completed = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"worker failed ({completed.returncode}): {shlex.join(command)}")
+    return completed.stdout
+
+
+def measure_memory(engines, config):
+    """{engine: peak RSS figures, or {"error": why} when its training process failed}."""
+    memory = {}
+    for engine in engines:
+        try:
+            memory[engine] = json.loads(run_worker(["--role", "memory", "--memory-engine", engine,
+                                                    "--configs", str(config)]))
+        except RuntimeError as error:
+            memory[engine] = {"error": str(error)}
+    return memory
+
+
+def measure_import_seconds(engines, repeats):
+    """Median seconds of `import <engine>` in a fresh interpreter; the first run, which
+    pays for cold file caches, is discarded."""
+    seconds = {}
+    for engine in engines:
+        code = (f"import time; start = time.perf_counter(); import {engine}; "
+                "print(time.perf_counter() - start)")
+        runs = [float(subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                     text=True, check=True).stdout)
+                for _ in range(repeats + 1)]
+        seconds[engine] = statistics.median(runs[1:])
+    return seconds
+
+
+def package_dirs(name):
+    """The directories of an import package and its subpackages that live elsewhere (recur
+    maps `recur._core` onto the top-level `_core/` directory)."""
+    dirs = set(importlib.util.find_spec(name).submodule_search_locations)
+    if name == "recur":
+        dirs.update(importlib.util.find_spec("recur._core").submodule_search_locations)
+    return sorted(dirs)
+
+
+def installed_bytes(dirs):
+    total = 0
+    for top in dirs:
+        for root, subdirs, files in os.walk(top):
+            subdirs[:] = [d for d in subdirs if d != "__pycache__"]
+            total += sum(os.path.getsize(os.path.join(root, f)) for f in files
+                         if not f.endswith((".c", ".pyx")))
+    return total
+
+
+def runtime_dependencies(distribution):
+    """Names of the installed distributions `distribution` needs at run time, recursively
+    (requirements whose environment marker holds, extras excluded)."""
+    from packaging.requirements import Requirement
+    found, pending = set(), [distribution]
+    while pending:
+        for text in importlib.metadata.requires(pending.pop()) or []:
+            requirement = Requirement(text)
+            if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            name = requirement.name.lower().replace("_", "-")
+            try:
+                importlib.metadata.distribution(name)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            if name not in found:
+                found.add(name)
+                pending.append(name)
+    return sorted(found)
+
+
+def distribution_bytes(name):
+    files = importlib.metadata.distribution(name).files or []
+    return sum(os.path.getsize(path) for path in map(lambda f: f.locate(), files)
+               if os.path.isfile(path))
+
+
+def measure_sizes(engines):
+    sizes = {}
+    for engine in engines:
+        dependencies = runtime_dependencies(engine)
+        sizes[engine] = {
+            "package_bytes": installed_bytes(package_dirs(engine)),
+            "dependencies": dependencies,
+            "dependency_bytes": sum(distribution_bytes(d) for d in dependencies),
+        }
+    return sizes
+
+
+# ---------------------------------------------------------------- machine description
+
+def machine_description():
+    cpu_model = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu_model = models[0] if models else cpu_model
+    versions = {}
+    for name in ("recur", "numpy", "scipy", "torch"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {
+        "cpu": cpu_model,
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "blas": blas_descriptions(),
+    }
+
+
+def blas_descriptions():
+    """Which BLAS each library was built with (numpy's is listed for completeness: recur's
+    products go through scipy's)."""
+    import scipy
+    described = {}
+    for name, module in (("scipy (recur's BLAS)", scipy), ("numpy", np)):
+        blas = module.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        described[name] = f"{blas['name']} {blas.get('version', '')} ({blas.get('openblas configuration', '').strip()})"
+    if importlib.util.find_spec("torch"):
+        code = "import torch; print(torch.__config__.show())"
+        shown = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True).stdout
+        keys = ("Math Kernel Library", "MKL-DNN", "OpenMP", "CPU capability")
+        described["torch"] = "; ".join(line.strip(" -") for line in shown.splitlines()
+                                       if any(key in line for key in keys))
+    return described
+
+
+# ---------------------------------------------------------------- targets
+
+def targets(model_name, style, mode, hidden):
+    """Issue 5's targets for one row: a list of (label, minimum ratio torch/recur or None,
+    minimum fraction of the GEMM limit or None)."""
+    small = hidden <= SMALL_HIDDEN
+    if mode == "infer":
+        return [("≥3x", 3.0, None)] if small else [("≥1x", 1.0, None)]
+    if style == "stepwise":
+        return [("≥5x", 5.0, None)] if small else [("≥1.3x", 1.3, None)]
+    lstm = model_name == "lstm"
+    if small:
+        return [("≥3x", 3.0, None)] if lstm else [("≥5x", 5.0, None)]
+    wanted = [("≥1.1x", 1.1, None)] if lstm else [("≥1.3x", 1.3, None)]
+    if hidden >= GEMM_TARGET_HIDDEN:
+        wanted.append((f"≥{GEMM_FRACTION_TARGET:.0%} GEMM", None, GEMM_FRACTION_TARGET))
+    return wanted
+
+
+def missed_targets(row, ratio, gemm_fraction):
+    return [label for label, min_ratio, min_fraction in row["targets"]
+            if (min_ratio is not None and (ratio is None or ratio < min_ratio))
+            or (min_fraction is not None and gemm_fraction < min_fraction)]
+
+
+# ---------------------------------------------------------------- the report
+
+def analysed_rows(timing):
+    """Adds ratio, GFLOP/s, GEMM fraction, targets and misses to every timed row."""
+    gemm_limit = max(timing["gemm_start"]["recur"], timing["gemm_end"]["recur"])
+    for row in timing["rows"]:
+        config = Config(",".join(map(str, row["config"])))
+        recur_s, torch_s = row["seconds"].get("recur"), row["seconds"].get("torch")
+        row["ratio"] = torch_s / recur_s if recur_s and torch_s else None
+        row["gflops"] = gemm_flops(row["model"], config, row["mode"]) / recur_s / 1e9 if recur_s else None
+        row["gemm_fraction"] = row["gflops"] / gemm_limit if recur_s else None
+        row["targets"] = targets(row["model"], row["style"], row["mode"], config.hidden)
+        row["missed"] = (missed_targets(row, row["ratio"], row["gemm_fraction"])
+                         if recur_s and torch_s else None)
+    return timing["rows"]
+
+
+def threads_label(timing):
+    if timing["threads"] == "default":
+        blas = timing["openblas_threads_env"] or f"all {os.cpu_count()} cores"
+        torch_part = f"torch {timing['torch_threads']} threads, " if timing["torch_threads"] else ""
+        return f"default threads ({torch_part}recur's OpenBLAS {blas})"
+    return f"{timing['threads']} thread{'s' if timing['threads'] != '1' else ''}"
+
+
+def fmt(value, spec, missing="—"):
+    return missing if value is None else format(value, spec)
+
+
+def row_table(rows):
+    lines = ["| model | F | H | B | T | recur ms | torch ms | torch/recur | recur GFLOP/s "
+             "| of GEMM | target | met |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
+    for row in rows:
+        seconds = row["seconds"]
+        if row["missed"] is None:
+            met = "; ".join(f"{engine}: {error}" for engine, error in row["errors"].items()) or "—"
+        else:
+            met = "yes" if not row["missed"] else "**no** (" + ", ".join(row["missed"]) + ")"
+        lines.append(
+            f"| {row['model']} | " + " | ".join(map(str, row["config"])) + " | "
+            f"{fmt(seconds.get('recur') and seconds['recur'] * 1e3, '.3g')} | "
+            f"{fmt(seconds.get('torch') and seconds['torch'] * 1e3, '.3g')} | "
+            f"{fmt(row['ratio'], '.2f')} | {fmt(row['gflops'], '.1f')} | "
+            f"{fmt(row['gemm_fraction'], '.0%')} | "
+            f"{', '.join(label for label, _, _ in row['targets'])} | {met} |")
+    return lines
+
+
+def summary_lines(timings):
+    lines = []
+    for timing in timings:
+        rows = timing["rows"]
+        judged = [row for row in rows if row["missed"] is not None]
+        misses = [row for row in judged if row["missed"]]
+        lines.append(f"- {threads_label(timing)}: targets met in "
+                     f"{len(judged) - len(misses)} of {len(judged)} rows.")
+        for row in misses:
+            lines.append(f"  - missed: {row['model']} {row['style']} {row['mode']} "
+                         f"({','.join(map(str, row['config']))}): torch/recur "
+                         f"{fmt(row['ratio'], '.2f')}, {fmt(row['gemm_fraction'], '.0%')} of GEMM; "
+                         f"wanted {', '.join(row['missed'])}")
+        failures = [row for row in rows if row["errors"]]
+        for row in failures:
+            for engine, error in row["errors"].items():
+                lines.append(f"  - **{engine} failed** on {row['model']} {row['style']} "
+                             f"{row['mode']} ({','.join(map(str, row['config']))}): {error}")
+    return lines
+
+
+def extras_lines(extras):
+    memory, imports, sizes = extras["memory"], extras["import_seconds"], extras["sizes"]
+    engines = list(imports)
+    lines = ["| | " + " | ".join(engines) + " | target |", "|---|" + "--:|" * len(engines) + "---|"]
+    peak = {engine: memory[engine].get("peak_mb") for engine in engines}
+    after_import = {engine: memory[engine].get("after_import_mb") for engine in engines}
+    memory_met = f"recur ≤ {MEMORY_FRACTION_TARGET:.0%} of torch: "
+    if peak.get("recur") is not None and peak.get("torch") is not None:
+        ratio = peak["recur"] / peak["torch"]
+        memory_met += f"{ratio:.0%}, " + ("met" if ratio <= MEMORY_FRACTION_TARGET else "**missed**")
+    else:
+        memory_met += "not measured"
+    import_met = (f"recur < {IMPORT_SECONDS_TARGET} s: "
+                  + ("met" if imports["recur"] < IMPORT_SECONDS_TARGET else "**missed**"))
+    lines += [
+        f"| peak RSS training LSTM ({extras['memory_config']}), MB | "
+        + " | ".join(fmt(peak[e], ".0f", "failed") for e in engines) + f" | {memory_met} |",
+        "| of which after import and data, MB | "
+        + " | ".join(fmt(after_import[e], ".0f", "failed") for e in engines) + " | |",
+        "| import time, s | " + " | ".join(f"{imports[e]:.3f}" for e in engines) + f" | {import_met} |",
+        "| installed package, MB | "
+        + " | ".join(f"{sizes[e]['package_bytes'] / 1e6:.1f}" for e in engines) + " | |",
+        "| its runtime dependencies, MB | "
+        + " | ".join(f"{sizes[e]['dependency_bytes'] / 1e6:.1f}" for e in engines) + " | |",
+    ]
+    lines += [""] + [f"- {engine}'s runtime dependencies: {', '.join(sizes[engine]['dependencies']) or 'none'}"
+                     for engine in engines]
+    lines += [f"- **{engine}'s training process failed**: {memory[engine]['error']}"
+              for engine in engines if "error" in memory[engine]]
+    return lines
+
+
+def report(machine, command, timings, extras, elapsed, load):
+    gemm = "; ".join(
+        f"{threads_label(t)}: " + ", ".join(
+            f"{engine} {t['gemm_start'][engine]:.1f} / {t['gemm_end'][engine]:.1f}"
+            for engine in t["gemm_start"])
+        for t in timings)
+    lines = [
+        "# recur vs torch: recurrent training and inference on the CPU",
+        "",
+        f"Generated by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in "
+        f"{elapsed / 60:.1f} minutes. Method, FLOP formula and fairness notes: the docstring "
+        "of `bench/suite.py`. Times are medians per step (one whole sequence); `torch/recur` "
+        "above 1 means recur is faster; `of GEMM` is recur's GFLOP/s over the float32 GEMM "
+        "limit measured in the same run.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {machine['cpu']}, {machine['logical_cpus']} logical CPUs; {machine['platform']}",
+        f"- Load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f}",
+        "- Python " + machine["python"] + ", "
+        + ", ".join(f"{name} {version}" for name, version in machine["versions"].items()),
+        *[f"- BLAS of {name}: {text}" for name, text in machine["blas"].items()],
+        f"- float32 {GEMM_SIZE}³ GEMM, GFLOP/s at the start / end of each pass: {gemm}",
+        "",
+        "## Targets (issue 5)",
+        "",
+        *summary_lines(timings),
+    ]
+    for timing in timings:
+        for mode in MODES:
+            for style in STYLES:
+                rows = [r for r in timing["rows"] if r["mode"] == mode and r["style"] == style]
+                if rows:
+                    title = {"train": "Training", "infer": "Inference"}[mode]
+                    lines += ["", f"## {title}, {style} style — {threads_label(timing)}", ""]
+                    lines += row_table(rows)
+    if extras:
+        lines += ["", "## Memory, import time, installed size", ""] + extras_lines(extras)
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- command line
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python bench/suite.py",
+        description="recur against torch: RNN/LSTM/GRU training and inference on the CPU.")
+    parser.add_argument("--configs", nargs="+", type=Config, default=None, metavar="F,H,B,T",
+                        help="input,hidden,batch,time per config (default: the six of issue 5)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
+    parser.add_argument("--styles", nargs="+", choices=STYLES, default=STYLES)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
+    parser.add_argument("--threads", nargs="+", default=None, metavar="N",
+                        help='thread settings, each "default" or 1 (default: default 1)')
+    parser.add_argument("--repeats", type=int, default=None, help="samples per engine (default 7)")
+    parser.add_argument("--min-sample-ms", type=float, default=None,
+                        help="minimum length of one sample; short steps are looped (default 50)")
+    parser.add_argument("--output", default=None,
+                        help="markdown report path (default bench/RESULTS.md; none with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: the smallest config, 1 repeat, default threads only")
+    parser.add_argument("--role", choices=["main", "timing", "memory"], default="main",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-engine", help=argparse.SUPPRESS)
+    parser.add_argument("--engines", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {"configs": [Config(CONFIGS[0])] if quick else [Config(c) for c in CONFIGS],
+                "threads": ["default"] if quick else ["default", "1"],
+                "repeats": 1 if quick else 7,
+                "min_sample_ms": 0 if quick else 50,
+                "output": None if quick else DEFAULT_OUTPUT}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for threads in args.threads:
+        if threads not in ("default", "1"):
+            parser.error(f'--threads takes "default" or 1, got {threads!r}')
+    return args
+
+
+def main(argv=None):
+    """Runs the suite; returns 0, or 1 when an engine failed on some case or its memory run."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.role == "timing":
+        return timing_worker(args) or 0
+    if args.role == "memory":
+        return memory_worker(args) or 0
+
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
+    engines = ["recur", "torch"] if importlib.util.find_spec("torch") else ["recur"]
+    if engines == ["recur"]:
+        print("torch is not installed: timing recur alone", file=sys.stderr)
+    shared = ["--configs", *map(str, args.configs), "--models", *args.models,
+              "--styles", *args.styles, "--modes", *args.modes, "--repeats", str(args.repeats),
+              "--min-sample-ms", str(args.min_sample_ms), "--engines", *engines]
+    timings = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for threads in args.threads:
+            result_file = os.path.join(scratch, f"threads-{threads}.json")
+            env = dict(os.environ, **(SINGLE_THREAD_ENV if threads == "1" else {}))
+            run_worker(["--role", "timing", "--threads", threads, "--result-file", result_file,
+                        *shared], env)
+            with open(result_file) as f:
+                timing = json.load(f)
+            analysed_rows(timing)
+            timings.append(timing)
+
+    largest = max(args.configs, key=lambda c: gemm_flops("lstm", c, "train"))
+    extras = {
+        "memory_config": str(largest),
+        "memory": measure_memory(engines, largest),
+        "import_seconds": measure_import_seconds(engines, 1 if args.quick else 5),
+        "sizes": measure_sizes(engines),
+    }
+    command = shlex.join(["python", "bench/suite.py", *argv])
+    text = report(machine_description(), command, timings, extras,
+                  time.perf_counter() - started, (load_start, os.getloadavg()[0]))
+    print(text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    failed = (any(row["errors"] for timing in timings for row in timing["rows"])
+              or any("error" in figures for figures in extras["memory"].values()))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Smoke test of bench/suite.py: the whole pipeline (timing worker, memory workers, import
+times, sizes, report) on its quick setting — one tiny config, one repeat. Times are not
+asserted: this machine's load makes them meaningless at this size."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SUITE_PATH = Path(__file__).resolve().parent.parent / "bench" / "suite.py"
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                reason="the bench compares against torch")
+
+
+def load_suite():
+    spec = importlib.util.spec_from_file_location("bench_suite", SUITE_PATH)
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    return suite
+
+
+def test_quick_run_times_every_case_and_writes_the_report(tmp_path):
+    suite = load_suite()
+    output = tmp_path / "RESULTS.md"
+
+    status = suite.main(["--quick", "--output", str(output)])
+
+    report = output.read_text()
+    assert status == 0, report
+    assert "failed" not in report
+    for mode_title in ("Training", "Inference"):
+        for style in suite.STYLES:
+            assert f"## {mode_title}, {style} style" in report
+    rows = [line for line in report.splitlines() if line.startswith(("| rnn ", "| lstm ", "| gru "))]
+    assert len(rows) == len(suite.MODELS) * len(suite.STYLES) * len(suite.MODES)
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        recur_ms, torch_ms, ratio = cells[5:8]
+        assert float(recur_ms) > 0 and float(torch_ms) > 0 and float(ratio) > 0
+    assert "| peak RSS training LSTM (8,32,1,50), MB |" in report
+    assert "| import time, s |" in report
+
+
+def test_flop_count_of_an_lstm_training_step():
+    suite = load_suite()
+    F, H, B, T = 2, 5, 3, 7
+    config = suite.Config(f"{F},{H},{B},{T}")
+    gates = 4 * H
+    forward = 2 * T * B * (F * gates + H * gates + H * 3)
+    # backward: dWi, dWh, dh = dgates @ Wh; head dW and dh
+    backward = 2 * T * B * (F * gates + H * gates + gates * H + 3 * H + 3 * H)
+    assert suite.gemm_flops("lstm", config, "infer") == forward
+    assert suite.gemm_flops("lstm", config, "train") == forward + backward
+
+
+@pytest.mark.parametrize("style, mode, model, hidden, ratio, fraction, missed", [
+    ("sequence", "train", "lstm", 64, 3.2, 0.1, []),
+    ("sequence", "train", "gru", 64, 3.2, 0.1, ["≥5x"]),
+    ("sequence", "train", "lstm", 512, 1.2, 0.7, ["≥80% GEMM"]),
+    ("sequence", "train", "rnn", 256, 1.2, 0.9, ["≥1.3x"]),
+    ("stepwise", "train", "lstm", 1024, 1.3, 0.1, []),
+    ("sequence", "infer", "gru", 256, 0.9, 0.9, ["≥1x"]),
+])
+def test_targets_follow_issue_5(style, mode, model, hidden, ratio, fraction, missed):
+    suite = load_suite()
+    row = {"targets": suite.targets(model, style, mode, hidden)}
+    assert suite.missed_targets(row, ratio, fraction) == missed
