@@ -1,0 +1,639 @@
+"""Recurrent cells, Recur, reset/truncate/unroll (SPEC §4).
+
+The fused kernels are held to recur/reference.py (float64, to rounding) and to finite
+differences (tests/test_recurrent_cases.py); the sequence node to the step loop; float32 to
+float64; and the stateful rules of Recur to the contract.
+"""
+import gc
+import subprocess
+import sys
+import textwrap
+import threading
+import tracemalloc
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+import recur as rc
+from recur import reference as ref
+from recur._core.tape import is_recorded, thread_tape
+from recur.recurrent import (
+    GRU, GRUCell, GRUv3, GRUv3Cell, LSTM, LSTMCell, RNN, RNNCell, Recur, reset, truncate,
+    unroll,
+)
+from tests.test_recurrent_cases import RECURRENT_CASES
+
+N_IN, N_OUT, BATCH, TIME = 3, 4, 2, 5
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One cell of SPEC §4's table with its reference functions, called as
+    f(*weights, *states, x, **options)."""
+    name: str
+    make: Callable
+    step: Callable
+    step_backward: Callable
+    sequence: Callable
+    sequence_backward: Callable
+    options: dict
+    state_names: tuple = ("h",)
+
+
+def _rnn(act):
+    return Spec(f"rnn-{act.__name__}", lambda **kw: RNNCell(N_IN, N_OUT, act, **kw),
+                ref.rnn_step, ref.rnn_step_backward, ref.rnn_sequence,
+                ref.rnn_sequence_backward, {"act": act.__name__})
+
+
+SPECS = [_rnn(act) for act in (rc.tanh, rc.relu, rc.sigmoid, rc.identity)] + [
+    Spec("lstm", lambda **kw: LSTMCell(N_IN, N_OUT, **kw), ref.lstm_step,
+         ref.lstm_step_backward, ref.lstm_sequence, ref.lstm_sequence_backward, {}, ("h", "c")),
+    Spec("gru", lambda **kw: GRUCell(N_IN, N_OUT, **kw), ref.gru_step, ref.gru_step_backward,
+         ref.gru_sequence, ref.gru_sequence_backward, {}),
+    Spec("gruv3", lambda **kw: GRUv3Cell(N_IN, N_OUT, **kw), ref.gruv3_step,
+         ref.gruv3_step_backward, ref.gruv3_sequence, ref.gruv3_sequence_backward, {}),
+]
+SPEC_IDS = [s.name for s in SPECS]
+
+
+def _random_cell(spec, rng, dtype=np.float64):
+    """A cell with standard-normal weights (nonzero biases; the gates far from saturation
+    only sometimes), its weights as float64 arrays, and their names."""
+    cell = spec.make(dtype=dtype)
+    names = list(type(cell).weight_shapes(N_IN, N_OUT))
+    for name in names:
+        getattr(cell, name).value = 0.7 * rng.standard_normal(getattr(cell, name).shape)
+    return cell, names, [np.asarray(getattr(cell, name), np.float64) for name in names]
+
+
+def _pack(states):
+    return states[0] if len(states) == 1 else tuple(states)
+
+
+def _unpack(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def _assert_close(got, expected, rtol=1e-10, what=""):
+    assert got is not None, f"no gradient for {what}"
+    scale = max(np.max(np.abs(expected)), 1e-300)
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
+# ---------------------------------------------------------------- kernels against the oracle
+
+LAYOUTS = {"batch": ((BATCH, N_IN), (BATCH, N_OUT)),
+           "broadcast state": ((BATCH, N_IN), (N_OUT,)),
+           "vector": ((N_IN,), (N_OUT,))}
+
+
+def _gradient_reads(spec):
+    """Which of the new state's parts carry gradient: h only, c only, or both (LSTM)."""
+    if len(spec.state_names) == 1:
+        return [("h",)]
+    return [("h",), ("c",), ("h", "c")]
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
+def test_step_matches_reference(spec, layout):
+    rng = np.random.default_rng(0)
+    x_shape, state_shape = LAYOUTS[layout]
+    cell, names, weights = _random_cell(spec, rng)
+    x = rng.standard_normal(x_shape)
+    states = [rng.standard_normal(state_shape) for _ in spec.state_names]
+    new_states, y = cell(_pack(states), x)
+    expected = spec.step(*weights, *states, x, **spec.options)
+    for got, want in zip(_unpack(new_states), _unpack(expected)):
+        _assert_close(np.asarray(got), want, what="forward")
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(_unpack(new_states)[0]))
+
+    for reads in _gradient_reads(spec):
+        seeds = {name: rng.standard_normal(np.shape(expected[0] if len(states) > 1 else expected))
+                 if name in reads else None for name in spec.state_names}
+        x_param = rc.param(x)
+        state_params = [rc.param(s) for s in states]
+
+        def loss():
+            new, _ = cell(_pack(state_params), x_param)
+            return sum(rc.sum(part * seeds[name])
+                       for name, part in zip(spec.state_names, _unpack(new))
+                       if seeds[name] is not None)
+
+        params = [x_param, *state_params, *(getattr(cell, n) for n in names)]
+        gs = rc.gradient(loss, params)
+        want = spec.step_backward(*weights, *states, x, *seeds.values(), **spec.options)
+        _assert_close(gs[x_param], want["x"], what=f"x ({reads})")
+        for name, p in zip(spec.state_names, state_params):
+            _assert_close(gs[p], want[name], what=f"{name} ({reads})")
+        for name in names:
+            _assert_close(gs[getattr(cell, name)], want[name], what=f"{name} ({reads})")
+
+
+def _sequence_reads(spec):
+    """Upstream gradients of a sequence: the outputs Y, the final state's parts, all."""
+    finals = [(f"{name}_T",) for name in spec.state_names]
+    return [("Y",)] + finals + [("Y",) + tuple(f"{n}_T" for n in spec.state_names)]
+
+
+@pytest.mark.parametrize("batched_state", [True, False], ids=["batched state", "broadcast state"])
+@pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
+def test_sequence_matches_reference(spec, batched_state):
+    rng = np.random.default_rng(1)
+    cell, names, weights = _random_cell(spec, rng)
+    X = rng.standard_normal((TIME, BATCH, N_IN))
+    states = [rng.standard_normal((BATCH, N_OUT) if batched_state else (N_OUT,))
+              for _ in spec.state_names]
+    final, Y = cell(_pack(states), X)
+    Y_want, final_want = spec.sequence(*weights, *states, X, **spec.options)
+    _assert_close(np.asarray(Y), Y_want, what="Y")
+    for got, want in zip(_unpack(final), _unpack(final_want)):
+        _assert_close(np.asarray(got), want, what="final state")
+
+    for reads in _sequence_reads(spec):
+        seeds = {"Y": rng.standard_normal(Y.shape) if "Y" in reads else None}
+        for name in spec.state_names:
+            seeds[f"{name}_T"] = rng.standard_normal((BATCH, N_OUT)) if f"{name}_T" in reads else None
+        X_param = rc.param(X)
+        state_params = [rc.param(s) for s in states]
+
+        def loss():
+            final, Y = cell(_pack(state_params), X_param)
+            parts = [(Y, seeds["Y"])] + [(part, seeds[f"{name}_T"]) for name, part
+                                          in zip(spec.state_names, _unpack(final))]
+            return sum(rc.sum(t * seed) for t, seed in parts if seed is not None)
+
+        params = [X_param, *state_params, *(getattr(cell, n) for n in names)]
+        gs = rc.gradient(loss, params)
+        finals = {f"d{name}_T": seeds[f"{name}_T"] for name in spec.state_names}
+        want = spec.sequence_backward(*weights, *states, X, seeds["Y"], **finals, **spec.options)
+        _assert_close(gs[X_param], want["X"], what=f"X ({reads})")
+        for name, p in zip(spec.state_names, state_params):
+            _assert_close(gs[p], want[f"{name}0"], what=f"{name}0 ({reads})")
+        for name in names:
+            _assert_close(gs[getattr(cell, name)], want[name], what=f"{name} ({reads})")
+
+
+# ---------------------------------------------------------------- finite differences, float32
+
+@pytest.mark.parametrize("name", sorted(RECURRENT_CASES))
+def test_gradients_match_finite_differences(name):
+    f, arrays = RECURRENT_CASES[name]
+    assert rc.check_gradients(f, *arrays) < 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(RECURRENT_CASES))
+def test_float32_gradients_match_float64(name):
+    f, arrays = RECURRENT_CASES[name]
+    grads = {}
+    for dtype in (np.float32, np.float64):
+        ps = [rc.param(a, dtype) for a in arrays]
+
+        def loss():
+            out = f(*ps)
+            seed = np.random.default_rng(5).standard_normal(out.shape).astype(dtype)
+            return rc.sum(out * seed)
+
+        gs = rc.gradient(loss, ps)
+        assert all(gs[p].dtype == dtype for p in ps)
+        grads[dtype] = [gs[p] for p in ps]
+    for g32, g64 in zip(grads[np.float32], grads[np.float64]):
+        _assert_close(g32.astype(np.float64), g64, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- sequence node = step loop
+
+LAYERS = {"RNN": lambda: RNN(N_IN, N_OUT, dtype=np.float64),
+          "RNN relu": lambda: RNN(N_IN, N_OUT, rc.relu, dtype=np.float64),
+          "LSTM": lambda: LSTM(N_IN, N_OUT, dtype=np.float64),
+          "GRU": lambda: GRU(N_IN, N_OUT, dtype=np.float64),
+          "GRUv3": lambda: GRUv3(N_IN, N_OUT, dtype=np.float64),
+          "Chain(LSTM, Dense)": lambda: rc.Chain(LSTM(N_IN, N_OUT, dtype=np.float64),
+                                                 rc.Dense(N_OUT, 2, dtype=np.float64))}
+
+
+def _recurs(model):
+    return [m for m in (model.layers if isinstance(model, rc.Chain) else [model])
+            if isinstance(m, Recur)]
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_sequence_equals_stacked_steps(layer):
+    rng = np.random.default_rng(2)
+    model = LAYERS[layer]()
+    for p in rc.params(model):      # nonzero initial states and biases
+        p.value = p.value + 0.3 * rng.standard_normal(p.shape)
+    X = rc.param(rng.standard_normal((TIME, BATCH, N_IN)))
+    out_seed = rng.standard_normal((TIME, BATCH, 2 if "Chain" in layer else N_OUT))
+    state_seed = rng.standard_normal((BATCH, N_OUT))
+    results = {}
+    for path in ("sequence", "steps"):
+        def loss():
+            reset(model)
+            Y = model(X) if path == "sequence" else rc.stack([model(x) for x in X])
+            results[path, "Y"] = np.asarray(Y)
+            state = _recurs(model)[0].state
+            h_T = state[-1] if isinstance(state, tuple) else state   # c_T for the LSTM
+            return rc.sum(Y * out_seed) + rc.sum(h_T * state_seed)
+
+        results[path] = rc.gradient(loss, [X, *rc.params(model)])
+        results[path, "state"] = [np.asarray(s) for s in _unpack(_recurs(model)[0].state)]
+    _assert_close(results["sequence", "Y"], results["steps", "Y"], rtol=1e-12)
+    for got, want in zip(results["sequence", "state"], results["steps", "state"]):
+        _assert_close(got, want, rtol=1e-12)
+    for p in [X, *rc.params(model)]:
+        _assert_close(results["sequence"][p], results["steps"][p], rtol=1e-10, what=str(p.shape))
+
+
+def test_sequence_then_steps_continue_the_state():
+    rng = np.random.default_rng(3)
+    m = LSTM(N_IN, N_OUT, dtype=np.float64)
+    X = rng.standard_normal((6, BATCH, N_IN))
+    whole = np.asarray(m(X))
+    reset(m)
+    first = np.asarray(m(X[:3]))
+    rest = [np.asarray(m(x)) for x in X[3:]]
+    np.testing.assert_allclose(np.concatenate([first, np.stack(rest)]), whole, rtol=1e-12)
+
+
+def test_empty_sequence_keeps_the_state():
+    m = GRU(N_IN, N_OUT)
+    Y = m(np.zeros((0, BATCH, N_IN), np.float32))
+    assert Y.shape == (0, BATCH, N_OUT)
+    assert m.state is m.state0
+
+
+# ---------------------------------------------------------------- construction
+
+def test_parameter_shapes_defaults_and_order():
+    cells = {RNNCell: ["Wi", "Wh", "b", "state0"], LSTMCell: ["Wi", "Wh", "b", "state0"],
+             GRUCell: ["Wi", "Wh", "b", "state0"], GRUv3Cell: ["Wi", "Wh", "b", "Wh_h", "state0"]}
+    for make, names in cells.items():
+        cell = make(3, 5)
+        shapes = make.weight_shapes(3, 5)
+        for name, shape in shapes.items():
+            assert getattr(cell, name).shape == shape and getattr(cell, name).dtype == np.float32
+        states = _unpack(cell.state0)
+        assert all(isinstance(s, rc.Param) and s.shape == (5,) and not s.value.any() for s in states)
+        assert [id(p) for p in rc.params(cell)] == [
+            id(p) for n in names for p in _unpack(getattr(cell, n))]
+    lstm = LSTMCell(3, 5)
+    np.testing.assert_array_equal(lstm.b.value, np.r_[np.zeros(5), np.ones(5), np.zeros(10)])
+    assert not GRUCell(3, 5).b.value.any() and not RNNCell(3, 5).b.value.any()
+
+
+def test_parameter_counts_and_display():
+    assert repr(RNN(3, 5)) == ("Recur(\n"
+                               "  RNNCell(3 => 5, tanh),  # 50 parameters\n"
+                               ")  # Total: 4 trainable arrays, 50 parameters,\n"
+                               "   # plus 1 non-trainable, 5 parameters, 220 bytes.")
+    counts = {LSTM: (190, 5), GRU: (140, 4), GRUv3: (140, 5)}
+    for make, (n, arrays) in counts.items():
+        ps = rc.params(make(3, 5))
+        assert (sum(p.size for p in ps), len(ps)) == (n, arrays)
+    assert repr(RNNCell(3, 5)) == "RNNCell(3 => 5, tanh)"
+    assert repr(RNNCell(3, 5, rc.relu)) == "RNNCell(3 => 5, relu)"
+    assert repr(LSTMCell(3, 5)) == "LSTMCell(3 => 5)"
+    assert repr(GRUCell(3, 5)) == "GRUCell(3 => 5)"
+    assert repr(GRUv3Cell(3, 5)) == "GRUv3Cell(3 => 5)"
+
+
+def test_glorot_uniform_over_the_stacked_matrix():
+    cell = LSTMCell(30, 50, rng=np.random.default_rng(0))
+    for W in (cell.Wi.value, cell.Wh.value):
+        limit = np.sqrt(6 / (W.shape[0] + W.shape[1]))
+        assert np.abs(W).max() <= limit and np.abs(W).max() > 0.95 * limit
+
+
+def test_keyword_options():
+    a = GRUCell(3, 5, rng=np.random.default_rng(4))
+    b = GRUCell(3, 5, rng=np.random.default_rng(4))
+    np.testing.assert_array_equal(a.Wh.value, b.Wh.value)
+    cell = LSTMCell(3, 5, init=rc.ones, initb=rc.ones, init_state=rc.ones, dtype=np.float64)
+    assert cell.Wi.dtype == np.float64 and cell.Wi.value.min() == 1 and cell.b.value.min() == 1
+    assert all(s.dtype == np.float64 and s.value.min() == 1 for s in cell.state0)
+    with pytest.raises(ValueError, match="RNNCell.*non-negative int"):
+        RNNCell(3, -1)
+
+
+def test_from_weights_takes_any_array_likes():
+    rng = np.random.default_rng(5)
+    Wh = scipy.sparse.diags([rng.random(4), rng.random(5), rng.random(4)], [-1, 0, 1])
+    cell = RNNCell.from_weights(rng.random((5, 4)), Wh, rng.random(5), rng.random((5, 1)))
+    assert cell.Wh.dtype == np.float64 and isinstance(cell.Wh.value, np.ndarray)
+    np.testing.assert_array_equal(cell.Wh.value, Wh.toarray())
+    assert cell.state0.shape == (5,)
+    assert RNNCell.from_weights([[1, 2]], [[0.5]], [0]).Wi.dtype == np.float32
+    mixed = LSTMCell.from_weights(np.ones((8, 3), np.float32), np.ones((8, 2)), np.zeros(8),
+                                  state0=([1, 2], [3, 4]))
+    assert mixed.Wi.dtype == np.float64 and mixed.state0[1].value.tolist() == [3, 4]
+    single = GRUv3Cell.from_weights(np.ones((6, 3)), np.ones((4, 2)), np.zeros(6),
+                                    np.eye(2), dtype=np.float32)
+    assert single.Wh_h.dtype == np.float32 and single.state0.dtype == np.float32
+    relu = RNNCell.from_weights(np.ones((2, 3)), np.eye(2), np.zeros(2), σ=rc.relu)
+    assert repr(relu) == "RNNCell(3 => 2, relu)"
+
+
+def test_from_weights_checks_shapes():
+    with pytest.raises(ValueError, match=r"GRUCell.from_weights.*Wh \(6, 3\) \(expected \(9, 3\)\)"):
+        GRUCell.from_weights(np.ones((9, 2)), np.ones((6, 3)), np.zeros(9))
+    with pytest.raises(ValueError, match="state0 must be 2 array"):
+        LSTMCell.from_weights(np.ones((8, 3)), np.ones((8, 2)), np.zeros(8), state0=[np.zeros(2)])
+    with pytest.raises(ValueError, match="Wi must be a matrix"):
+        RNNCell.from_weights(np.ones(3), np.ones((2, 2)), np.zeros(2))
+
+
+# ---------------------------------------------------------------- calling cells and layers
+
+def test_layers_cast_input_to_their_dtype():
+    m = RNN(3, 2)
+    assert m(np.ones(3)).dtype == np.float32
+    reset(m)
+    assert m(np.ones((4, 3), np.int64)).dtype == np.float32
+    reset(m)
+    assert m(np.ones((2, 4, 3))).dtype == np.float32
+    cell = LSTMCell(3, 2)
+    x = rc.param(np.ones((2, 3)))                # float64, recorded: cast node, gradient back
+    gs = rc.gradient(lambda: rc.sum(cell(cell.state0, x)[1]), [x])
+    assert gs[x].dtype == np.float64 and np.abs(gs[x]).sum() > 0
+
+
+def test_wrong_feature_size_names_the_layer():
+    with pytest.raises(ValueError, match=r"RNNCell\(3 => 5, tanh\) expects 3 features.*\(4,\)"):
+        RNN(3, 5)(np.ones(4))
+    with pytest.raises(ValueError, match=r"LSTMCell\(3 => 5\) expects 3 features.*\(7, 2, 4\)"):
+        LSTM(3, 5)(np.ones((7, 2, 4)))
+    with pytest.raises(ValueError, match=r"GRUCell\(3 => 5\).*\(features,\) or \(batch, features\)"):
+        GRUCell(3, 5)(np.zeros(5), np.ones((1, 2, 2, 3)))
+    with pytest.raises(TypeError):
+        RNN(3, 5)(np.ones(3, complex))
+
+
+def test_cell_state_shape_is_checked():
+    cell = GRUCell(3, 5)
+    with pytest.raises(ValueError, match=r"GRUCell\(3 => 5\): state h has shape \(4, 5\); expected \(5,\) or \(2, 5\)"):
+        cell(np.zeros((4, 5)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"state c has shape \(6,\)"):
+        LSTMCell(3, 5)((np.zeros(5), np.zeros(6)), np.ones(3))
+
+
+def test_batch_size_change_without_reset_raises():
+    m = RNN(3, 5)
+    m(np.ones((10, 3)))
+    with pytest.raises(ValueError, match=r"batch size changed from 10 to 1 without reset; "
+                                         r"call recur\.reset\(model\)"):
+        m(np.ones(3))
+    with pytest.raises(ValueError, match="batch size changed from 10 to 4"):
+        m(np.ones((5, 4, 3)))
+    reset(m)
+    assert m(np.ones(3)).shape == (5,)
+    with pytest.raises(ValueError, match="batch size changed from 1 to 10"):
+        m(np.ones((10, 3)))
+    m.reset()
+    assert m(np.ones((1, 3))).shape == (1, 5)
+    with pytest.raises(ValueError, match=r"from 1 to 1 \(a single input after a batch\)"):
+        m(np.ones(3))
+
+
+def test_unbatched_state0_broadcasts_and_its_gradient_sums_over_the_batch():
+    rng = np.random.default_rng(6)
+    for make in (RNN, LSTM, GRU, GRUv3):
+        m = make(N_IN, N_OUT, dtype=np.float64)
+        X = rng.standard_normal((TIME, BATCH, N_IN))
+        states0 = _unpack(m.state0)
+        for p in states0:
+            p.value = rng.standard_normal(N_OUT)
+        gs = rc.gradient(lambda: (reset(m), rc.sum(m(X) ** 2))[1], m)
+        # The same with the initial state copied into every row of the batch.
+        rows = [rc.param(np.tile(p.value, (BATCH, 1))) for p in states0]
+        m.state = _pack(rows)
+        g_rows = rc.gradient(lambda: rc.sum(m(X) ** 2), rows)
+        for p, r in zip(states0, rows):
+            _assert_close(gs[p], g_rows[r].sum(axis=0), rtol=1e-12)
+
+
+def test_state_is_readable_and_assignable():
+    m = GRU(3, 2, dtype=np.float64)
+    assert m.state is m.state0 and m.cell.state0 is m.state0
+    m.state = np.full((4, 2), 0.5)
+    y = m(np.ones((4, 3)))
+    expected = ref.gru_step(m.cell.Wi.value, m.cell.Wh.value, m.cell.b.value, np.full((4, 2), 0.5), np.ones((4, 3)))
+    np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(m.state), np.asarray(y))
+
+
+def test_inference_records_nothing():
+    m = LSTM(3, 4)
+    h = m(np.ones((2, 3)))
+    assert not is_recorded(h) and thread_tape().n_nodes_recorded == 0
+
+
+def test_non_fused_activation_composes_ops():
+    rng = np.random.default_rng(7)
+    cell = RNNCell(3, 2, rc.elu, dtype=np.float64)
+    h0, x = rng.standard_normal(2), rng.standard_normal((4, 3))
+    h, y = cell(h0, x)
+    expected = x @ cell.Wi.value.T + h0 @ cell.Wh.value.T + cell.b.value
+    np.testing.assert_allclose(np.asarray(h), np.where(expected > 0, expected, np.expm1(expected)), rtol=1e-12)
+    X = rng.standard_normal((5, 4, 3))
+    m = Recur(cell)
+    Y = m(X)
+    reset(m)
+    np.testing.assert_allclose(np.asarray(Y), np.stack([np.asarray(m(x)) for x in X]), rtol=1e-12)
+
+    def f(X, Wi, Wh, b):
+        cell.Wi, cell.Wh, cell.b = Wi, Wh, b
+        return cell(np.zeros(2), X)[1]
+
+    assert rc.check_gradients(f, X, cell.Wi.value, cell.Wh.value, cell.b.value) < 1e-5
+
+
+# ---------------------------------------------------------------- Recur around a function
+
+def test_recur_around_a_function_steps_3d_input():
+    rng = np.random.default_rng(8)
+    W = rc.param(rng.standard_normal((2, 3)))
+    step = lambda h, x: (np.tanh(x @ W.T + h), np.tanh(x @ W.T + h))
+    m = Recur(step, np.zeros(2))
+    X = rng.standard_normal((4, 5, 3))
+    Y = m(X)
+    assert Y.shape == (4, 5, 2)
+    reset(m)
+    np.testing.assert_allclose(np.asarray(Y), np.stack([np.asarray(m(x)) for x in X]))
+    gs = rc.gradient(lambda: (reset(m), rc.sum(m(X)))[1], [W])
+    assert gs[W] is not None and np.all(np.isfinite(gs[W]))
+    with pytest.raises(TypeError, match="needs a state0"):
+        Recur(step)
+
+
+def test_unroll():
+    m = RNN(2, 3)
+    ys = unroll(m, 4)([np.ones(2)] * 4)
+    assert len(ys) == 4 and all(y.shape == (3,) for y in ys)
+    with pytest.raises(ValueError, match=r"unroll\(model, 4\) takes a list of 4 inputs, got 3"):
+        unroll(m, 4)([np.ones(2)] * 3)
+
+
+# ---------------------------------------------------------------- reset and truncate
+
+class _Holder:
+    def __init__(self, inner):
+        self.inner = inner
+
+
+def test_reset_and_truncate_find_every_recur_in_any_nesting():
+    layers = [RNN(2, 2), LSTM(2, 2), GRU(2, 2), GRUv3(2, 2), RNN(2, 2)]
+    model = {"chain": rc.Chain(layers[0], rc.Dense(2, 2)),
+             "list": [layers[1], (layers[2],)], "object": _Holder(_Holder(layers[3])),
+             "nested chain": rc.Chain(rc.Chain(layers[4]))}
+    for m in layers:
+        m(np.ones((3, 2)))
+        assert m.state is not m.state0
+    truncate(model)
+    for m in layers:
+        assert all(type(s) is rc.Tensor and s.shape == (3, 2) for s in _unpack(m.state))
+    reset(model)
+    for m in layers:
+        assert m.state is m.state0
+
+
+def _loss_over_two_chunks(m, X, cut):
+    """The loss of the second half of X, after running the first half."""
+    reset(m)
+    m(X[:3])
+    if cut is truncate:
+        truncate(m)
+    elif cut == "constant":
+        m.state = tuple(rc.Tensor(np.asarray(s)) for s in m.state)
+    return rc.sum(m(X[3:]) ** 2)
+
+
+def test_truncate_equals_a_constant_state_and_cuts_gradients():
+    rng = np.random.default_rng(9)
+    m = LSTM(N_IN, N_OUT, dtype=np.float64)
+    X = rng.standard_normal((6, BATCH, N_IN))
+    grads = {cut: rc.gradient(lambda: _loss_over_two_chunks(m, X, cut), m)
+             for cut in (truncate, "constant", None)}
+    for p in rc.params(m):
+        a, b, full = grads[truncate][p], grads["constant"][p], grads[None][p]
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    assert grads[truncate][m.cell.state0[0]] is None
+    assert grads[None][m.cell.state0[0]] is not None
+    assert not np.allclose(grads[truncate][m.cell.Wh], grads[None][m.cell.Wh])
+
+
+def test_truncate_keeps_the_state_value():
+    m = GRU(3, 2)
+    m(np.ones((2, 3)))
+    before = np.array(m.state)
+    truncate(m)
+    np.testing.assert_array_equal(np.asarray(m.state), before)
+    reset(m)
+    truncate(m)          # state0 itself becomes a constant copy, no longer trainable
+    assert type(m.state) is rc.Tensor and m.state is not m.state0
+    np.testing.assert_array_equal(np.asarray(m.state), m.state0.value)
+
+
+# ---------------------------------------------------------------- long sequences, memory
+
+def _long_run(path, steps):
+    rng = np.random.default_rng(10)
+    m = rc.Chain(RNN(2, 8), rc.Dense(8, 1))
+    xs = rng.standard_normal((steps, 1, 2)).astype(np.float32)
+    ys = np.sin(np.cumsum(xs[..., :1], axis=0)).astype(np.float32)
+    opt = rc.Adam(0.01)
+
+    def loss():
+        reset(m)
+        if path == "sequence":
+            return rc.mse(m(xs), ys)
+        return sum(rc.mse(m(x), y) for x, y in zip(xs, ys)) / steps
+
+    losses = []
+    for _ in range(3):
+        value, gs = rc.value_and_gradient(loss, m)
+        rc.update(opt, rc.params(m), gs)
+        losses.append(value)
+        assert all(np.all(np.isfinite(gs[p])) for p in rc.params(m))
+    return m, losses
+
+
+@pytest.mark.parametrize("path", ["sequence", "steps"])
+def test_ten_thousand_steps_train_and_release_the_tape(path):
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(200 + len(__import__("inspect").stack()))
+    try:
+        m, losses = _long_run(path, 10_000)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert losses[-1] < losses[0]
+    assert thread_tape().n_nodes_recorded == 0
+
+    arena = thread_tape().arena_bytes
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        _long_run(path, 10_000)
+        gc.collect()
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(path, peak - before, held - before)
+    # The tape held the values of 10,000 steps during each call and let them go at its end;
+    # its arenas are reused, not grown, by the next calls.
+    assert peak - before > 300_000
+    assert held - before < 50_000, (held - before, peak - before)
+    assert thread_tape().arena_bytes == arena
+
+
+def test_inference_memory_stays_flat():
+    script = textwrap.dedent("""
+        import numpy as np, recur as rc
+        from recur.recurrent import LSTM
+        m = LSTM(16, 32)
+        x = np.ones((8, 16), np.float32)
+        def rss_kib():
+            with open("/proc/self/status") as status:
+                return next(int(l.split()[1]) for l in status if l.startswith("VmRSS"))
+        for _ in range(2000):
+            m(x)
+        m(np.ones((50, 8, 16), np.float32))
+        before = rss_kib()
+        for _ in range(50_000):
+            m(x)
+        for _ in range(200):
+            m(np.ones((50, 8, 16), np.float32))
+        print(rss_kib() - before)
+    """)
+    grown_kib = int(subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                   text=True, check=True).stdout)
+    assert grown_kib < 2048, f"inference grew the process by {grown_kib} KiB"
+
+
+def test_threads_give_the_serial_results():
+    rng = np.random.default_rng(11)
+    models = [LSTM(8, 16, rng=np.random.default_rng(i)) for i in range(4)]
+    X = rng.standard_normal((30, 5, 8)).astype(np.float32)
+
+    def run(m):
+        reset(m)
+        return rc.gradient(lambda: (reset(m), rc.sum(m(X) ** 2))[1], m)
+
+    serial = [run(m) for m in models]
+    results = [None] * len(models)
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, run(models[i])))
+               for i in range(len(models))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for m, expected, got in zip(models, serial, results):
+        for p in rc.params(m):
+            np.testing.assert_array_equal(got[p], expected[p])
