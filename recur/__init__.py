@@ -37,8 +37,12 @@ from recur.optimise import (
     Descent, Momentum, Nesterov, RMSProp, Adam, ADAM, AdamW, ClipNorm, ClipValue, OptimiserChain,
     update,
 )
+from recur.recurrent import (
+    RNNCell, LSTMCell, GRUCell, GRUv3Cell, Recur, RNN, LSTM, GRU, GRUv3, reset, truncate, unroll,
+)
 from recur.train import train, StopTraining
 from recur.data import DataLoader
 from recur.io import save, load
+from recur.interop import from_torch
 
 __version__ = "0.1.0"
