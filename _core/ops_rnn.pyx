@@ -13,7 +13,7 @@
 #   inputs  0 X, 1 h0, 2 c0, 3 Wi, 4 Wh, 5 b, 6 Wh_h   (slots a cell lacks stay -1)
 #   ints    cell, act, T, B, n_in, H, h0 broadcast, c0 broadcast
 #   saved   [0] the node's Buffers
-from libc.math cimport tanh, tanhf, exp, expf
+from libc.math cimport tanh, exp, fabsf, copysignf
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cython cimport floating
@@ -63,6 +63,7 @@ ctypedef struct Buffers:
     void* d_hidden_proj    # backward: gradient of h Whᵀ; GRU (T, B, 3H), others d_gates
     void* dh               # backward: gradient reaching h_t (B, H)
     void* dc               # backward, LSTM: gradient reaching c_t (B, H)
+    void* tanh_c           # backward, LSTM: tanh(c_t) of the current step (B, H)
     void* d_reset          # backward, GRUv3: gradient of r ⊙ h (B, H)
 
 
@@ -105,22 +106,70 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
                            else w.d_gates)
         w.dh = take(block, &used, step)
         w.dc = take(block, &used, step if cell == CELL_LSTM else 0)
+        w.tanh_c = take(block, &used, step if cell == CELL_LSTM else 0)
         w.d_reset = take(block, &used, step if cell == CELL_GRUV3 else 0)
     return used
 
 
+# ---------------------------------------------------------------- activations
+# float32 exp, sigmoid and tanh to a few ulp, written without branches or calls so that
+# the loops applying them vectorise (libm's are scalar calls and cost as much as the
+# GEMMs). float64, the dtype of gradient checks, keeps libm's. Constants in float code are
+# cast: Cython writes a bare 1 next to a float as the double 1.0, and C then computes the
+# whole expression in double.
+
+cdef inline float exp_parts(float x, float* scale) noexcept nogil:
+    # eˣ = 2ⁿ (1 + q): returns q and sets scale = 2ⁿ. x = n ln2 + r with |r| ≤ ln2/2, and
+    # q = eʳ - 1 by its Taylor series (the next term is below float precision). Clamping
+    # keeps 2ⁿ a normal float; a NaN passes through the selects and stays NaN.
+    cdef float log2e = 1.4426950408889634, ln2_hi = 0.693145751953125
+    cdef float ln2_lo = 1.4286068203094173e-06, shifter = 12582912.0    # 1.5·2²³
+    cdef float lowest = -87.0, highest = 88.0
+    cdef float low = lowest if x < lowest else x
+    cdef float high = highest if x > highest else x
+    cdef float clamped = low if x < 0 else high
+    # Adding 1.5·2²³ rounds to an integer n and leaves n in the low mantissa bits.
+    cdef float shifted = clamped * log2e + shifter
+    cdef float n = shifted - shifter
+    cdef float r = clamped - n * ln2_hi - n * ln2_lo
+    cdef unsigned int bits
+    memcpy(&bits, &shifted, sizeof(float))
+    bits = (bits - 0x4B400000u + 127u) << 23
+    memcpy(scale, &bits, sizeof(float))
+    return r * (<float>1 + r * (<float>(1 / 2.) + r * (<float>(1 / 6.) + r * (<float>(1 / 24.)
+                + r * (<float>(1 / 120.) + r * (<float>(1 / 720.) + r * <float>(1 / 5040.)))))))
+
+
 cdef inline floating logistic(floating v) noexcept nogil:
+    cdef float scale, q
     if floating is float:
-        return 1 / (1 + expf(-v))
+        q = exp_parts(-v, &scale)
+        return <float>1 / (<float>1 + (scale + scale * q))
     else:
         return 1 / (1 + exp(-v))
 
 
 cdef inline floating tanh_of(floating v) noexcept nogil:
+    # tanh|v| = -u / (2 + u) with u = e^(-2|v|) - 1 = 2ⁿq + (2ⁿ - 1): no cancellation near 0.
+    cdef float scale, q, u
     if floating is float:
-        return tanhf(v)
+        q = exp_parts(<float>-2 * fabsf(v), &scale)
+        u = scale * q + (scale - <float>1)
+        return copysignf(-u / (<float>2 + u), v)
     else:
         return tanh(v)
+
+
+cdef void logistic_in_place(index_t n, floating* v) noexcept nogil:
+    cdef index_t k
+    for k in range(n):
+        v[k] = logistic(v[k])
+
+
+cdef void tanh_in_place(index_t n, floating* v) noexcept nogil:
+    cdef index_t k
+    for k in range(n):
+        v[k] = tanh_of(v[k])
 
 
 cdef void copy_rows(index_t rows, index_t n, const floating* row, floating* out) noexcept nogil:
@@ -363,73 +412,75 @@ cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording,
 cdef void lstm_forward(index_t B, index_t H, floating* gates, const floating* c_prev,
                        floating* c, floating* h) noexcept nogil:
     # c' = s(f) c + s(i) tanh(g),  h' = s(o) tanh(c'); activated gates replace their inputs.
-    cdef index_t r, j, k
-    cdef floating* g
-    cdef floating i_gate, f_gate, candidate, o_gate
+    cdef index_t r, j
+    cdef floating* i_gate
+    cdef floating* f_gate
+    cdef floating* candidate
+    cdef floating* o_gate
+    cdef floating* c_row
+    cdef floating* h_row
+    cdef const floating* c_prev_row
     for r in range(B):
-        g = gates + r * 4 * H
+        i_gate = gates + r * 4 * H
+        f_gate, candidate, o_gate = i_gate + H, i_gate + 2 * H, i_gate + 3 * H
+        c_row, h_row, c_prev_row = c + r * H, h + r * H, c_prev + r * H
+        logistic_in_place(2 * H, i_gate)
+        tanh_in_place(H, candidate)
+        logistic_in_place(H, o_gate)
         for j in range(H):
-            k = r * H + j
-            i_gate = logistic(g[j])
-            f_gate = logistic(g[H + j])
-            candidate = tanh_of(g[2 * H + j])
-            o_gate = logistic(g[3 * H + j])
-            g[j] = i_gate
-            g[H + j] = f_gate
-            g[2 * H + j] = candidate
-            g[3 * H + j] = o_gate
-            c[k] = f_gate * c_prev[k] + i_gate * candidate
-            h[k] = o_gate * tanh_of(c[k])
+            c_row[j] = f_gate[j] * c_prev_row[j] + i_gate[j] * candidate[j]
+        for j in range(H):
+            h_row[j] = o_gate[j] * tanh_of(c_row[j])
 
 
 cdef void gru_forward(index_t B, index_t H, floating* gates, const floating* hidden_proj,
                       const floating* h_prev, floating* hidden_n, floating* h) noexcept nogil:
     # r, z = s(x part + h part),  n = tanh(x Wi_nᵀ + b_n + r ⊙ (h Wh_nᵀ)),
-    # h' = (1 - z) n + z h. Backward needs h Wh_nᵀ: kept in hidden_n.
-    cdef index_t r, j, k
-    cdef floating* g
+    # h' = (1 - z) n + z h = n + z (h - n). Backward needs h Wh_nᵀ: kept in hidden_n.
+    cdef index_t r, j
+    cdef floating* reset
+    cdef floating* update
+    cdef floating* candidate
     cdef const floating* p
-    cdef floating reset, update, candidate
     for r in range(B):
-        g = gates + r * 3 * H
+        reset = gates + r * 3 * H
+        update, candidate = reset + H, reset + 2 * H
         p = hidden_proj + r * 3 * H
+        for j in range(2 * H):
+            reset[j] += p[j]
+        logistic_in_place(2 * H, reset)
+        memcpy(hidden_n + r * H, p + 2 * H, H * sizeof(floating))
         for j in range(H):
-            k = r * H + j
-            reset = logistic(g[j] + p[j])
-            update = logistic(g[H + j] + p[H + j])
-            candidate = tanh_of(g[2 * H + j] + reset * p[2 * H + j])
-            g[j] = reset
-            g[H + j] = update
-            g[2 * H + j] = candidate
-            hidden_n[k] = p[2 * H + j]
-            h[k] = (1 - update) * candidate + update * h_prev[k]
+            candidate[j] += reset[j] * p[2 * H + j]
+        tanh_in_place(H, candidate)
+        for j in range(H):
+            h[r * H + j] = candidate[j] + update[j] * (h_prev[r * H + j] - candidate[j])
 
 
 cdef void gruv3_reset_forward(index_t B, index_t H, floating* gates, const floating* h_prev,
                               floating* reset_h) noexcept nogil:
     # r, z = s(·); r ⊙ h is the input of the candidate's own matrix Wh_h.
-    cdef index_t r, j, k
-    cdef floating* g
+    cdef index_t r, j
+    cdef floating* reset
     for r in range(B):
-        g = gates + r * 3 * H
+        reset = gates + r * 3 * H
+        logistic_in_place(2 * H, reset)
         for j in range(H):
-            k = r * H + j
-            g[j] = logistic(g[j])
-            g[H + j] = logistic(g[H + j])
-            reset_h[k] = g[j] * h_prev[k]
+            reset_h[r * H + j] = reset[j] * h_prev[r * H + j]
 
 
 cdef void gruv3_output_forward(index_t B, index_t H, floating* gates, const floating* h_prev,
                                floating* h) noexcept nogil:
-    # n = tanh(x Wi_nᵀ + b_n + (r ⊙ h) Wh_hᵀ),  h' = (1 - z) n + z h.
-    cdef index_t r, j, k
-    cdef floating* g
+    # n = tanh(x Wi_nᵀ + b_n + (r ⊙ h) Wh_hᵀ),  h' = (1 - z) n + z h = n + z (h - n).
+    cdef index_t r, j
+    cdef floating* update
+    cdef floating* candidate
     for r in range(B):
-        g = gates + r * 3 * H
+        update = gates + r * 3 * H + H
+        candidate = update + H
+        tanh_in_place(H, candidate)
         for j in range(H):
-            k = r * H + j
-            g[2 * H + j] = tanh_of(g[2 * H + j])
-            h[k] = (1 - g[H + j]) * g[2 * H + j] + g[H + j] * h_prev[k]
+            h[r * H + j] = candidate[j] + update[j] * (h_prev[r * H + j] - candidate[j])
 
 
 # ---------------------------------------------------------------- backward
@@ -483,7 +534,7 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
         elif d.cell == CELL_LSTM:
             lstm_backward(B, H, gates + t * B * GH,
                           cells + (t - 1) * BH if t > 0 else <floating*>w.c0,
-                          cells + t * BH, dh, dc, d_gates + t * B * GH)
+                          cells + t * BH, <floating*>w.tanh_c, dh, dc, d_gates + t * B * GH)
         elif d.cell == CELL_GRU:
             gru_backward(B, H, gates + t * B * GH, hidden + t * BH, h_prev, dh,
                          d_gates + t * B * GH, d_hidden + t * B * ld_hidden)
@@ -521,6 +572,15 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
              1, <floating*>nodes[inputs[IN_X]].grad, n_in)
 
 
+# The activations' derivatives from their outputs, which is what the gates keep.
+cdef inline floating sigmoid_slope(floating s) noexcept nogil:
+    return s * (<floating>1 - s)
+
+
+cdef inline floating tanh_slope(floating t) noexcept nogil:
+    return <floating>1 - t * t
+
+
 cdef void add_to(index_t n, const floating* src, floating* dst) noexcept nogil:
     cdef index_t k
     for k in range(n):
@@ -543,27 +603,27 @@ cdef void add_state_grad(bint broadcast, index_t B, index_t H, const floating* d
 
 
 cdef void lstm_backward(index_t B, index_t H, const floating* gates, const floating* c_prev,
-                        const floating* c, const floating* dh, floating* dc,
+                        const floating* c, floating* tanh_c, const floating* dh, floating* dc,
                         floating* d_gates) noexcept nogil:
     # c' reaches the loss directly (dc) and through h' = o tanh(c'); dc leaves as the
-    # gradient of c, dc' f.
+    # gradient of c, dc' f. tanh(c') first, in a loop of its own that vectorises.
     cdef index_t r, j, k
-    cdef const floating* g
-    cdef floating* dg
-    cdef floating i_gate, f_gate, candidate, o_gate, tanh_c, dc_total
+    cdef const floating* i_gate
+    cdef floating* d_i
+    cdef floating dc_total
+    memcpy(tanh_c, c, B * H * sizeof(floating))
+    tanh_in_place(B * H, tanh_c)
     for r in range(B):
-        g = gates + r * 4 * H
-        dg = d_gates + r * 4 * H
+        i_gate = gates + r * 4 * H
+        d_i = d_gates + r * 4 * H
         for j in range(H):
             k = r * H + j
-            i_gate, f_gate, candidate, o_gate = g[j], g[H + j], g[2 * H + j], g[3 * H + j]
-            tanh_c = tanh_of(c[k])
-            dc_total = dc[k] + dh[k] * o_gate * (1 - tanh_c * tanh_c)
-            dg[j] = dc_total * candidate * i_gate * (1 - i_gate)
-            dg[H + j] = dc_total * c_prev[k] * f_gate * (1 - f_gate)
-            dg[2 * H + j] = dc_total * i_gate * (1 - candidate * candidate)
-            dg[3 * H + j] = dh[k] * tanh_c * o_gate * (1 - o_gate)
-            dc[k] = dc_total * f_gate
+            dc_total = dc[k] + dh[k] * i_gate[3 * H + j] * tanh_slope(tanh_c[k])
+            d_i[j] = dc_total * i_gate[2 * H + j] * sigmoid_slope(i_gate[j])
+            d_i[H + j] = dc_total * c_prev[k] * sigmoid_slope(i_gate[H + j])
+            d_i[2 * H + j] = dc_total * i_gate[j] * tanh_slope(i_gate[2 * H + j])
+            d_i[3 * H + j] = dh[k] * tanh_c[k] * sigmoid_slope(i_gate[3 * H + j])
+            dc[k] = dc_total * i_gate[H + j]
 
 
 cdef void gru_backward(index_t B, index_t H, const floating* gates, const floating* hidden_n,
@@ -583,9 +643,9 @@ cdef void gru_backward(index_t B, index_t H, const floating* gates, const floati
         for j in range(H):
             k = r * H + j
             reset, update, candidate = g[j], g[H + j], g[2 * H + j]
-            d_candidate = dh[k] * (1 - update) * (1 - candidate * candidate)
-            dg[j] = d_candidate * hidden_n[k] * reset * (1 - reset)
-            dg[H + j] = dh[k] * (h_prev[k] - candidate) * update * (1 - update)
+            d_candidate = dh[k] * (<floating>1 - update) * tanh_slope(candidate)
+            dg[j] = d_candidate * hidden_n[k] * sigmoid_slope(reset)
+            dg[H + j] = dh[k] * (h_prev[k] - candidate) * sigmoid_slope(update)
             dg[2 * H + j] = d_candidate
             dp[j] = dg[j]
             dp[H + j] = dg[H + j]
@@ -607,8 +667,8 @@ cdef void gruv3_output_backward(index_t B, index_t H, const floating* gates,
         for j in range(H):
             k = r * H + j
             update, candidate = g[H + j], g[2 * H + j]
-            dg[H + j] = dh[k] * (h_prev[k] - candidate) * update * (1 - update)
-            dg[2 * H + j] = dh[k] * (1 - update) * (1 - candidate * candidate)
+            dg[H + j] = dh[k] * (h_prev[k] - candidate) * sigmoid_slope(update)
+            dg[2 * H + j] = dh[k] * (<floating>1 - update) * tanh_slope(candidate)
 
 
 cdef void gruv3_reset_backward(index_t B, index_t H, const floating* gates,
@@ -625,5 +685,5 @@ cdef void gruv3_reset_backward(index_t B, index_t H, const floating* gates,
         for j in range(H):
             k = r * H + j
             reset = g[j]
-            dg[j] = d_reset_h[k] * h_prev[k] * reset * (1 - reset)
+            dg[j] = d_reset_h[k] * h_prev[k] * sigmoid_slope(reset)
             dh[k] = d_reset_h[k] * reset + dh[k] * g[H + j]

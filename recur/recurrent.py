@@ -270,7 +270,7 @@ class Recur:
 
     def _check_batch(self, x_shape):
         batch = tuple(x_shape[1:-1] if len(x_shape) == 3 else x_shape[:-1])
-        h = self.state[0] if isinstance(self.state, tuple) else self.state
+        h = self.state[0] if self.cell.n_states > 1 else self.state
         state_batch = tuple(_shape(h)[:-1])
         if batch == state_batch or state_batch == () and self.state is self.state0:
             return

@@ -637,3 +637,25 @@ def test_threads_give_the_serial_results():
     for m, expected, got in zip(models, serial, results):
         for p in rc.params(m):
             np.testing.assert_array_equal(got[p], expected[p])
+
+
+# ---------------------------------------------------------------- float32 activations
+
+def test_float32_gates_are_accurate_and_propagate_nan():
+    """float32 kernels compute sigmoid and tanh with their own vectorising code: within a
+    few float32 ulps of float64 over the whole range, and NaN stays NaN."""
+    rng = np.random.default_rng(12)
+    for make in (LSTMCell, GRUCell):
+        cell64 = make(N_IN, N_OUT, dtype=np.float64)
+        for p in rc.params(cell64):
+            p.value = 4 * rng.standard_normal(p.shape)
+        cell32 = make.from_weights(*(getattr(cell64, n).value.astype(np.float32)
+                                     for n in make.weight_shapes(N_IN, N_OUT)))
+        x = np.concatenate([rng.standard_normal((50, N_IN)) * scale
+                            for scale in (1e-6, 1e-2, 1, 30)]).astype(np.float32)
+        state = _pack([np.zeros(N_OUT, np.float32)] * make.n_states)
+        want = np.asarray(cell64(_pack(_unpack(state)), x.astype(np.float64))[1])
+        got = np.asarray(cell32(state, x)[1])
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-7)
+        x[3, 1] = np.nan
+        assert np.isnan(np.asarray(cell32(state, x)[1])[3]).all()
