@@ -23,6 +23,13 @@ __all__ = ["RNNCell", "LSTMCell", "GRUCell", "GRUv3Cell", "Recur", "RNN", "LSTM"
            "GRUv3", "reset", "truncate", "unroll"]
 
 
+def _float_dtype(dtype, where):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"{where}: dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
 def _in_dtype(x, dtype):
     """An input or state in the cell's dtype: a Tensor through a differentiable cast,
     anything else as an array. (The kernels check shapes and name the cell.)"""
@@ -41,6 +48,7 @@ class _Cell:
         for what, n in (("in", n_in), ("out", n_out)):
             if not isinstance(n, numbers.Integral) or n < 0:
                 raise ValueError(f"{name}: `{what}` must be a non-negative int, got {n!r}")
+        dtype = _float_dtype(dtype, name)
         for weight, shape in self.weight_shapes(n_in, n_out).items():
             make = initb if weight == "b" else init
             setattr(self, weight, Param(make(*shape, rng=rng, dtype=dtype), dtype))
@@ -58,6 +66,7 @@ class _Cell:
         if dtype is None:
             dtype = (np.float64 if any(getattr(w, "dtype", None) == np.float64
                                        for w in weights.values()) else np.float32)
+        dtype = _float_dtype(dtype, f"{cls.__name__}.from_weights")
         values = {name: as_array(w, dtype) for name, w in weights.items()}
         for name in ("Wi", "Wh"):
             if values[name].ndim != 2:
@@ -87,6 +96,7 @@ class _Cell:
         return cell
 
     def _activation(self):
+        """The ACT_* code of the kernel's activation; only the RNN cell has a choice."""
         return 0
 
     def _states(self, state, dtype):

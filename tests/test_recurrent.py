@@ -5,10 +5,12 @@ differences (tests/test_recurrent_cases.py); the sequence node to the step loop;
 float64; and the stateful rules of Recur to the contract.
 """
 import gc
+import inspect
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import tracemalloc
 from dataclasses import dataclass
 from typing import Callable
@@ -318,6 +320,10 @@ def test_keyword_options():
     assert all(s.dtype == np.float64 and s.value.min() == 1 for s in cell.state0)
     with pytest.raises(ValueError, match="RNNCell.*non-negative int"):
         RNNCell(3, -1)
+    with pytest.raises(TypeError, match="GRUCell: dtype must be float32 or float64"):
+        GRUCell(3, 5, dtype=np.int32)
+    with pytest.raises(TypeError, match="LSTMCell.from_weights: dtype"):
+        LSTMCell.from_weights(np.ones((8, 3)), np.ones((8, 2)), np.zeros(8), dtype=np.float16)
 
 
 def test_from_weights_takes_any_array_likes():
@@ -567,7 +573,7 @@ def _long_run(path, steps):
 @pytest.mark.parametrize("path", ["sequence", "steps"])
 def test_ten_thousand_steps_train_and_release_the_tape(path):
     limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(200 + len(__import__("inspect").stack()))
+    sys.setrecursionlimit(200 + len(inspect.stack()))
     try:
         m, losses = _long_run(path, 10_000)
     finally:
@@ -615,6 +621,32 @@ def test_inference_memory_stays_flat():
     grown_kib = int(subprocess.run([sys.executable, "-c", script], capture_output=True,
                                    text=True, check=True).stdout)
     assert grown_kib < 2048, f"inference grew the process by {grown_kib} KiB"
+
+
+def test_sequence_kernels_release_the_gil():
+    """While one thread runs a long sequence forward and backward, another runs Python."""
+    rng = np.random.default_rng(13)
+    m = LSTM(64, 128, dtype=np.float64)
+    X = rng.standard_normal((400, 32, 64))
+    loss = lambda: (reset(m), rc.sum(m(X)))[1]
+    start = time.perf_counter()
+    rc.gradient(loss, m)
+    single = time.perf_counter() - start
+    gaps, done = [], threading.Event()
+
+    def heartbeat():
+        last = time.perf_counter()
+        while not done.is_set():
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    beat = threading.Thread(target=heartbeat)
+    beat.start()
+    rc.gradient(loss, m)
+    done.set()
+    beat.join()
+    assert max(gaps) < single / 3, (max(gaps), single)
 
 
 def test_threads_give_the_serial_results():
