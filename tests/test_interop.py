@@ -52,7 +52,8 @@ def torch_output(module, x, *args):
 
 
 def assert_close(recur_value, torch_value, dtype):
-    expected = torch_value.detach().numpy() if isinstance(torch_value, torch.Tensor) else torch_value
+    expected = (torch_value.detach().numpy() if isinstance(torch_value, torch.Tensor)
+                else torch_value)
     actual = np.asarray(recur_value)
     assert actual.dtype == dtype
     assert actual.shape == expected.shape
@@ -196,7 +197,8 @@ def test_cells_give_torch_outputs(kind, dtype):
     h = inputs((B, N_OUT), dtype, seed=2)
     if recur_class is LSTMCell:
         c = inputs((B, N_OUT), dtype, seed=3)
-        expected_h, expected_c = torch_output(torch_cell, x, (torch.from_numpy(h), torch.from_numpy(c)))
+        torch_state = (torch.from_numpy(h), torch.from_numpy(c))
+        expected_h, expected_c = torch_output(torch_cell, x, torch_state)
         (new_h, new_c), y = cell((h, c), x)
         assert_close(new_c, expected_c, dtype)
     else:
