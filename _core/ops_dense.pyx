@@ -1,5 +1,5 @@
 # Matrix products and the fused Dense layer, forward and backward, over BLAS.
-from libc.math cimport tanh, exp
+from recur._core.fastmath cimport tanh_in_place, logistic_in_place
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
@@ -15,11 +15,9 @@ cnp.import_array()
 cdef void activate(int act, Py_ssize_t n, floating* y) noexcept nogil:
     cdef Py_ssize_t i
     if act == ACT_TANH:
-        for i in range(n):
-            y[i] = tanh(y[i])
+        tanh_in_place(n, y)
     elif act == ACT_SIGMOID:
-        for i in range(n):
-            y[i] = 1 / (1 + exp(-y[i]))
+        logistic_in_place(n, y)
     elif act == ACT_RELU:
         for i in range(n):
             if y[i] < 0:
@@ -28,16 +26,17 @@ cdef void activate(int act, Py_ssize_t n, floating* y) noexcept nogil:
 
 cdef void activation_grad(int act, Py_ssize_t n, const floating* y, const floating* dy,
                           floating* dz) noexcept nogil:
+    # Literals are cast: a bare 1 would make C compute float32 expressions in double.
     cdef Py_ssize_t i
     if act == ACT_TANH:
         for i in range(n):
-            dz[i] = dy[i] * (1 - y[i] * y[i])
+            dz[i] = dy[i] * (<floating>1 - y[i] * y[i])
     elif act == ACT_SIGMOID:
         for i in range(n):
-            dz[i] = dy[i] * y[i] * (1 - y[i])
+            dz[i] = dy[i] * y[i] * (<floating>1 - y[i])
     elif act == ACT_RELU:
         for i in range(n):
-            dz[i] = dy[i] if y[i] > 0 else 0
+            dz[i] = dy[i] if y[i] > 0 else <floating>0
     else:
         for i in range(n):
             dz[i] = dy[i]

@@ -13,7 +13,6 @@
 #   inputs  0 X, 1 h0, 2 c0, 3 Wi, 4 Wh, 5 b, 6 Wh_h   (slots a cell lacks stay -1)
 #   ints    cell, act, T, B, n_in, H, h0 broadcast, c0 broadcast
 #   saved   [0] the node's Buffers
-from libc.math cimport tanh, exp, fabsf, copysignf
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cython cimport floating
@@ -23,6 +22,7 @@ from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant
 from recur._core.tape import alias
 from recur._core.blas cimport gemm, blas_int
 from recur._core.ops_dense cimport activate, activation_grad
+from recur._core.fastmath cimport logistic, tanh_of, logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
 
 cnp.import_array()
@@ -109,67 +109,6 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
         w.tanh_c = take(block, &used, step if cell == CELL_LSTM else 0)
         w.d_reset = take(block, &used, step if cell == CELL_GRUV3 else 0)
     return used
-
-
-# ---------------------------------------------------------------- activations
-# float32 exp, sigmoid and tanh to a few ulp, written without branches or calls so that
-# the loops applying them vectorise (libm's are scalar calls and cost as much as the
-# GEMMs). float64, the dtype of gradient checks, keeps libm's. Constants in float code are
-# cast: Cython writes a bare 1 next to a float as the double 1.0, and C then computes the
-# whole expression in double.
-
-cdef inline float exp_parts(float x, float* scale) noexcept nogil:
-    # eˣ = 2ⁿ (1 + q): returns q and sets scale = 2ⁿ. x = n ln2 + r with |r| ≤ ln2/2, and
-    # q = eʳ - 1 by its Taylor series (the next term is below float precision). Clamping
-    # keeps 2ⁿ a normal float; a NaN passes through the selects and stays NaN.
-    cdef float log2e = 1.4426950408889634, ln2_hi = 0.693145751953125
-    cdef float ln2_lo = 1.4286068203094173e-06, shifter = 12582912.0    # 1.5·2²³
-    cdef float lowest = -87.0, highest = 88.0
-    cdef float low = lowest if x < lowest else x
-    cdef float high = highest if x > highest else x
-    cdef float clamped = low if x < 0 else high
-    # Adding 1.5·2²³ rounds to an integer n and leaves n in the low mantissa bits.
-    cdef float shifted = clamped * log2e + shifter
-    cdef float n = shifted - shifter
-    cdef float r = clamped - n * ln2_hi - n * ln2_lo
-    cdef unsigned int bits
-    memcpy(&bits, &shifted, sizeof(float))
-    bits = (bits - 0x4B400000u + 127u) << 23
-    memcpy(scale, &bits, sizeof(float))
-    return r * (<float>1 + r * (<float>(1 / 2.) + r * (<float>(1 / 6.) + r * (<float>(1 / 24.)
-                + r * (<float>(1 / 120.) + r * (<float>(1 / 720.) + r * <float>(1 / 5040.)))))))
-
-
-cdef inline floating logistic(floating v) noexcept nogil:
-    cdef float scale, q
-    if floating is float:
-        q = exp_parts(-v, &scale)
-        return <float>1 / (<float>1 + (scale + scale * q))
-    else:
-        return 1 / (1 + exp(-v))
-
-
-cdef inline floating tanh_of(floating v) noexcept nogil:
-    # tanh|v| = -u / (2 + u) with u = e^(-2|v|) - 1 = 2ⁿq + (2ⁿ - 1): no cancellation near 0.
-    cdef float scale, q, u
-    if floating is float:
-        q = exp_parts(<float>-2 * fabsf(v), &scale)
-        u = scale * q + (scale - <float>1)
-        return copysignf(-u / (<float>2 + u), v)
-    else:
-        return tanh(v)
-
-
-cdef void logistic_in_place(index_t n, floating* v) noexcept nogil:
-    cdef index_t k
-    for k in range(n):
-        v[k] = logistic(v[k])
-
-
-cdef void tanh_in_place(index_t n, floating* v) noexcept nogil:
-    cdef index_t k
-    for k in range(n):
-        v[k] = tanh_of(v[k])
 
 
 cdef void copy_rows(index_t rows, index_t n, const floating* row, floating* out) noexcept nogil:

@@ -34,7 +34,7 @@ def _operand(x, dtype):
 
 def _contiguous(out):
     out = np.asarray(out)
-    return out if out.flags.c_contiguous else np.ascontiguousarray(out)
+    return out if out.flags.c_contiguous else np.asarray(out, order="C")
 
 
 def cast(x, dtype):
@@ -122,7 +122,7 @@ def where(cond, a, b):
     out = _contiguous(np.where(cond, a_value, b_value))
     if not (is_recorded(a) or is_recorded(b)):
         return Tensor._constant(out)
-    mask = np.ascontiguousarray(np.broadcast_to(cond, out.shape), dtype=dtype)
+    mask = np.asarray(np.broadcast_to(cond, out.shape), dtype=dtype, order="C")
     layout = _binary_layout(a_value.shape, b_value.shape, out.shape)
     return record(OP["WHERE"], out, (a, b), (a_value, b_value), layout, (), (mask,))
 
@@ -342,7 +342,7 @@ def _strided_layout(view, base):
 
 
 def _strided(x, view):
-    out = np.ascontiguousarray(view)
+    out = np.asarray(view, order="C")
     if not is_recorded(x):
         return Tensor._constant(out)
     return record(OP["STRIDED"], out, (x,), (x._value,), _strided_layout(view, x._value), (1.0,))
@@ -350,7 +350,7 @@ def _strided(x, view):
 
 def transpose(x, axes=None):
     if not isinstance(x, Tensor):
-        return Tensor._constant(np.ascontiguousarray(np.transpose(as_array(x), axes)))
+        return Tensor._constant(np.asarray(np.transpose(as_array(x), axes), order="C"))
     view = np.transpose(x._value, axes)
     if view.flags.c_contiguous:
         return _view_of(x, view)
@@ -361,7 +361,7 @@ def broadcast_to(x, shape):
     dtype = result_dtype(x)
     value, x = _operand(x, dtype)
     shape = tuple(shape)
-    out = np.ascontiguousarray(np.broadcast_to(value, shape))
+    out = np.array(np.broadcast_to(value, shape), order="C")   # never a view of a Param
     if not is_recorded(x):
         return Tensor._constant(out)
     index_shape = shape or (1,)

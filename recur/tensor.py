@@ -243,7 +243,7 @@ def as_array(x, dtype=None):
                 f" from {type(x).__name__}")
     target = float_dtype(value.dtype) if dtype is None else np.dtype(dtype)
     if value.dtype != target or not value.flags.c_contiguous:
-        value = np.ascontiguousarray(value, dtype=target)
+        value = np.asarray(value, dtype=target, order="C")   # (ascontiguousarray makes 0-d 1-d)
     return value
 
 

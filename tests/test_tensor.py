@@ -86,3 +86,11 @@ def test_comparisons_give_boolean_arrays():
     t = rc.Tensor(np.array([1.0, 2.0]))
     assert (t > 1.5).tolist() == [False, True]
     assert np.greater(t, 1.5).tolist() == [False, True]
+
+
+def test_scalars_stay_zero_dimensional():
+    m = rc.Dense(2, 1)
+    loss = sum(rc.mse(m(np.ones(2)), np.ones(1)) for _ in range(3))
+    assert loss.shape == () and isinstance(float(loss), float)
+    assert (rc.sum(np.ones(3)) * 2.0).shape == ()
+    assert rc.Tensor(np.float64(2.0)).shape == ()
