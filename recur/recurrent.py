@@ -15,7 +15,7 @@ import numpy as np
 
 from recur import ops
 from recur._core import ops_rnn as kernels
-from recur.layers import FUSED_ACTIVATIONS, glorot_uniform, layer_input, zeros
+from recur.layers import FUSED_ACTIVATIONS, Layer, glorot_uniform, layer_input, zeros
 from recur.tensor import Param, Tensor, as_array
 from recur.walk import walk
 
@@ -36,7 +36,7 @@ def _in_dtype(x, dtype):
     return ops.cast(x, dtype) if isinstance(x, Tensor) else as_array(x, dtype)
 
 
-class _Cell:
+class _Cell(Layer):
     """What the four cells share. Each names its `kernel` and the shapes of its weights
     (`weight_shapes`), which both construction and `from_weights` follow; `n_states` is 2
     for the LSTM's (h, c) and 1 for the others' h."""
@@ -243,7 +243,7 @@ def _shape(x):
     return x.shape if hasattr(x, "shape") else np.shape(x)
 
 
-class Recur:
+class Recur(Layer):
     """`m(x)` runs `m.state, y = m.cell(m.state, x)` and returns `y`.
 
     `cell` is a recur cell or any function `f(state, x) -> (state, y)`; `state0` defaults to
@@ -293,10 +293,6 @@ class Recur:
     def reset(self):
         """Sets the state back to state0."""
         self.state = self.state0
-
-    def __repr__(self):
-        from recur.show import show
-        return show(self)
 
 
 def RNN(n_in, n_out, σ=ops.tanh, **options):

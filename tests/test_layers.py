@@ -98,3 +98,13 @@ def test_params_walks_nested_structures():
     inner = rc.Dense(2, 2)
     model = {"encoder": [inner, rc.Chain(rc.Dense(2, 3), inner)], "head": rc.Dense(3, 1)}
     assert len(rc.params(model)) == 6
+
+
+@pytest.mark.parametrize("make", [lambda: rc.Dense(2, 3), lambda: rc.LSTM(2, 3),
+                                  lambda: rc.GRUCell(2, 3), lambda: rc.Embedding(4, 2),
+                                  lambda: rc.Chain(rc.RNN(2, 3), rc.Dense(3, 1))])
+def test_every_layer_saves_and_loads_its_state(make):
+    model, other = make(), make()
+    other.load_state_dict(model.state_dict())
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(other.state_dict()[name], value)
