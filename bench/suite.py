@@ -17,7 +17,10 @@ style and mode, for each engine:
 Method: both engines run in one process, warm-up first (two steps each: the first allocates
 buffers and optimiser state, the second calibrates how many steps make one sample last
 `--min-sample-ms`), then `--repeats` samples per engine, alternating which engine goes
-first; the reported time is the median per-step time. Each thread setting runs in its own
+first; the reported time is the median per-step time. While a case is timed, /proc/stat
+tells how many cores other processes kept busy; above FOREIGN_LOAD_TOLERANCE the case is
+timed again after a pause (up to `--retries` times) and the quietest attempt is kept, its
+load shown in the row. Each thread setting runs in its own
 worker process, because OpenBLAS reads OPENBLAS_NUM_THREADS only when it loads: "default"
 leaves the environment alone (both engines use every core), "1" sets OPENBLAS_NUM_THREADS,
 OMP_NUM_THREADS and MKL_NUM_THREADS to 1 and calls torch.set_num_threads(1).
@@ -39,7 +42,7 @@ implementation. recur's initial state is a trainable parameter (its gradient is 
 work), torch's is a constant zero.
 
 Also measured: the peak resident memory (max RSS) of a process training the LSTM sequence
-model at the largest selected config, one process per engine; `import recur` against
+model at the selected config with the largest hidden size, one process per engine; `import recur` against
 `import torch` (a fresh interpreter each time, median); and the installed size of each
 package as a wheel installs it (its package directories without __pycache__ and without
 Cython/C sources), plus the installed size of its declared runtime dependencies.
@@ -73,6 +76,12 @@ HEAD_OUT = 3
 GEMM_SIZE = 1024
 LEARNING_RATE = 1e-3
 MEMORY_TRAINING_STEPS = 3
+# A case timed while other processes kept more than this many cores busy is timed again
+# (up to --retries times, after a pause), and the quietest attempt is kept: on a shared
+# machine, spinning OpenMP/OpenBLAS worker threads turn a little foreign load into
+# many-fold slowdowns.
+FOREIGN_LOAD_TOLERANCE = 0.2
+RETRY_PAUSE_SECONDS = 2.0
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -237,6 +246,29 @@ def interleaved_medians(prepared, repeats):
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
+def cpu_mark():
+    """(wall seconds, CPU seconds busy machine-wide, CPU seconds of this process), or None
+    where /proc/stat does not exist."""
+    if not os.path.exists("/proc/stat"):
+        return None
+    with open("/proc/stat") as f:
+        # cpu  user nice system idle iowait irq softirq steal ...
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    own = os.times()
+    return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def foreign_load_since(mark):
+    """Cores other processes kept busy on average since `mark` (steal time counts: it is
+    CPU the hypervisor gave to someone else)."""
+    now = cpu_mark()
+    if mark is None or now is None:
+        return None
+    wall, busy, own = (b - a for a, b in zip(mark, now))
+    return max(0.0, (busy - own) / wall)
+
+
 def gemm_gflops(engine, repeats=7):
     """float32 GEMM_SIZE³ throughput of an engine's matrix product, median of `repeats`."""
     rng = np.random.default_rng(1)
@@ -297,10 +329,20 @@ def time_case(engines, model_name, style, mode, config, X, Y, args):
         except Exception as error:   # a broken engine must not hide the other's numbers
             traceback.print_exc()
             row["errors"][engine] = f"{type(error).__name__}: {error}"
-    if prepared:
-        row["seconds"] = interleaved_medians(prepared, args.repeats)
+    row["foreign_load"] = None
+    for attempt in range(1 + args.retries if prepared else 0):
+        if attempt:
+            time.sleep(RETRY_PAUSE_SECONDS)
+        mark = cpu_mark()
+        seconds = interleaved_medians(prepared, args.repeats)
+        load = foreign_load_since(mark)
+        if attempt == 0 or load < row["foreign_load"]:
+            row["seconds"], row["foreign_load"] = seconds, load
+        if load is None or load <= FOREIGN_LOAD_TOLERANCE:
+            break
     times = ", ".join(f"{engine} {seconds * 1e3:.3g} ms" for engine, seconds in row["seconds"].items())
-    print(f"[threads {args.threads[0]}] {model_name} {style} {mode} ({config}): {times}"
+    load = "" if row["foreign_load"] is None else f" (others' load {row['foreign_load']:.2f} cores)"
+    print(f"[threads {args.threads[0]}] {model_name} {style} {mode} ({config}): {times}{load}"
           + "".join(f" [{engine} failed: {error}]" for engine, error in row["errors"].items()),
           file=sys.stderr, flush=True)
     return row
@@ -438,7 +480,23 @@ def machine_description():
         "python": platform.python_version(),
         "versions": versions,
         "blas": blas_descriptions(),
+        "revision": source_revision(),
     }
+
+
+def source_revision():
+    """The checkout's commit, and which tracked files differ from it: the engine under test
+    changes from commit to commit."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", checkout, "log", "-1", "--format=%h %s"],
+                                stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", checkout, "status", "--porcelain", "--untracked-files=no"],
+                                 stdout=subprocess.PIPE, text=True, check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+    changed = [line[3:] for line in changed if line.strip()]
+    return f"{commit}" + (f" (modified: {', '.join(changed)})" if changed else "")
 
 
 def blas_descriptions():
@@ -514,8 +572,8 @@ def fmt(value, spec, missing="—"):
 
 def row_table(rows):
     lines = ["| model | F | H | B | T | recur ms | torch ms | torch/recur | recur GFLOP/s "
-             "| of GEMM | target | met |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
+             "| of GEMM | target | met | others' load |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|--:|"]
     for row in rows:
         seconds = row["seconds"]
         if row["missed"] is None:
@@ -528,8 +586,13 @@ def row_table(rows):
             f"{fmt(seconds.get('torch') and seconds['torch'] * 1e3, '.3g')} | "
             f"{fmt(row['ratio'], '.2f')} | {fmt(row['gflops'], '.1f')} | "
             f"{fmt(row['gemm_fraction'], '.0%')} | "
-            f"{', '.join(label for label, _, _ in row['targets'])} | {met} |")
+            f"{', '.join(label for label, _, _ in row['targets'])} | {met} | "
+            f"{fmt(row['foreign_load'], '.2f')}{' ⚠' if disturbed(row) else ''} |")
     return lines
+
+
+def disturbed(row):
+    return row["foreign_load"] is not None and row["foreign_load"] > FOREIGN_LOAD_TOLERANCE
 
 
 def summary_lines(timings):
@@ -538,8 +601,11 @@ def summary_lines(timings):
         rows = timing["rows"]
         judged = [row for row in rows if row["missed"] is not None]
         misses = [row for row in judged if row["missed"]]
+        noisy = sum(map(disturbed, rows))
         lines.append(f"- {threads_label(timing)}: targets met in "
-                     f"{len(judged) - len(misses)} of {len(judged)} rows.")
+                     f"{len(judged) - len(misses)} of {len(judged)} rows"
+                     + (f"; {noisy} rows timed while other processes kept more than "
+                        f"{FOREIGN_LOAD_TOLERANCE} cores busy (⚠)." if noisy else "."))
         for row in misses:
             lines.append(f"  - missed: {row['model']} {row['style']} {row['mode']} "
                          f"({','.join(map(str, row['config']))}): torch/recur "
@@ -585,7 +651,7 @@ def extras_lines(extras):
     return lines
 
 
-def report(machine, command, timings, extras, elapsed, load):
+def report(machine, command, timings, extras, elapsed, load, retries):
     gemm = "; ".join(
         f"{threads_label(t)}: " + ", ".join(
             f"{engine} {t['gemm_start'][engine]:.1f} / {t['gemm_end'][engine]:.1f}"
@@ -598,10 +664,13 @@ def report(machine, command, timings, extras, elapsed, load):
         f"{elapsed / 60:.1f} minutes. Method, FLOP formula and fairness notes: the docstring "
         "of `bench/suite.py`. Times are medians per step (one whole sequence); `torch/recur` "
         "above 1 means recur is faster; `of GEMM` is recur's GFLOP/s over the float32 GEMM "
-        "limit measured in the same run.",
+        "limit measured in the same run; `others' load` is how many cores other processes "
+        "kept busy while the row was timed (from /proc/stat; ⚠ above "
+        f"{FOREIGN_LOAD_TOLERANCE}, after up to {retries} re-measurements).",
         "",
         "## Machine",
         "",
+        f"- recur at commit {machine['revision']}",
         f"- CPU: {machine['cpu']}, {machine['logical_cpus']} logical CPUs; {machine['platform']}",
         f"- Load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f}",
         "- Python " + machine["python"] + ", "
@@ -640,6 +709,9 @@ def parse_args(argv):
     parser.add_argument("--threads", nargs="+", default=None, metavar="N",
                         help='thread settings, each "default" or 1 (default: default 1)')
     parser.add_argument("--repeats", type=int, default=None, help="samples per engine (default 7)")
+    parser.add_argument("--retries", type=int, default=None,
+                        help="re-measurements of a case disturbed by other processes' load "
+                             f"(above {FOREIGN_LOAD_TOLERANCE} cores; default 2)")
     parser.add_argument("--min-sample-ms", type=float, default=None,
                         help="minimum length of one sample; short steps are looped (default 50)")
     parser.add_argument("--output", default=None,
@@ -656,6 +728,7 @@ def parse_args(argv):
     defaults = {"configs": [Config(CONFIGS[0])] if quick else [Config(c) for c in CONFIGS],
                 "threads": ["default"] if quick else ["default", "1"],
                 "repeats": 1 if quick else 7,
+                "retries": 0 if quick else 2,
                 "min_sample_ms": 0 if quick else 50,
                 "output": None if quick else DEFAULT_OUTPUT}
     for name, value in defaults.items():
@@ -681,7 +754,7 @@ def main(argv=None):
     if engines == ["recur"]:
         print("torch is not installed: timing recur alone", file=sys.stderr)
     shared = ["--configs", *map(str, args.configs), "--models", *args.models,
-              "--styles", *args.styles, "--modes", *args.modes, "--repeats", str(args.repeats),
+              "--styles", *args.styles, "--modes", *args.modes, "--repeats", str(args.repeats), "--retries", str(args.retries),
               "--min-sample-ms", str(args.min_sample_ms), "--engines", *engines]
     timings = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -695,7 +768,7 @@ def main(argv=None):
             analysed_rows(timing)
             timings.append(timing)
 
-    largest = max(args.configs, key=lambda c: gemm_flops("lstm", c, "train"))
+    largest = max(args.configs, key=lambda c: (c.hidden, gemm_flops("lstm", c, "train")))
     extras = {
         "memory_config": str(largest),
         "memory": measure_memory(engines, largest),
@@ -704,7 +777,7 @@ def main(argv=None):
     }
     command = shlex.join(["python", "bench/suite.py", *argv])
     text = report(machine_description(), command, timings, extras,
-                  time.perf_counter() - started, (load_start, os.getloadavg()[0]))
+                  time.perf_counter() - started, (load_start, os.getloadavg()[0]), args.retries)
     print(text)
     if args.output:
         with open(args.output, "w") as f:
