@@ -335,9 +335,11 @@ def _detached(state):
 
 def truncate(model):
     """Keeps every `Recur`'s state value but cuts its history: gradients stop flowing into
-    the steps before this call."""
+    the steps before this call. A state just reset has no history: it stays `state0`, still
+    trainable and still free to take any batch size."""
     for m in _recurs(model):
-        m.state = _detached(m.state)
+        if m.state is not m.state0:
+            m.state = _detached(m.state)
 
 
 def unroll(model, n):

@@ -691,3 +691,14 @@ def test_float32_gates_are_accurate_and_propagate_nan():
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-7)
         x[3, 1] = np.nan
         assert np.isnan(np.asarray(cell32(state, x)[1])[3]).all()
+
+
+def test_truncate_right_after_reset_keeps_state0():
+    m = rc.LSTM(4, 5)
+    rc.reset(m)
+    rc.truncate(m)
+    assert m.state is m.cell.state0
+    assert m(np.zeros((7, 3, 4), np.float32)).shape == (7, 3, 5)
+    rc.reset(m)
+    gs = rc.gradient(lambda: (rc.truncate(m), rc.sum(m(np.ones((2, 4), np.float32))))[1], m)
+    assert gs[m.cell.state0[0]] is not None
