@@ -1,6 +1,7 @@
 """The differentiable ops. Forward values come from numpy in the op's float dtype; the tape
 records a node whose backward runs in C (`_core/ops_*.pyx`)."""
 import builtins
+import math
 import numbers
 
 import numpy as np
@@ -79,7 +80,7 @@ def _broadcast_strides(shape, out_shape):
 
 def _binary_layout(a_shape, b_shape, out_shape):
     if a_shape == b_shape == out_shape:
-        n = int(np.prod(out_shape, dtype=np.int64))
+        n = math.prod(out_shape)
         return [1, n, 1, 1]
     out_shape = tuple(out_shape) or (1,)
     return ([len(out_shape)] + list(out_shape) + _broadcast_strides(a_shape, out_shape)
@@ -243,29 +244,30 @@ def _reduction_layout(in_shape, kept_shape):
             + _broadcast_strides(kept, shape))
 
 
+_REDUCERS = {"sum": np.add.reduce, "mean": np.add.reduce, "max": np.maximum.reduce}
+
+
 def _reduce(op, x, axis, keepdims, name):
     dtype = result_dtype(x)
     value, x = _operand(x, dtype)
     axes = _axes(axis, value.ndim, name)
-    if name == "max":
-        if value.size == 0:
-            raise ValueError("recur.max of an empty array has no maximum")
-        kept = np.max(value, axis=axes, keepdims=True)
-    elif name == "sum":
-        kept = np.sum(value, axis=axes, keepdims=True)
-    else:
-        kept = np.mean(value, axis=axes, keepdims=True)
+    if name == "max" and value.size == 0:
+        raise ValueError("recur.max of an empty array has no maximum")
+    # The ufunc's reduce directly: numpy's sum/mean wrappers cost more than the work here.
+    kept = _REDUCERS[name](value, axis=axes, keepdims=True)
+    count = math.prod(value.shape[a] for a in axes)
+    if name == "mean":
+        kept = kept * dtype.type(1.0 / builtins.max(count, 1))
     out = kept if keepdims else kept.reshape([n for d, n in enumerate(value.shape) if d not in axes])
-    out = _contiguous(out).astype(dtype, copy=False)
+    out = _contiguous(out)
     if not is_recorded(x):
         return Tensor._constant(out)
     layout = _reduction_layout(value.shape, kept.shape)
     if name == "max":
         # Ties share the gradient equally.
         winners = (value == kept).astype(dtype)
-        weights = np.ascontiguousarray(winners / np.sum(winners, axis=axes, keepdims=True))
+        weights = np.asarray(winners / np.add.reduce(winners, axis=axes, keepdims=True), order="C")
         return record(op, out, (x,), (value,), layout, (1.0,), (weights,))
-    count = int(np.prod([value.shape[a] for a in axes], dtype=np.int64))
     scale = 1.0 if name == "sum" else 1.0 / builtins.max(count, 1)
     return record(op, out, (x,), (value,), layout, (scale,))
 
@@ -296,8 +298,8 @@ def _softmax(op, x, axis, log_domain):
         e = np.exp(shifted)
         out = e / np.sum(e, axis=axis, keepdims=True)
     out = _contiguous(out)
-    outer = int(np.prod(value.shape[:axis], dtype=np.int64))
-    inner = int(np.prod(value.shape[axis + 1:], dtype=np.int64))
+    outer = math.prod(value.shape[:axis])
+    inner = math.prod(value.shape[axis + 1:])
     return record(op, out, (x,), (value,), (outer, value.shape[axis], inner))
 
 
@@ -397,7 +399,7 @@ def getitem(x, key):
         # Whole rows by integer index: a gather of rows.
         rows = np.asarray(key, dtype=np.int64)
         out = _contiguous(value[rows])
-        inner = int(np.prod(value.shape[1:], dtype=np.int64))
+        inner = math.prod(value.shape[1:])
         index = np.ascontiguousarray(np.where(rows < 0, rows + value.shape[0], rows).ravel())
     else:
         flat_index = np.arange(value.size, dtype=np.int64).reshape(value.shape)[key]
@@ -427,8 +429,8 @@ def concat(xs, axis=0):
         shapes = [v.shape for v in values]
         raise ValueError(f"recur.concat along axis {axis}: shapes {shapes} do not fit: {err}") from None
     axis = axis % out.ndim
-    inner = int(np.prod(out.shape[axis + 1:], dtype=np.int64))
-    outer = int(np.prod(out.shape[:axis], dtype=np.int64))
+    inner = math.prod(out.shape[axis + 1:])
+    outer = math.prod(out.shape[:axis])
     widths = [v.shape[axis] * inner for v in values]
     return record_many(OP["CONCAT"], out, tensors, values, [outer] + widths)
 
@@ -443,8 +445,8 @@ def stack(xs, axis=0):
         raise ValueError(f"recur.stack along axis {axis}: shapes {shapes} differ or the axis "
                          f"is out of range: {err}") from None
     axis = axis % out.ndim
-    inner = int(np.prod(out.shape[axis + 1:], dtype=np.int64))
-    outer = int(np.prod(out.shape[:axis], dtype=np.int64))
+    inner = math.prod(out.shape[axis + 1:])
+    outer = math.prod(out.shape[:axis])
     return record_many(OP["CONCAT"], out, tensors, values, [outer] + [inner] * len(values))
 
 
@@ -465,7 +467,7 @@ def matmul(a, b):
     m, inner, n = a_shape[-2], a_shape[-1], b_shape[-1]
     if len(b_shape) == 2:
         # Fold every leading axis of a into the rows of one product.
-        batch, m_rows, stride_a, stride_b = 1, int(np.prod(a_shape[:-1], dtype=np.int64)), 0, 0
+        batch, m_rows, stride_a, stride_b = 1, math.prod(a_shape[:-1]), 0, 0
         batch_shape = a_shape[:-2]
     else:
         batch_shape = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
@@ -475,7 +477,7 @@ def matmul(a, b):
         if b_shape[:-2] != batch_shape:
             b = broadcast_to(b, batch_shape + b_shape[-2:])
             b_value, b_shape = b._value, b._value.shape
-        batch = int(np.prod(batch_shape, dtype=np.int64))
+        batch = math.prod(batch_shape)
         m_rows = m
         stride_a = m * inner if len(a_shape) > 2 else 0
         stride_b = inner * n
