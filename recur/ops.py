@@ -5,7 +5,6 @@ import math
 import numbers
 
 import numpy as np
-from scipy.special import expit
 
 from recur._core import ops_dense
 from recur._core.registry import CODES
@@ -154,8 +153,14 @@ def tanh(x):
     return _unary(OP["TANH"], np.tanh, x)
 
 
+def _logistic(v):
+    # 1/(1+e^-v) written through tanh: no overflow for large |v|, and the dtype is kept.
+    half = v.dtype.type(0.5)
+    return half + half * np.tanh(half * v)
+
+
 def sigmoid(x):
-    return _unary(OP["SIGMOID"], expit, x)
+    return _unary(OP["SIGMOID"], _logistic, x)
 
 
 σ = sigmoid

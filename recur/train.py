@@ -8,7 +8,6 @@ import numbers
 import sys
 import time
 
-from tqdm import tqdm
 
 from recur.optimise import _check_rule, update
 from recur.tensor import _as_params, value_and_gradient
@@ -115,6 +114,7 @@ class _Bar:
     redraws (formatting it on every step costs more than the bar itself)."""
 
     def __init__(self, total, stream):
+        from tqdm import tqdm   # here, not at import: it is a sizeable part of `import recur`
         self._bar = tqdm(total=total, file=stream, unit="step", dynamic_ncols=True,
                          mininterval=_LOSS_DISPLAY_INTERVAL)
         self._shown_at = -math.inf
