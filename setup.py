@@ -20,13 +20,18 @@ for name in os.listdir(CORE):
     if name.endswith(".pxd"):
         shutil.copyfile(os.path.join(CORE, name), os.path.join(pxd_dir, name))
 
+# recur is built where it runs (pip compiles it from source), so its own loops — the gate
+# activations above all — may use every vector instruction of this CPU. Set
+# RECUR_PORTABLE=1 to build binaries for any x86-64/arm64 machine of the same kind instead.
+ARCH_FLAGS = [] if os.environ.get("RECUR_PORTABLE") else ["-march=native"]
+
 extensions = [
     Extension(
         f"recur._core.{name[:-4]}",
         [os.path.join("_core", name)],
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-        extra_compile_args=["-O3", "-fno-math-errno", "-Wno-unused-function"],
+        extra_compile_args=["-O3", "-fno-math-errno", "-Wno-unused-function"] + ARCH_FLAGS,
     )
     for name in sorted(os.listdir(CORE))
     if name.endswith(".pyx")
