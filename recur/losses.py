@@ -11,9 +11,12 @@ __all__ = ["mse", "mae", "crossentropy", "logitcrossentropy", "binarycrossentrop
 EPS = 1e-7
 
 
+def _shape(a):
+    return a.shape if isinstance(a, (Tensor, np.ndarray)) else np.shape(a)
+
+
 def _pair(name, ŷ, y):
-    ŷ_shape, y_shape = np.shape(ŷ.value if isinstance(ŷ, Tensor) else ŷ), np.shape(
-        y.value if isinstance(y, Tensor) else y)
+    ŷ_shape, y_shape = _shape(ŷ), _shape(y)
     if ŷ_shape != y_shape:
         raise ValueError(f"recur.{name}: prediction and target shapes differ: ŷ has shape "
                          f"{ŷ_shape}, y has shape {y_shape}")

@@ -252,7 +252,19 @@ def _reduction_layout(in_shape, kept_shape):
 _REDUCERS = {"sum": np.add.reduce, "mean": np.add.reduce, "max": np.maximum.reduce}
 
 
+def _reduce_all(op, x, mean):
+    # The whole-array sum or mean that ends every loss: one flat index space.
+    value = x._value
+    n = value.size
+    total = np.add.reduce(value.reshape(-1))
+    scale = 1.0 / n if mean and n else 1.0
+    out = np.asarray(total * value.dtype.type(scale) if mean else total, dtype=value.dtype)
+    return record(op, out, (x,), (value,), (1, 0, n, 1, 0), (scale,))
+
+
 def _reduce(op, x, axis, keepdims, name):
+    if axis is None and not keepdims and type(x) is Tensor and name != "max" and x._value.size:
+        return _reduce_all(op, x, name == "mean")
     dtype = result_dtype(x)
     value, x = _operand(x, dtype)
     axes = _axes(axis, value.ndim, name)
