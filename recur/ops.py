@@ -8,7 +8,7 @@ import numpy as np
 
 from recur._core import ops_dense
 from recur._core.registry import CODES
-from recur._core.tape import alias, is_recorded, record, record_many, recording_tape
+from recur._core.tape import alias, is_recorded, record, record_many
 from recur.tensor import Param, Tensor, as_array, result_dtype
 
 __all__ = [
@@ -437,34 +437,30 @@ def _joined(xs, name):
     return [v for v, _ in pairs], [t for _, t in pairs]
 
 
-def concat(xs, axis=0):
-    """Joins arrays along an existing axis."""
-    values, tensors = _joined(xs, "concat")
+def _join(xs, axis, name, numpy_join):
+    values, tensors = _joined(xs, name)
     try:
-        out = _contiguous(np.concatenate(values, axis=axis))
+        out = _contiguous(numpy_join(values, axis=axis))
     except (ValueError, np.exceptions.AxisError) as err:
         shapes = [v.shape for v in values]
-        raise ValueError(f"recur.concat along axis {axis}: shapes {shapes} do not fit: {err}") from None
+        raise ValueError(f"recur.{name} along axis {axis}: shapes {shapes} do not fit: {err}") from None
     axis = axis % out.ndim
     inner = math.prod(out.shape[axis + 1:])
     outer = math.prod(out.shape[:axis])
-    widths = [v.shape[axis] * inner for v in values]
+    # Each input is a block of `width` elements in every one of the `outer` rows.
+    widths = ([v.shape[axis] * inner for v in values] if numpy_join is np.concatenate
+              else [inner] * len(values))
     return record_many(OP["CONCAT"], out, tensors, values, [outer] + widths)
+
+
+def concat(xs, axis=0):
+    """Joins arrays along an existing axis."""
+    return _join(xs, axis, "concat", np.concatenate)
 
 
 def stack(xs, axis=0):
     """Joins arrays of one shape along a new axis."""
-    values, tensors = _joined(xs, "stack")
-    try:
-        out = _contiguous(np.stack(values, axis=axis))
-    except (ValueError, np.exceptions.AxisError) as err:
-        shapes = [v.shape for v in values]
-        raise ValueError(f"recur.stack along axis {axis}: shapes {shapes} differ or the axis "
-                         f"is out of range: {err}") from None
-    axis = axis % out.ndim
-    inner = math.prod(out.shape[axis + 1:])
-    outer = math.prod(out.shape[:axis])
-    return record_many(OP["CONCAT"], out, tensors, values, [outer] + [inner] * len(values))
+    return _join(xs, axis, "stack", np.stack)
 
 
 # ---------------------------------------------------------------- matrix products
