@@ -682,7 +682,7 @@ def report(machine, command, timings, extras, elapsed, load, retries):
         "above 1 means recur is faster; `of GEMM` is recur's GFLOP/s over the float32 GEMM "
         "limit measured in the same run; `others' load` is how many cores other processes "
         "kept busy while the row was timed (from /proc/stat; ⚠ above "
-        f"{FOREIGN_LOAD_TOLERANCE}, after up to {retries} re-measurements).",
+        f"{FOREIGN_LOAD_TOLERANCE} even after re-timing up to {retries} more times).",
         "",
         "## Machine",
         "",
@@ -771,6 +771,7 @@ def main(argv=None):
         return memory_worker(args) or 0
 
     started, load_start = time.perf_counter(), os.getloadavg()[0]
+    machine = machine_description()   # now: the checkout may gain commits during the run
     engines = ["recur", "torch"] if importlib.util.find_spec("torch") else ["recur"]
     if engines == ["recur"]:
         print("torch is not installed: timing recur alone", file=sys.stderr)
@@ -797,7 +798,7 @@ def main(argv=None):
         "sizes": measure_sizes(engines),
     }
     command = shlex.join(["python", "bench/suite.py", *argv])
-    text = report(machine_description(), command, timings, extras,
+    text = report(machine, command, timings, extras,
                   time.perf_counter() - started, (load_start, os.getloadavg()[0]), args.retries)
     print(text)
     if args.output:
