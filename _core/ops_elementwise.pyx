@@ -10,6 +10,7 @@ from libc.math cimport tanh, exp, log, sqrt, fabs, pow
 from cython cimport floating
 from recur._core.tape cimport Node, index_t
 from recur._core.registry cimport *
+from recur._core.strided cimport next_row
 
 
 cdef void cast_backward(Node* node, Node* nodes) noexcept nogil:
@@ -131,18 +132,7 @@ cdef void binary_kernel(Node* node, Node* nodes, floating* dy) noexcept nogil:
                    mask + off_y if mask != NULL else NULL,
                    da + off_a if da != NULL else NULL, db + off_b if db != NULL else NULL)
         off_y += n
-        d = ndim - 2
-        while d >= 0:
-            counter[d] += 1
-            off_a += stride_a[d]
-            off_b += stride_b[d]
-            if counter[d] < shape[d]:
-                break
-            off_a -= stride_a[d] * shape[d]
-            off_b -= stride_b[d] * shape[d]
-            counter[d] = 0
-            d -= 1
-        if d < 0:
+        if not next_row(ndim, shape, counter, stride_a, &off_a, stride_b, &off_b):
             return
 
 

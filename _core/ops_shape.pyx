@@ -15,6 +15,7 @@ from libc.stdint cimport int64_t
 from cython cimport floating
 from recur._core.tape cimport Node, index_t
 from recur._core.registry cimport *
+from recur._core.strided cimport next_row
 
 
 cdef void strided_backward(Node* node, Node* nodes) noexcept nogil:
@@ -48,18 +49,7 @@ cdef void strided_kernel(Node* node, floating* dst, const floating* src) noexcep
             for i in range(n):
                 dst[off_dst + i * ds] += scale * src[off_src + i * ss]
         off_w += n
-        d = ndim - 2
-        while d >= 0:
-            counter[d] += 1
-            off_dst += dst_stride[d]
-            off_src += src_stride[d]
-            if counter[d] < shape[d]:
-                break
-            off_dst -= dst_stride[d] * shape[d]
-            off_src -= src_stride[d] * shape[d]
-            counter[d] = 0
-            d -= 1
-        if d < 0:
+        if not next_row(ndim, shape, counter, dst_stride, &off_dst, src_stride, &off_src):
             return
 
 
