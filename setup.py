@@ -29,7 +29,7 @@ extensions = [
     Extension(
         f"recur._core.{name[:-4]}",
         [os.path.join("_core", name)],
-        include_dirs=[numpy.get_include()],
+        include_dirs=[numpy.get_include(), CORE],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         extra_compile_args=["-O3", "-fno-math-errno", "-Wno-unused-function"] + ARCH_FLAGS,
     )
@@ -40,7 +40,7 @@ extensions = [
 setup(
     packages=["recur", "recur._core"],
     package_dir={"recur": "recur", "recur._core": "_core"},
-    package_data={"recur._core": ["*.pxd"]},
+    package_data={"recur._core": ["*.pxd", "*.h"]},
     ext_modules=cythonize(
         extensions,
         include_path=[PXD_ROOT],

@@ -17,10 +17,11 @@ style and mode, for each engine:
 Method: both engines run in one process, warm-up first (two steps each: the first allocates
 buffers and optimiser state, the second calibrates how many steps make one sample last
 `--min-sample-ms`), then `--repeats` samples per engine, alternating which engine goes
-first; the reported time is the median per-step time. While a case is timed, /proc/stat
-tells how many cores other processes kept busy; above FOREIGN_LOAD_TOLERANCE the case is
-timed again after a pause (up to `--retries` times) and the quietest attempt is kept, its
-load shown in the row. Each thread setting runs in its own
+first, each sample after a pause of SETTLE_SECONDS so that the other engine's worker
+threads have stopped spinning; the reported time is the median per-step time. While a case
+is timed, /proc/stat tells how many cores other processes kept busy; above
+FOREIGN_LOAD_TOLERANCE the case is timed again after a pause (up to `--retries` times) and
+the quietest attempt is kept, its load shown in the row. Each thread setting runs in its own
 worker process, because OpenBLAS reads OPENBLAS_NUM_THREADS only when it loads: "default"
 leaves the environment alone (both engines use every core), "1" sets OPENBLAS_NUM_THREADS,
 OMP_NUM_THREADS and MKL_NUM_THREADS to 1 and calls torch.set_num_threads(1).
@@ -82,6 +83,12 @@ MEMORY_TRAINING_STEPS = 3
 # many-fold slowdowns.
 FOREIGN_LOAD_TOLERANCE = 0.2
 RETRY_PAUSE_SECONDS = 2.0
+# Both engines keep worker threads spinning for a while after a parallel call (OpenBLAS for
+# recur, OpenMP for torch), and a spinning worker on a 2-core machine takes a core from
+# whatever runs next: timed back to back, each engine ran against the other's spinning
+# threads and lost up to half its speed. Every sample starts after this pause, long enough
+# (measured: 0.2 s was not always) for the previous engine's threads to go to sleep.
+SETTLE_SECONDS = 0.4
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -226,6 +233,7 @@ def warmed_up(build, min_sample_seconds):
     """(step, steps per sample): the case built, run once to allocate, once more to time."""
     step = build()
     step()
+    time.sleep(SETTLE_SECONDS)
     start = time.perf_counter()
     step()
     once = time.perf_counter() - start
@@ -239,6 +247,7 @@ def interleaved_medians(prepared, repeats):
     for repeat in range(repeats):
         for name in names if repeat % 2 == 0 else names[::-1]:
             step, steps_per_sample = prepared[name]
+            time.sleep(SETTLE_SECONDS)
             start = time.perf_counter()
             for _ in range(steps_per_sample):
                 step()

@@ -251,6 +251,38 @@ def test_sequence_equals_stacked_steps(layer):
         _assert_close(results["sequence"][p], results["steps"][p], rtol=1e-10, what=str(p.shape))
 
 
+# Sequences with hidden <= 128 multiply by the recurrent weights on packed panels
+# (_core/panel_gemm.h), larger ones through the BLAS; steps always use the BLAS. These sizes
+# give partial panels (4 * 37 gates is no multiple of a panel) and every remainder of the
+# kernel's row blocks (batch 13, 25), on both sides of the switch.
+PANEL_SIZES = [(37, 13), (37, 25), (128, 7), (130, 3)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("hidden,batch", PANEL_SIZES)
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU", "GRUv3"])
+def test_sequence_equals_steps_at_panel_sizes(kind, hidden, batch, dtype):
+    rng = np.random.default_rng(hidden + batch)
+    layer = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU, "GRUv3": GRUv3}[kind](5, hidden, dtype=dtype)
+    for p in rc.params(layer):
+        p.value = (p.value + 0.2 * rng.standard_normal(p.shape)).astype(dtype)
+    X = rc.param(rng.standard_normal((4, batch, 5)).astype(dtype))
+    seed = rng.standard_normal((4, batch, hidden)).astype(dtype)
+    results = {}
+    for path in ("sequence", "steps"):
+        def loss():
+            reset(layer)
+            Y = layer(X) if path == "sequence" else rc.stack([layer(x) for x in X])
+            results[path, "Y"] = np.asarray(Y)
+            return rc.sum(Y * seed)
+
+        results[path] = rc.gradient(loss, [X, *rc.params(layer)])
+    rtol = 1e-10 if dtype == np.float64 else 2e-4
+    _assert_close(results["sequence", "Y"], results["steps", "Y"], rtol=rtol)
+    for p in [X, *rc.params(layer)]:
+        _assert_close(results["sequence"][p], results["steps"][p], rtol=rtol, what=str(p.shape))
+
+
 def test_sequence_then_steps_continue_the_state():
     rng = np.random.default_rng(3)
     m = LSTM(N_IN, N_OUT, dtype=np.float64)
