@@ -1,5 +1,6 @@
-# Row-major matrix products over scipy's BLAS. Each call is one GEMM/GEMV on C-contiguous
-# (row-major) operands; `lda`, `ldb`, `ldc` are row strides in elements.
+# Row-major matrix products. Each call is one GEMM on C-contiguous (row-major) operands;
+# `lda`, `ldb`, `ldc` are row strides in elements. Small products go to scipy's BLAS, large
+# ones to recur's own kernel (panel_gemm.h) shared by a crew of two threads (crew.h).
 from cython cimport floating
 
 cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
@@ -7,3 +8,23 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
                floating beta, floating* c, int ldc) noexcept nogil
 
 cdef int blas_int(Py_ssize_t n) except -1
+
+# The recurrence's products against weights packed once per sequence: `pack` lays the
+# K x N operand Bmat[k][n] = src[k * k_stride + n * n_stride] out in `packed`
+# (packed_bytes(itemsize, K, N) bytes), `panel_product` computes C (M x N) [+]= A Bmat with
+# A[i][k] = A[i * a_row + k * a_k].
+cdef size_t packed_bytes(size_t itemsize, Py_ssize_t K, Py_ssize_t N) noexcept nogil
+
+cdef void pack(Py_ssize_t K, Py_ssize_t N, const floating* src, Py_ssize_t k_stride,
+               Py_ssize_t n_stride, floating* packed) noexcept nogil
+
+cdef void panel_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                        Py_ssize_t a_row, Py_ssize_t a_k, const floating* packed,
+                        floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil
+
+# A task split between the calling thread and the crew's helper (crew.h): task(arg, part,
+# parts) runs for part 0 and 1 of 2 when `split` is set and the crew is free, else once as
+# part 0 of 1. Products inside a shared task run whole in their own thread.
+ctypedef void (*crew_task)(void* arg, int part, int parts) noexcept nogil
+
+cdef void share(crew_task task, void* arg, bint split) noexcept nogil

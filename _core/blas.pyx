@@ -1,7 +1,130 @@
-# BLAS is column-major; a row-major matrix is its column-major transpose. So row-major
-# C = op(A) op(B) is computed as the column-major Cᵀ = op(B)ᵀ op(A)ᵀ: swap the operands and
-# the sizes m and n, keep each operand's own transpose flag.
+# Row-major GEMM, two ways.
+#
+# Small products (up to BLAS_SINGLE_THREAD_MACS multiply-adds) go to scipy's BLAS, which is
+# column-major: a row-major matrix is its column-major transpose, so row-major
+# C = op(A) op(B) is computed as the column-major Cᵀ = op(B)ᵀ op(A)ᵀ (swap the operands and
+# the sizes m and n, keep each operand's own transpose flag). OpenBLAS runs those in the
+# calling thread.
+#
+# Larger ones run on recur's own kernel (panel_gemm.h), B packed into panels, shared by the
+# crew (crew.h). A threaded OpenBLAS call leaves its pool spinning for a long while after
+# it returns; on a 2-core machine that pool and the crew's helper would then fight for the
+# second core through every following recurrent step. Keeping every large product on the
+# crew keeps one pool in the process, and the kernel outruns OpenBLAS on these shapes
+# (bench/: see the issue notes).
 from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cdef extern from "panel_gemm.h" nogil:
+    size_t panel_size_f(Py_ssize_t K, Py_ssize_t N)
+    size_t panel_size_d(Py_ssize_t K, Py_ssize_t N)
+    void panel_pack_f(Py_ssize_t K, Py_ssize_t N, const float* src, Py_ssize_t k_stride,
+                      Py_ssize_t n_stride, float* packed, Py_ssize_t first_panel,
+                      Py_ssize_t end_panel)
+    void panel_pack_d(Py_ssize_t K, Py_ssize_t N, const double* src, Py_ssize_t k_stride,
+                      Py_ssize_t n_stride, double* packed, Py_ssize_t first_panel,
+                      Py_ssize_t end_panel)
+    void panel_gemm_f(Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t a_row,
+                      Py_ssize_t a_k, const float* packed, float* C, Py_ssize_t ldc,
+                      int accumulate, Py_ssize_t first_row, Py_ssize_t end_row,
+                      Py_ssize_t first_panel, Py_ssize_t end_panel)
+    void panel_gemm_d(Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t a_row,
+                      Py_ssize_t a_k, const double* packed, double* C, Py_ssize_t ldc,
+                      int accumulate, Py_ssize_t first_row, Py_ssize_t end_row,
+                      Py_ssize_t first_panel, Py_ssize_t end_panel)
+    void* panel_scratch(size_t nbytes)
+    int PANEL_f, PANEL_d, PANEL_ROWS
+
+cdef extern from "crew.h" nogil:
+    void crew_run(crew_task task, void* arg, int split)
+
+
+cdef enum:
+    # OpenBLAS computes a product of at most this many multiply-adds in the calling thread
+    # (its interface/gemm.c: 65536 times GEMM_MULTITHREAD_THRESHOLD, 4).
+    BLAS_SINGLE_THREAD_MACS = 262144
+    # Below this much work (a few microseconds) a split costs more in hand-over than it saves.
+    SPLIT_MIN_MACS = 65536
+    SPLIT_MIN_PACKED = 65536
+
+
+# One product (or one packing) as the crew sees it: each part takes its own share.
+ctypedef struct Product:
+    bint is_f64
+    Py_ssize_t M, N, K, a_row, a_k, ldc, panels
+    const void* A          # A, or the source of a packing
+    void* packed
+    void* C
+    bint accumulate
+
+
+cdef void product_part(void* arg, int part, int parts) noexcept nogil:
+    # A share of the panels (columns of C) when there are enough of them, else a share of
+    # the rows, in whole blocks of the kernel.
+    cdef Product* p = <Product*>arg
+    cdef Py_ssize_t first_panel = 0, end_panel = p.panels, first_row = 0, end_row = p.M
+    cdef Py_ssize_t row_blocks
+    if p.panels >= 2 * parts:
+        first_panel, end_panel = p.panels * part // parts, p.panels * (part + 1) // parts
+    elif parts > 1:
+        row_blocks = (p.M + PANEL_ROWS - 1) // PANEL_ROWS
+        first_row = min(p.M, row_blocks * part // parts * PANEL_ROWS)
+        end_row = min(p.M, row_blocks * (part + 1) // parts * PANEL_ROWS)
+    if p.is_f64:
+        panel_gemm_d(p.N, p.K, <const double*>p.A, p.a_row, p.a_k, <const double*>p.packed,
+                     <double*>p.C, p.ldc, p.accumulate, first_row, end_row, first_panel,
+                     end_panel)
+    else:
+        panel_gemm_f(p.N, p.K, <const float*>p.A, p.a_row, p.a_k, <const float*>p.packed,
+                     <float*>p.C, p.ldc, p.accumulate, first_row, end_row, first_panel,
+                     end_panel)
+
+
+cdef void pack_part(void* arg, int part, int parts) noexcept nogil:
+    # Here A is the source, a_row and a_k its strides along k and n.
+    cdef Product* p = <Product*>arg
+    cdef Py_ssize_t first = p.panels * part // parts, end = p.panels * (part + 1) // parts
+    if p.is_f64:
+        panel_pack_d(p.K, p.N, <const double*>p.A, p.a_row, p.a_k, <double*>p.packed,
+                     first, end)
+    else:
+        panel_pack_f(p.K, p.N, <const float*>p.A, p.a_row, p.a_k, <float*>p.packed,
+                     first, end)
+
+
+cdef size_t packed_bytes(size_t itemsize, Py_ssize_t K, Py_ssize_t N) noexcept nogil:
+    if itemsize == sizeof(float):
+        return panel_size_f(K, N) * sizeof(float)
+    return panel_size_d(K, N) * sizeof(double)
+
+
+cdef inline Py_ssize_t panel_count(bint is_f64, Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t width = PANEL_d if is_f64 else PANEL_f
+    return (N + width - 1) // width
+
+
+cdef void pack(Py_ssize_t K, Py_ssize_t N, const floating* src, Py_ssize_t k_stride,
+               Py_ssize_t n_stride, floating* packed) noexcept nogil:
+    cdef Product p
+    p.is_f64 = floating is double
+    p.K, p.N, p.A, p.a_row, p.a_k, p.packed = K, N, src, k_stride, n_stride, packed
+    p.panels = panel_count(p.is_f64, N)
+    crew_run(pack_part, &p, p.panels >= 2 and K * N >= SPLIT_MIN_PACKED)
+
+
+cdef void panel_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                        Py_ssize_t a_row, Py_ssize_t a_k, const floating* packed,
+                        floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    cdef Product p
+    p.is_f64 = floating is double
+    p.M, p.N, p.K, p.a_row, p.a_k, p.ldc = M, N, K, a_row, a_k, ldc
+    p.panels = panel_count(p.is_f64, N)
+    p.A, p.packed, p.C, p.accumulate = A, <void*>packed, C, accumulate
+    crew_run(product_part, &p, (p.panels >= 2 or M >= 2 * PANEL_ROWS)
+             and M * N * K >= SPLIT_MIN_MACS)
+
+
+cdef void share(crew_task task, void* arg, bint split) noexcept nogil:
+    crew_run(task, arg, split)
 
 
 cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
@@ -9,8 +132,17 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
                floating beta, floating* c, int ldc) noexcept nogil:
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
+    cdef floating* packed
     if m <= 0 or n <= 0:
         return
+    if (alpha == 1 and (beta == 0 or beta == 1) and k > 0
+            and <double>m * n * k > BLAS_SINGLE_THREAD_MACS):
+        packed = <floating*>panel_scratch(packed_bytes(sizeof(floating), k, n))
+        if packed != NULL:
+            pack(k, n, b, 1 if trans_b else ldb, ldb if trans_b else 1, packed)
+            panel_product(m, n, k, a, 1 if trans_a else lda, lda if trans_a else 1, packed,
+                          c, ldc, beta == 1)
+            return
     # BLAS insists on leading dimensions >= 1 even for empty operands.
     if lda < 1:
         lda = 1

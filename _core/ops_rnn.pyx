@@ -20,8 +20,7 @@ cimport numpy as cnp
 import numpy as np
 from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant
 from recur._core.tape import alias
-from recur._core.blas cimport gemm, blas_int
-from recur._core.panel_gemm cimport packed_bytes, pack, panel_product
+from recur._core.blas cimport gemm, blas_int, packed_bytes, pack, panel_product, share
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic, tanh_of, logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
@@ -33,7 +32,6 @@ RNN, LSTM, GRU, GRUV3 = CELL_RNN, CELL_LSTM, CELL_GRU, CELL_GRUV3
 cdef enum:
     N_INPUTS = 7
     N_INTS = 9
-    PANEL_MAX_HIDDEN = 128
     IN_X = 0
     IN_H0 = 1
     IN_C0 = 2
@@ -68,8 +66,9 @@ ctypedef struct Buffers:
     void* dc               # backward, LSTM: gradient reaching c_t (B, H)
     void* tanh_c           # backward, LSTM: tanh(c_t) of the current step (B, H)
     void* d_reset          # backward, GRUv3: gradient of r ⊙ h (B, H)
-    void* packed_wh        # with panels: Whᵀ and Wh_hᵀ packed for the forward products,
-    void* packed_wh_h      #   Wh and Wh_h for the backward ones
+    void* packed_wi        # with panels: Wiᵀ, Whᵀ and Wh_hᵀ packed for the forward products,
+    void* packed_wh        #   Wh and Wh_h for the backward ones
+    void* packed_wh_h
     void* packed_wh_back
     void* packed_wh_h_back
 
@@ -102,13 +101,15 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     cdef index_t H = d.H
     cdef int cell = d.cell
     memset(w, 0, sizeof(Buffers))
-    w.gates = Y if cell == CELL_RNN else take(block, &used, all_gates)
+    w.gates = Y if cell == CELL_RNN else take(block, &used, all_gates if recording
+                                              else all_gates // d.T)
     w.cells = take(block, &used, kept if cell == CELL_LSTM else 0)
     w.hidden = take(block, &used, kept if cell == CELL_GRU or cell == CELL_GRUV3 else 0)
     w.hidden_proj = take(block, &used, 3 * step if cell == CELL_GRU else 0)
     w.h0 = take(block, &used, step) if d.h_broadcast else h0
     w.c0 = take(block, &used, step) if d.c_broadcast else c0
     if d.panels:
+        w.packed_wi = take(block, &used, packed_bytes(itemsize, d.n_in, input_blocks(cell) * H))
         w.packed_wh = take(block, &used, packed_bytes(itemsize, H, hidden_blocks(cell) * H))
         w.packed_wh_h = take(block, &used, packed_bytes(itemsize, H, H)
                              if cell == CELL_GRUV3 else 0)
@@ -128,23 +129,20 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
 
 
 cdef bint packing_pays(const Dims* d) noexcept nogil:
-    # Packing costs about one step's product, so it needs a sequence to pay for itself. At
-    # hidden sizes above PANEL_MAX_HIDDEN a step's product is big enough for the BLAS's
-    # threads to outrun one core on the packed panels (bench/: 64,256,64,100 trains in
-    # 95 ms on BLAS against 101 on panels; 32,128,32,100 in 14 ms on panels against 17).
-    return d.T >= 2 and d.H <= PANEL_MAX_HIDDEN
+    # Packing costs about one step's product, so it needs a sequence to pay for itself.
+    return d.T >= 2
 
 
-cdef inline void step_product(const Dims* d, index_t N, index_t K, const floating* A,
-                              index_t lda, const floating* W, bint w_rows_are_n,
-                              const floating* packed, floating* C, index_t ldc,
-                              bint accumulate) noexcept nogil:
-    # C (B x N) [+]= A (B x K) times the weights: Wᵀ when W's rows are the N outputs
+cdef inline void step_product(const Dims* d, index_t M, index_t N, index_t K,
+                              const floating* A, index_t lda, const floating* W,
+                              bint w_rows_are_n, const floating* packed, floating* C,
+                              index_t ldc, bint accumulate) noexcept nogil:
+    # C (M x N) [+]= A (M x K) times the weights: Wᵀ when W's rows are the N outputs
     # (forward, W is N x K), W itself when its rows are the K inputs (backward, K x N).
     if d.panels:
-        panel_product(d.B, N, K, A, lda, packed, C, ldc, accumulate)
+        panel_product(M, N, K, A, lda, 1, packed, C, ldc, accumulate)
     else:
-        gemm(False, w_rows_are_n, d.B, N, K, 1, A, lda, W, K if w_rows_are_n else N,
+        gemm(False, w_rows_are_n, M, N, K, 1, A, lda, W, K if w_rows_are_n else N,
              1 if accumulate else 0, C, ldc)
 
 
@@ -339,25 +337,60 @@ cdef int check_layout(object layer, list arrays) except -1:
 
 # ---------------------------------------------------------------- forward
 
+# Rows of a batch are independent sequences: the recurrence over rows [r0, r1) needs no
+# other row. So with panels the crew splits a whole sequence by rows, forward and backward,
+# one hand-over per sequence instead of one per step, and each core keeps its own rows'
+# states in its own cache. Buffers keep their full-batch layout; a part offsets into them.
+ctypedef struct Recurrence:
+    bint is_f64
+    const Dims* d
+    const Buffers* w
+    bint recording
+    const void* X
+    const void* Wi
+    const void* Wh
+    const void* b
+    const void* Wh_h
+    void* Y
+    Node* node             # backward only
+    const void* dY
+
+
+cdef enum:
+    # Fewer rows than this per part would leave the kernel's row blocks mostly empty.
+    SPLIT_MIN_ROWS = 4
+
+
+cdef void run_recurrence(Recurrence* job, bint backward) noexcept nogil:
+    cdef const Dims* d = job.d
+    cdef bint split = d.panels and d.B >= 2 * SPLIT_MIN_ROWS
+    share(backward_part if backward else forward_part, job, split)
+
+
+cdef void forward_part(void* arg, int part, int parts) noexcept nogil:
+    cdef Recurrence* job = <Recurrence*>arg
+    cdef index_t r0 = job.d.B * part // parts, r1 = job.d.B * (part + 1) // parts
+    if job.is_f64:
+        forward_rows[double](job.d, job.w, job.recording, <const double*>job.X,
+                             <const double*>job.Wi, <const double*>job.Wh,
+                             <const double*>job.b, <const double*>job.Wh_h, <double*>job.Y,
+                             r0, r1)
+    else:
+        forward_rows[float](job.d, job.w, job.recording, <const float*>job.X,
+                            <const float*>job.Wi, <const float*>job.Wh,
+                            <const float*>job.b, <const float*>job.Wh_h, <float*>job.Y,
+                            r0, r1)
+
+
 cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording,
                             const floating* X, const floating* h0, const floating* c0,
                             const floating* Wi, const floating* Wh, const floating* b,
                             const floating* Wh_h, floating* Y) noexcept nogil:
     cdef index_t T = d.T, B = d.B, H = d.H, BH = d.B * d.H
     cdef index_t GH = input_blocks(d.cell) * H
-    cdef index_t kept_stride = BH if recording else 0
-    cdef floating* gates = <floating*>w.gates
-    cdef floating* cells = <floating*>w.cells
-    cdef floating* hidden = <floating*>w.hidden
-    cdef floating* hidden_proj = <floating*>w.hidden_proj
-    cdef const floating* h_prev = <floating*>w.h0
-    cdef const floating* c_prev = <floating*>w.c0
-    cdef floating* gates_t
-    cdef floating* y_t
-    cdef const floating* pwh = <floating*>w.packed_wh
-    cdef const floating* pwh_h = <floating*>w.packed_wh_h
-    cdef index_t t
+    cdef Recurrence job
     if d.panels:
+        pack(d.n_in, GH, Wi, 1, d.n_in, <floating*>w.packed_wi)
         pack(H, hidden_blocks(d.cell) * H, Wh, 1, H, <floating*>w.packed_wh)
         if d.cell == CELL_GRUV3:
             pack(H, H, Wh_h, 1, H, <floating*>w.packed_wh_h)
@@ -365,31 +398,62 @@ cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording,
         copy_rows(B, H, h0, <floating*>w.h0)
     if d.c_broadcast:
         copy_rows(B, H, c0, <floating*>w.c0)
-    # Every step's input projection in one GEMM, on top of the bias.
-    copy_rows(T * B, GH, b, gates)
-    gemm(False, True, T * B, GH, d.n_in, 1, X, d.n_in, Wi, d.n_in, 1, gates, GH)
+    job.is_f64 = floating is double
+    job.d, job.w, job.recording = d, w, recording
+    job.X, job.Wi, job.Wh, job.b, job.Wh_h, job.Y = X, Wi, Wh, b, Wh_h, Y
+    run_recurrence(&job, False)
+    if d.cell == CELL_LSTM:        # c_T after the outputs
+        memcpy(Y + T * BH, <floating*>w.c0 if T == 0 else
+               <floating*>w.cells + ((T - 1) * BH if recording else 0), BH * sizeof(floating))
+
+
+cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const floating* X,
+                       const floating* Wi, const floating* Wh, const floating* b,
+                       const floating* Wh_h, floating* Y, index_t r0, index_t r1) noexcept nogil:
+    cdef index_t T = d.T, B = d.B, H = d.H, BH = d.B * d.H, rows = r1 - r0
+    cdef index_t GH = input_blocks(d.cell) * H
+    cdef index_t kept_stride = BH if recording else 0
+    cdef index_t gates_stride = B * GH if recording or d.cell == CELL_RNN else 0
+    cdef floating* gates = <floating*>w.gates + r0 * GH
+    cdef floating* cells = <floating*>w.cells + r0 * H
+    cdef floating* hidden = <floating*>w.hidden + r0 * H
+    cdef floating* hidden_proj = <floating*>w.hidden_proj + r0 * 3 * H
+    cdef const floating* h_prev = <floating*>w.h0 + r0 * H
+    cdef const floating* c_prev = <floating*>w.c0 + r0 * H
+    cdef const floating* pwh = <floating*>w.packed_wh
+    cdef const floating* pwh_h = <floating*>w.packed_wh_h
+    cdef floating* gates_t
+    cdef floating* y_t
+    cdef index_t t
+    X += r0 * d.n_in
+    Y += r0 * H
     for t in range(T):
-        gates_t = gates + t * B * GH
+        # Each step's input projection on top of the bias, just before the step needs it:
+        # the gates stay in cache from here to the activations (projecting all steps in
+        # one GEMM first sent T steps of gates through memory and back).
+        gates_t = gates + t * gates_stride
         y_t = Y + t * BH
+        copy_rows(rows, GH, b, gates_t)
+        step_product(d, rows, GH, d.n_in, X + t * B * d.n_in, d.n_in, Wi, True,
+                     <floating*>w.packed_wi, gates_t, GH, True)
         if d.cell == CELL_RNN:          # the gates are y_t itself
-            step_product(d, H, H, h_prev, H, Wh, True, pwh, y_t, H, True)
-            activate(d.act, BH, y_t)
+            step_product(d, rows, H, H, h_prev, H, Wh, True, pwh, y_t, H, True)
+            activate(d.act, rows * H, y_t)
         elif d.cell == CELL_LSTM:
-            step_product(d, 4 * H, H, h_prev, H, Wh, True, pwh, gates_t, 4 * H, True)
-            lstm_forward(B, H, gates_t, c_prev, cells + t * kept_stride, y_t)
+            step_product(d, rows, 4 * H, H, h_prev, H, Wh, True, pwh, gates_t, 4 * H, True)
+            lstm_forward(rows, H, gates_t, c_prev, cells + t * kept_stride, y_t)
             c_prev = cells + t * kept_stride
         elif d.cell == CELL_GRU:
-            step_product(d, 3 * H, H, h_prev, H, Wh, True, pwh, hidden_proj, 3 * H, False)
-            gru_forward(B, H, gates_t, hidden_proj, h_prev, hidden + t * kept_stride, y_t)
+            step_product(d, rows, 3 * H, H, h_prev, H, Wh, True, pwh, hidden_proj, 3 * H,
+                         False)
+            gru_forward(rows, H, gates_t, hidden_proj, h_prev, hidden + t * kept_stride, y_t)
         else:
-            step_product(d, 2 * H, H, h_prev, H, Wh, True, pwh, gates_t, 3 * H, True)
-            gruv3_reset_forward(B, H, gates_t, h_prev, hidden + t * kept_stride)
-            step_product(d, H, H, hidden + t * kept_stride, H, Wh_h, True, pwh_h,
+            step_product(d, rows, 2 * H, H, h_prev, H, Wh, True, pwh, gates_t, 3 * H, True)
+            gruv3_reset_forward(rows, H, gates_t, h_prev, hidden + t * kept_stride)
+            step_product(d, rows, H, H, hidden + t * kept_stride, H, Wh_h, True, pwh_h,
                          gates_t + 2 * H, 3 * H, True)
-            gruv3_output_forward(B, H, gates_t, h_prev, y_t)
+            gruv3_output_forward(rows, H, gates_t, h_prev, y_t)
         h_prev = y_t
-    if d.cell == CELL_LSTM:
-        memcpy(Y + T * BH, c_prev, BH * sizeof(floating))
 
 
 cdef void lstm_forward(index_t B, index_t H, floating* gates, const floating* c_prev,
@@ -484,6 +548,68 @@ cdef Dims dims_of(const Node* node) noexcept nogil:
     return d
 
 
+cdef void backward_part(void* arg, int part, int parts) noexcept nogil:
+    cdef Recurrence* job = <Recurrence*>arg
+    cdef index_t r0 = job.d.B * part // parts, r1 = job.d.B * (part + 1) // parts
+    if job.is_f64:
+        backward_rows[double](job.node, job.d, <const double*>job.dY, r0, r1)
+    else:
+        backward_rows[float](job.node, job.d, <const float*>job.dY, r0, r1)
+
+
+cdef void backward_rows(const Node* node, const Dims* d, const floating* dY, index_t r0,
+                        index_t r1) noexcept nogil:
+    # The reverse loop over rows [r0, r1): per step the cell's backward into d_gates and
+    # the gradient reaching h_{t-1} into dh (dc for the LSTM's c).
+    cdef const Buffers* w = <Buffers*>node.saved[0]
+    cdef index_t T = d.T, B = d.B, H = d.H, BH = d.B * d.H, rows = r1 - r0
+    cdef index_t GH = input_blocks(d.cell) * H, hidden_GH = hidden_blocks(d.cell) * H
+    cdef index_t ld_hidden = 3 * H if d.cell == CELL_GRU else GH
+    cdef const floating* Wh = <floating*>node.in_values[IN_WH]
+    cdef const floating* Wh_h = <floating*>node.in_values[IN_WH_H]
+    cdef const floating* Y = <floating*>node.value + r0 * H
+    cdef const floating* gates = <floating*>w.gates + r0 * GH
+    cdef const floating* cells = <floating*>w.cells + r0 * H
+    cdef const floating* c0 = <floating*>w.c0 + r0 * H
+    cdef const floating* hidden = <floating*>w.hidden + r0 * H
+    cdef const floating* h0 = <floating*>w.h0 + r0 * H
+    cdef floating* d_gates = <floating*>w.d_gates + r0 * GH
+    cdef floating* d_hidden = <floating*>w.d_hidden_proj + r0 * ld_hidden
+    cdef floating* dh = <floating*>w.dh + r0 * H
+    cdef floating* dc = <floating*>w.dc + r0 * H
+    cdef floating* tanh_c = <floating*>w.tanh_c + r0 * H
+    cdef floating* d_reset = <floating*>w.d_reset + r0 * H
+    cdef const floating* h_prev
+    cdef index_t t
+    dY += r0 * H
+    memset(dh, 0, rows * H * sizeof(floating))
+    if d.cell == CELL_LSTM:
+        memcpy(dc, dY + T * BH, rows * H * sizeof(floating))     # the gradient of c_T
+    for t in range(T - 1, -1, -1):
+        h_prev = Y + (t - 1) * BH if t > 0 else h0
+        # h_t is both this step's output and the next step's state.
+        add_to(rows * H, dY + t * BH, dh)
+        if d.cell == CELL_RNN:
+            activation_grad(d.act, rows * H, Y + t * BH, dh, d_gates + t * B * GH)
+        elif d.cell == CELL_LSTM:
+            lstm_backward(rows, H, gates + t * B * GH, cells + (t - 1) * BH if t > 0 else c0,
+                          cells + t * BH, tanh_c, dh, dc, d_gates + t * B * GH)
+        elif d.cell == CELL_GRU:
+            gru_backward(rows, H, gates + t * B * GH, hidden + t * BH, h_prev, dh,
+                         d_gates + t * B * GH, d_hidden + t * B * ld_hidden)
+        else:
+            gruv3_output_backward(rows, H, gates + t * B * GH, h_prev, dh, d_gates + t * B * GH)
+            step_product(d, rows, H, H, d_gates + t * B * GH + 2 * H, 3 * H, Wh_h, False,
+                         <floating*>w.packed_wh_h_back, d_reset, H, False)
+            gruv3_reset_backward(rows, H, gates + t * B * GH, h_prev, d_reset, dh,
+                                 d_gates + t * B * GH)
+        if t > 0 or node.inputs[IN_H0] >= 0:
+            # RNN and LSTM reach h only through h Whᵀ; the GRUs' direct paths are in dh.
+            step_product(d, rows, H, hidden_GH, d_hidden + t * B * ld_hidden, ld_hidden, Wh,
+                         False, <floating*>w.packed_wh_back, dh, H,
+                         d.cell == CELL_GRU or d.cell == CELL_GRUV3)
+
+
 cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept nogil:
     cdef Dims d = dims_of(node)
     cdef const Buffers* w = <Buffers*>node.saved[0]
@@ -494,49 +620,22 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     cdef const floating* X = <floating*>node.in_values[IN_X]
     cdef const floating* Wi = <floating*>node.in_values[IN_WI]
     cdef const floating* Wh = <floating*>node.in_values[IN_WH]
+    cdef const floating* Wh_h = <floating*>node.in_values[IN_WH_H]
     cdef const floating* Y = <floating*>node.value
-    cdef const floating* gates = <floating*>w.gates
-    cdef const floating* cells = <floating*>w.cells
     cdef const floating* hidden = <floating*>w.hidden
     cdef const floating* h0 = <floating*>w.h0
     cdef floating* d_gates = <floating*>w.d_gates
     cdef floating* d_hidden = <floating*>w.d_hidden_proj
     cdef floating* dh = <floating*>w.dh
     cdef floating* dc = <floating*>w.dc
-    cdef const floating* Wh_h = <floating*>node.in_values[IN_WH_H]
-    cdef const floating* h_prev
-    cdef index_t t
+    cdef Recurrence job
     if d.panels:
         pack(hidden_GH, H, Wh, H, 1, <floating*>w.packed_wh_back)
         if d.cell == CELL_GRUV3:
             pack(H, H, Wh_h, H, 1, <floating*>w.packed_wh_h_back)
-    memset(dh, 0, BH * sizeof(floating))
-    if d.cell == CELL_LSTM:
-        memcpy(dc, dY + T * BH, BH * sizeof(floating))     # the gradient of c_T
-    for t in range(T - 1, -1, -1):
-        h_prev = Y + (t - 1) * BH if t > 0 else h0
-        # h_t is both this step's output and the next step's state.
-        add_to(BH, dY + t * BH, dh)
-        if d.cell == CELL_RNN:
-            activation_grad(d.act, BH, Y + t * BH, dh, d_gates + t * B * GH)
-        elif d.cell == CELL_LSTM:
-            lstm_backward(B, H, gates + t * B * GH,
-                          cells + (t - 1) * BH if t > 0 else <floating*>w.c0,
-                          cells + t * BH, <floating*>w.tanh_c, dh, dc, d_gates + t * B * GH)
-        elif d.cell == CELL_GRU:
-            gru_backward(B, H, gates + t * B * GH, hidden + t * BH, h_prev, dh,
-                         d_gates + t * B * GH, d_hidden + t * B * ld_hidden)
-        else:
-            gruv3_output_backward(B, H, gates + t * B * GH, h_prev, dh, d_gates + t * B * GH)
-            step_product(&d, H, H, d_gates + t * B * GH + 2 * H, 3 * H, Wh_h, False,
-                         <floating*>w.packed_wh_h_back, <floating*>w.d_reset, H, False)
-            gruv3_reset_backward(B, H, gates + t * B * GH, h_prev, <floating*>w.d_reset, dh,
-                                 d_gates + t * B * GH)
-        if t > 0 or inputs[IN_H0] >= 0:
-            # RNN and LSTM reach h only through h Whᵀ; the GRUs' direct paths are in dh.
-            step_product(&d, H, hidden_GH, d_hidden + t * B * ld_hidden, ld_hidden, Wh, False,
-                         <floating*>w.packed_wh_back, dh, H,
-                         d.cell == CELL_GRU or d.cell == CELL_GRUV3)
+    job.is_f64 = floating is double
+    job.d, job.node, job.dY = &d, node, dY
+    run_recurrence(&job, True)
     if inputs[IN_H0] >= 0:
         add_state_grad(d.h_broadcast, B, H, dh, <floating*>nodes[inputs[IN_H0]].grad)
     if d.cell == CELL_LSTM and inputs[IN_C0] >= 0:

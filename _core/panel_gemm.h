@@ -18,6 +18,7 @@
 #define RECUR_PANEL_GEMM_H
 
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The widest vectors the target has, and rows of A per kernel call: 2 * PANEL_ROWS vector
@@ -35,8 +36,15 @@
 /* The last M mod PANEL_ROWS rows, with their count a constant so the loops unroll (the
  * cases past PANEL_ROWS - 1 are never taken below AVX-512). */
 #define PANEL_TAIL(suffix, rows)                                                            \
-    case rows: panel_block_##suffix(rows, K, A + i * lda, lda, panel, C + i * ldc + n0,     \
+    case rows: panel_block_##suffix(rows, K, A + i * a_row, a_row, a_k, panel, C + i * ldc, \
                                     ldc, width, accumulate); break;
+
+/* Values of k per pass over the panels: a chunk of A this deep stays in L2 while every
+ * panel meets it, and a chunk of one panel in L1 while every block of rows does. */
+#define PANEL_DEPTH 256
+
+/* From this many rows of an untransposed A on, its blocks are gathered (panel_gemm). */
+#define PANEL_GATHER_ROWS 256
 
 #define DEFINE_PANEL_GEMM(scalar, suffix)                                                   \
 typedef scalar vec_##suffix                                                                 \
@@ -50,30 +58,31 @@ static inline size_t panel_size_##suffix(ptrdiff_t K, ptrdiff_t N)              
     return (size_t)(panels * K * PANEL_##suffix);                                           \
 }                                                                                           \
                                                                                             \
-/* Packs Bmat[k][n] = src[k * k_stride + n * n_stride] (k < K, n < N) into `packed`,      \
- * which holds panel_size values. */                                                      \
+/* Packs panels [first_panel, end_panel) of Bmat[k][n] = src[k * k_stride + n * n_stride] \
+ * (k < K, n < N) into `packed`, which holds panel_size values. */                          \
 static void panel_pack_##suffix(ptrdiff_t K, ptrdiff_t N, const scalar* src,               \
-                                ptrdiff_t k_stride, ptrdiff_t n_stride, scalar* packed)     \
+                                ptrdiff_t k_stride, ptrdiff_t n_stride, scalar* packed,     \
+                                ptrdiff_t first_panel, ptrdiff_t end_panel)                 \
 {                                                                                           \
-    for (ptrdiff_t n0 = 0; n0 < N; n0 += PANEL_##suffix) {                                  \
+    for (ptrdiff_t p = first_panel; p < end_panel; p++) {                                   \
+        ptrdiff_t n0 = p * PANEL_##suffix;                                                  \
         ptrdiff_t width = N - n0 < PANEL_##suffix ? N - n0 : PANEL_##suffix;                \
-        for (ptrdiff_t k = 0; k < K; k++) {                                                 \
-            scalar* row = packed + k * PANEL_##suffix;                                      \
-            const scalar* from = src + k * k_stride + n0 * n_stride;                        \
+        scalar* row = packed + p * K * PANEL_##suffix;                                      \
+        const scalar* from = src + n0 * n_stride;                                           \
+        for (ptrdiff_t k = 0; k < K; k++, row += PANEL_##suffix, from += k_stride) {        \
             ptrdiff_t j = 0;                                                                \
             for (; j < width; j++) row[j] = from[j * n_stride];                             \
             for (; j < PANEL_##suffix; j++) row[j] = 0;                                     \
         }                                                                                   \
-        packed += K * PANEL_##suffix;                                                       \
     }                                                                                       \
 }                                                                                           \
                                                                                             \
 /* `rows` (at most PANEL_ROWS) rows of A against one panel into C's `width` columns.      \
  * Inlined with a constant `rows` the loops unroll and the accumulators live in registers. */ \
 static inline __attribute__((always_inline)) void                                           \
-panel_block_##suffix(const int rows, ptrdiff_t K, const scalar* A, ptrdiff_t lda,           \
-                     const scalar* panel, scalar* C, ptrdiff_t ldc, ptrdiff_t width,        \
-                     int accumulate)                                                        \
+panel_block_##suffix(const int rows, ptrdiff_t K, const scalar* A, ptrdiff_t a_row,         \
+                     ptrdiff_t a_k, const scalar* panel, scalar* C, ptrdiff_t ldc,          \
+                     ptrdiff_t width, int accumulate)                                       \
 {                                                                                           \
     vec_##suffix acc[PANEL_ROWS][2];                                                        \
     /* A whole panel's columns of C load into the accumulators before the k loop, where   \
@@ -89,10 +98,10 @@ panel_block_##suffix(const int rows, ptrdiff_t K, const scalar* A, ptrdiff_t lda
      * flags) the compiler may not rewrite products of indexes into steps itself. */        \
     const vec_##suffix* p = (const vec_##suffix*)panel;                                     \
     const vec_##suffix* p_end = p + 2 * K;                                                  \
-    for (; p < p_end; p += 2, A++) {                                                        \
+    for (; p < p_end; p += 2, A += a_k) {                                                   \
         vec_##suffix p0 = p[0], p1 = p[1];                                                  \
         for (int i = 0; i < rows; i++) {                                                    \
-            scalar a = A[i * lda];                                                          \
+            scalar a = A[i * a_row];                                                        \
             acc[i][0] += a * p0;                                                            \
             acc[i][1] += a * p1;                                                            \
         }                                                                                   \
@@ -112,29 +121,92 @@ panel_block_##suffix(const int rows, ptrdiff_t K, const scalar* A, ptrdiff_t lda
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-/* C [+]= A Bmat, A row-major with leading dimension lda, Bmat packed by panel_pack: each  \
- * panel of Bmat meets every block of PANEL_ROWS rows of A while it sits in L1. */          \
-static void panel_gemm_##suffix(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const scalar* A,     \
-                                ptrdiff_t lda, const scalar* packed, scalar* C,             \
-                                ptrdiff_t ldc, int accumulate)                              \
+/* Rows [0, M) against one panel, with the row count of each block known to the compiler  \
+ * and, for an untransposed A, its unit step in k too. */                                   \
+static inline __attribute__((always_inline)) void                                           \
+panel_rows_##suffix(ptrdiff_t M, ptrdiff_t K, const scalar* A, ptrdiff_t a_row,             \
+                    ptrdiff_t a_k, const scalar* panel, scalar* C, ptrdiff_t ldc,           \
+                    ptrdiff_t width, int accumulate)                                        \
 {                                                                                           \
-    for (ptrdiff_t n0 = 0; n0 < N; n0 += PANEL_##suffix) {                                  \
-        const scalar* panel = packed + n0 * K;                                              \
-        ptrdiff_t width = N - n0 < PANEL_##suffix ? N - n0 : PANEL_##suffix;                \
-        ptrdiff_t i = 0;                                                                    \
-        for (; i + PANEL_ROWS <= M; i += PANEL_ROWS)                                        \
-            panel_block_##suffix(PANEL_ROWS, K, A + i * lda, lda, panel, C + i * ldc + n0,  \
-                                 ldc, width, accumulate);                                   \
-        switch (M - i) {                                                                    \
-        PANEL_TAIL(suffix, 11) PANEL_TAIL(suffix, 10) PANEL_TAIL(suffix, 9)                 \
-        PANEL_TAIL(suffix, 8) PANEL_TAIL(suffix, 7) PANEL_TAIL(suffix, 6)                   \
-        PANEL_TAIL(suffix, 5) PANEL_TAIL(suffix, 4) PANEL_TAIL(suffix, 3)                   \
-        PANEL_TAIL(suffix, 2) PANEL_TAIL(suffix, 1)                                         \
+    ptrdiff_t i = 0;                                                                        \
+    for (; i + PANEL_ROWS <= M; i += PANEL_ROWS)                                            \
+        panel_block_##suffix(PANEL_ROWS, K, A + i * a_row, a_row, a_k, panel, C + i * ldc,  \
+                             ldc, width, accumulate);                                       \
+    switch (M - i) {                                                                        \
+    PANEL_TAIL(suffix, 11) PANEL_TAIL(suffix, 10) PANEL_TAIL(suffix, 9)                     \
+    PANEL_TAIL(suffix, 8) PANEL_TAIL(suffix, 7) PANEL_TAIL(suffix, 6)                       \
+    PANEL_TAIL(suffix, 5) PANEL_TAIL(suffix, 4) PANEL_TAIL(suffix, 3)                       \
+    PANEL_TAIL(suffix, 2) PANEL_TAIL(suffix, 1)                                             \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* C [+]= A Bmat on C's rows [first_row, end_row) and columns of the panels [first_panel,  \
+ * end_panel), with A[i][k] = A[i * a_row + k * a_k] and Bmat packed by panel_pack (K > 0). \
+ * Workers sharing a product take disjoint ranges, so no two write the same element. */    \
+static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdiff_t a_row, \
+                                ptrdiff_t a_k, const scalar* packed, scalar* C,             \
+                                ptrdiff_t ldc, int accumulate, ptrdiff_t first_row,         \
+                                ptrdiff_t end_row, ptrdiff_t first_panel,                   \
+                                ptrdiff_t end_panel)                                        \
+{                                                                                           \
+    /* A transposed A (a_k != 1) walks down its columns, each k a row of A apart: at a     \
+     * power-of-two stride every load lands in the same cache set. So does a tall A's       \
+     * block of rows, fetched again for every panel. Such blocks are first gathered into    \
+     * `gathered`, k-major, and meet every panel from there; a short untransposed A (a      \
+     * recurrent step's rows) is read in place, where copying would cost more than it saves. */ \
+    const int in_place = a_k == 1 && end_row - first_row < PANEL_GATHER_ROWS;               \
+    scalar gathered[PANEL_DEPTH * PANEL_ROWS];                                              \
+    ptrdiff_t M = end_row - first_row;                                                      \
+    A += first_row * a_row;                                                                 \
+    C += first_row * ldc;                                                                   \
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += PANEL_DEPTH) {                                     \
+        ptrdiff_t depth = K - k0 < PANEL_DEPTH ? K - k0 : PANEL_DEPTH;                      \
+        int add = accumulate || k0 > 0;                                                     \
+        if (in_place) {                                                                     \
+            for (ptrdiff_t p = first_panel; p < end_panel; p++) {                           \
+                ptrdiff_t n0 = p * PANEL_##suffix;                                          \
+                ptrdiff_t width = N - n0 < PANEL_##suffix ? N - n0 : PANEL_##suffix;        \
+                panel_rows_##suffix(M, depth, A + k0, a_row, 1,                             \
+                                    packed + (p * K + k0) * PANEL_##suffix, C + n0, ldc,    \
+                                    width, add);                                            \
+            }                                                                               \
+            continue;                                                                       \
+        }                                                                                   \
+        for (ptrdiff_t i = 0; i < M; i += PANEL_ROWS) {                                     \
+            ptrdiff_t rows = M - i < PANEL_ROWS ? M - i : PANEL_ROWS;                       \
+            const scalar* from = A + i * a_row + k0 * a_k;                                  \
+            for (ptrdiff_t k = 0; k < depth; k++, from += a_k)                              \
+                for (ptrdiff_t r = 0; r < rows; r++)                                        \
+                    gathered[k * PANEL_ROWS + r] = from[r * a_row];                         \
+            for (ptrdiff_t p = first_panel; p < end_panel; p++) {                           \
+                ptrdiff_t n0 = p * PANEL_##suffix;                                          \
+                ptrdiff_t width = N - n0 < PANEL_##suffix ? N - n0 : PANEL_##suffix;        \
+                panel_rows_##suffix(rows, depth, gathered, 1, PANEL_ROWS,                   \
+                                    packed + (p * K + k0) * PANEL_##suffix,                 \
+                                    C + i * ldc + n0, ldc, width, add);                     \
+            }                                                                               \
         }                                                                                   \
     }                                                                                       \
 }
 
 DEFINE_PANEL_GEMM(float, f)
 DEFINE_PANEL_GEMM(double, d)
+
+/* This thread's buffer for an operand packed on the fly, grown to the largest request and
+ * kept, so that a training loop packs into the same memory every step. NULL when memory
+ * runs out (the caller falls back to a path that needs none). */
+static void* panel_scratch(size_t nbytes)
+{
+    static _Thread_local void* buffer = NULL;
+    static _Thread_local size_t capacity = 0;
+    if (nbytes > capacity) {
+        void* grown = NULL;
+        if (posix_memalign(&grown, 64, nbytes) != 0) return NULL;
+        free(buffer);
+        buffer = grown;
+        capacity = nbytes;
+    }
+    return buffer;
+}
 
 #endif

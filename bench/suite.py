@@ -24,7 +24,8 @@ FOREIGN_LOAD_TOLERANCE the case is timed again after a pause (up to `--retries` 
 the quietest attempt is kept, its load shown in the row. Each thread setting runs in its own
 worker process, because OpenBLAS reads OPENBLAS_NUM_THREADS only when it loads: "default"
 leaves the environment alone (both engines use every core), "1" sets OPENBLAS_NUM_THREADS,
-OMP_NUM_THREADS and MKL_NUM_THREADS to 1 and calls torch.set_num_threads(1).
+OMP_NUM_THREADS, MKL_NUM_THREADS and RECUR_NUM_THREADS to 1 and calls
+torch.set_num_threads(1).
 
 FLOP count (GEMM work only; elementwise work is not counted). With G gate blocks (RNN 1,
 GRU 3, LSTM 4), N = T·B rows and the 3-wide head:
@@ -83,14 +84,15 @@ MEMORY_TRAINING_STEPS = 3
 # many-fold slowdowns.
 FOREIGN_LOAD_TOLERANCE = 0.2
 RETRY_PAUSE_SECONDS = 2.0
-# Both engines keep worker threads spinning for a while after a parallel call (OpenBLAS for
-# recur, OpenMP for torch), and a spinning worker on a 2-core machine takes a core from
+# Both engines keep worker threads spinning for a while after a parallel call (recur's crew
+# helper, OpenMP for torch), and a spinning worker on a 2-core machine takes a core from
 # whatever runs next: timed back to back, each engine ran against the other's spinning
 # threads and lost up to half its speed. Every sample starts after this pause, long enough
 # (measured: 0.2 s was not always) for the previous engine's threads to go to sleep.
 SETTLE_SECONDS = 0.4
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                     "RECUR_NUM_THREADS": "1"}
 
 # Issue 5's targets. Hidden sizes split at 128/256; the GEMM-throughput target starts at 512.
 SMALL_HIDDEN, LARGE_HIDDEN, GEMM_TARGET_HIDDEN = 128, 256, 512

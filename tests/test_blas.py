@@ -1,0 +1,129 @@
+"""Matrix products (_core/blas.pyx): small ones on scipy's BLAS, large ones on recur's panel
+kernel shared by the crew of two threads (panel_gemm.h, crew.h).
+
+The products are reached through the public ops: `a @ b` forward is C = A B, its gradients
+are dA = dC Bᵀ and dB = Aᵀ dC, so every transpose combination the engine uses runs here."""
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import recur as rc
+
+# Above 262144 multiply-adds a product leaves the BLAS for the panel kernel. The shapes give
+# partial panels, row counts that are no multiple of the kernel's blocks, a single narrow
+# panel, a long k that is cut into chunks, and a tall A whose blocks are gathered first.
+LARGE_SHAPES = [(70, 90, 80), (13, 300, 257), (600, 5, 200), (40, 1000, 70), (700, 33, 300)]
+
+
+def _product_and_grads(a, b, seed):
+    A, B = rc.param(a), rc.param(b)
+    grads = rc.gradient(lambda: rc.sum((A @ B) * seed), [A, B])
+    return np.asarray(A @ B), grads[A], grads[B]
+
+
+def _close(got, want, dtype):
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    scale = np.max(np.abs(want))
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale * np.sqrt(want.size))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("m,k,n", LARGE_SHAPES)
+def test_large_products_and_their_gradients_match_numpy(m, k, n, dtype):
+    rng = np.random.default_rng(m * k + n)
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+    seed = rng.standard_normal((m, n))
+    assert min(m * k * n, m * n * k) > 262144
+    C, dA, dB = _product_and_grads(a.astype(dtype), b.astype(dtype), seed.astype(dtype))
+    assert C.dtype == dA.dtype == dB.dtype == dtype
+    a, b, seed = (x.astype(dtype).astype(np.float64) for x in (a, b, seed))
+    _close(C, a @ b, dtype)
+    _close(dA, seed @ b.T, dtype)
+    _close(dB, a.T @ seed, dtype)
+
+
+def test_dense_layer_on_the_panel_path_matches_numpy():
+    rng = np.random.default_rng(3)
+    layer = rc.Dense(300, 200, rc.tanh, dtype=np.float64)
+    x = rng.standard_normal((70, 300))
+    want = np.tanh(x @ np.asarray(layer.W).T + np.asarray(layer.b))
+    _close(np.asarray(layer(x)), want, np.float64)
+
+
+def _work(seed):
+    """A large product's gradients and a whole LSTM sequence's, as arrays."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal((200, 150)), rng.standard_normal((150, 120))
+    out = list(_product_and_grads(a, b, rng.standard_normal((200, 120))))
+    layer = rc.LSTM(20, 64, dtype=np.float64, rng=np.random.default_rng(seed))
+    X = rng.standard_normal((12, 32, 20))
+    grads = rc.gradient(lambda: (rc.reset(layer), rc.sum(layer(X) ** 2))[1], layer)
+    return out + [grads[p] for p in rc.params(layer)]
+
+
+def test_threads_sharing_the_crew_give_the_serial_results_exactly():
+    # A thread that finds the crew busy computes alone; every element is the same sum in
+    # the same order either way, so the results agree to the last bit.
+    serial = [_work(i) for i in range(4)]
+    results = [None] * 4
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, _work(i)))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for want, got in zip(serial, results):
+        for w, g in zip(want, got):
+            np.testing.assert_array_equal(g, w)
+
+
+def _run(code, env=None):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, **(env or {})))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_gets_its_own_crew():
+    # The parent's helper thread does not exist in the child: the child must start its
+    # own rather than wait forever for one that cannot answer.
+    result = _run("""
+        import os, sys
+        import numpy as np
+        import recur as rc
+        a = rc.Tensor(np.ones((300, 300)))
+        before = np.asarray(a @ np.ones((300, 300)))
+        pid = os.fork()
+        if pid == 0:
+            ok = np.array_equal(np.asarray(a @ np.ones((300, 300))), before)
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
+
+
+def test_recur_num_threads_1_keeps_to_the_calling_thread():
+    code = """
+        import os
+        import numpy as np
+        import recur as rc
+        a = rc.Tensor(np.random.default_rng(0).standard_normal((300, 300)))
+        before = len(os.listdir("/proc/self/task"))
+        product = np.asarray(a @ np.asarray(a))
+        print(len(os.listdir("/proc/self/task")) - before, float(product.sum()))
+    """
+    if not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs /proc and two CPUs")
+    alone = _run(code, {"RECUR_NUM_THREADS": "1"})
+    shared = _run(code, {"RECUR_NUM_THREADS": ""})
+    assert alone.returncode == 0 and shared.returncode == 0, alone.stderr + shared.stderr
+    new_alone, sum_alone = alone.stdout.split()
+    new_shared, sum_shared = shared.stdout.split()
+    assert (new_alone, new_shared) == ("0", "1")
+    assert sum_alone == sum_shared
