@@ -359,11 +359,20 @@ ctypedef struct Recurrence:
 cdef enum:
     # Fewer rows than this per part would leave the kernel's row blocks mostly empty.
     SPLIT_MIN_ROWS = 4
+    # Each part of a row split streams all the weights every step. Past this size they come
+    # from L3 rather than L2 and the stream, not the arithmetic, sets the pace; the two
+    # threads then do better sharing each step's product by columns, each streaming half
+    # (bench/: LSTM 256,1024,32,25, 21 MB of weights, infers in 37 ms split by columns and
+    # 46 by rows; 128,512,64,50, 5 MB, trains in 126 ms by rows and 142 by columns).
+    ROW_SPLIT_MAX_WEIGHT_BYTES = 8 << 20
 
 
 cdef void run_recurrence(Recurrence* job, bint backward) noexcept nogil:
     cdef const Dims* d = job.d
-    cdef bint split = d.panels and d.B >= 2 * SPLIT_MIN_ROWS
+    cdef size_t weight_bytes = ((d.n_in + d.H) * input_blocks(d.cell) * d.H
+                                * (sizeof(double) if job.is_f64 else sizeof(float)))
+    cdef bint split = (d.panels and d.B >= 2 * SPLIT_MIN_ROWS
+                       and weight_bytes <= ROW_SPLIT_MAX_WEIGHT_BYTES)
     share(backward_part if backward else forward_part, job, split)
 
 
