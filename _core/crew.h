@@ -16,12 +16,14 @@
 #define RECUR_CREW_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
-#define CREW_SPIN_NS 200000L      /* 0.2 ms: longer than any gap between two steps */
+#define CREW_SPIN_NS 1000000L     /* 1 ms: longer than the Python between two products */
+#define CREW_YIELD_SPINS 256      /* pauses between two offers of the CPU (a few µs) */
 
 typedef void (*crew_task)(void* arg, int part, int parts);
 
@@ -47,6 +49,14 @@ static inline void crew_relax(void)
 #endif
 }
 
+/* A spinning thread offers its CPU now and then: the scheduler may have put the thread it
+ * waits for on the same CPU (a woken thread often lands beside its waker), and then pure
+ * spinning would hold that thread off for a whole time slice. */
+static inline void crew_offer_cpu(unsigned spins)
+{
+    if (spins % CREW_YIELD_SPINS == 0) sched_yield();
+}
+
 static inline long crew_now_ns(void)
 {
     struct timespec t;
@@ -65,7 +75,8 @@ static void* crew_helper(void* unused)
         unsigned spins = 0;
         while ((generation = atomic_load_explicit(&crew.posted, memory_order_acquire)) == seen) {
             crew_relax();
-            if (++spins % 256 == 0 && crew_now_ns() - idle_since > CREW_SPIN_NS) {
+            crew_offer_cpu(++spins);
+            if (spins % CREW_YIELD_SPINS == 0 && crew_now_ns() - idle_since > CREW_SPIN_NS) {
                 pthread_mutex_lock(&crew.lock);
                 crew.sleeping = 1;
                 while ((generation = atomic_load(&crew.posted)) == seen)
@@ -142,8 +153,11 @@ static void crew_run(crew_task task, void* arg, int split)
     if (crew.sleeping) pthread_cond_signal(&crew.wake);
     pthread_mutex_unlock(&crew.lock);
     task(arg, 0, 2);
-    while (atomic_load_explicit(&crew.finished, memory_order_acquire) != generation)
+    for (unsigned spins = 1;
+         atomic_load_explicit(&crew.finished, memory_order_acquire) != generation; spins++) {
         crew_relax();
+        crew_offer_cpu(spins);
+    }
     atomic_store(&crew.busy, 0);
 }
 

@@ -101,8 +101,9 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     cdef index_t H = d.H
     cdef int cell = d.cell
     memset(w, 0, sizeof(Buffers))
-    w.gates = Y if cell == CELL_RNN else take(block, &used, all_gates if recording
-                                              else all_gates // d.T)
+    # Backward reads every step's gates; inference needs only the current step's.
+    w.gates = Y if cell == CELL_RNN else take(block, &used, all_gates if recording else
+                                              itemsize * d.B * input_blocks(d.cell) * d.H)
     w.cells = take(block, &used, kept if cell == CELL_LSTM else 0)
     w.hidden = take(block, &used, kept if cell == CELL_GRU or cell == CELL_GRUV3 else 0)
     w.hidden_proj = take(block, &used, 3 * step if cell == CELL_GRU else 0)
