@@ -24,15 +24,28 @@ cdef extern from "panel_gemm.h" nogil:
                       Py_ssize_t n_stride, double* packed, Py_ssize_t first_panel,
                       Py_ssize_t end_panel)
     void panel_gemm_f(Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t a_row,
-                      Py_ssize_t a_k, const float* packed, float* C, Py_ssize_t ldc,
-                      int accumulate, Py_ssize_t first_row, Py_ssize_t end_row,
-                      Py_ssize_t first_panel, Py_ssize_t end_panel)
+                      Py_ssize_t a_k, const float* panels, Py_ssize_t b_row,
+                      Py_ssize_t panel_stride, float* C, Py_ssize_t ldc, int accumulate,
+                      Py_ssize_t first_row, Py_ssize_t end_row, Py_ssize_t first_panel,
+                      Py_ssize_t end_panel)
     void panel_gemm_d(Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t a_row,
-                      Py_ssize_t a_k, const double* packed, double* C, Py_ssize_t ldc,
-                      int accumulate, Py_ssize_t first_row, Py_ssize_t end_row,
-                      Py_ssize_t first_panel, Py_ssize_t end_panel)
+                      Py_ssize_t a_k, const double* panels, Py_ssize_t b_row,
+                      Py_ssize_t panel_stride, double* C, Py_ssize_t ldc, int accumulate,
+                      Py_ssize_t first_row, Py_ssize_t end_row, Py_ssize_t first_panel,
+                      Py_ssize_t end_panel)
+    void panel_gemm_streamed_f(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
+                               Py_ssize_t a_row, Py_ssize_t a_k, const float* src,
+                               Py_ssize_t k_stride, Py_ssize_t n_stride, float* C,
+                               Py_ssize_t ldc, int accumulate, Py_ssize_t first_panel,
+                               Py_ssize_t end_panel, float* scratch)
+    void panel_gemm_streamed_d(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
+                               Py_ssize_t a_row, Py_ssize_t a_k, const double* src,
+                               Py_ssize_t k_stride, Py_ssize_t n_stride, double* C,
+                               Py_ssize_t ldc, int accumulate, Py_ssize_t first_panel,
+                               Py_ssize_t end_panel, double* scratch)
     void* panel_scratch(size_t nbytes)
-    int PANEL_f, PANEL_d, PANEL_ROWS
+    int PANEL_f, PANEL_d, PANEL_ROWS, PANEL_GATHER_ROWS
+    int STREAM_SCRATCH_f, STREAM_SCRATCH_d
 
 cdef extern from "crew.h" nogil:
     void crew_run(crew_task task, void* arg, int split)
@@ -52,7 +65,10 @@ ctypedef struct Product:
     bint is_f64
     Py_ssize_t M, N, K, a_row, a_k, ldc, panels
     const void* A          # A, or the source of a packing
-    void* packed
+    void* packed           # Bmat's panels (or the packing's destination, or the scratch
+    Py_ssize_t b_row, panel_stride     # of a streamed product: one slice per part)
+    const void* src        # a streamed product's Bmat[k][n] = src[k * k_stride + n * n_stride]
+    Py_ssize_t k_stride, n_stride
     void* C
     bint accumulate
 
@@ -71,12 +87,28 @@ cdef void product_part(void* arg, int part, int parts) noexcept nogil:
         end_row = min(p.M, row_blocks * (part + 1) // parts * PANEL_ROWS)
     if p.is_f64:
         panel_gemm_d(p.N, p.K, <const double*>p.A, p.a_row, p.a_k, <const double*>p.packed,
-                     <double*>p.C, p.ldc, p.accumulate, first_row, end_row, first_panel,
-                     end_panel)
+                     p.b_row, p.panel_stride, <double*>p.C, p.ldc, p.accumulate, first_row,
+                     end_row, first_panel, end_panel)
     else:
         panel_gemm_f(p.N, p.K, <const float*>p.A, p.a_row, p.a_k, <const float*>p.packed,
-                     <float*>p.C, p.ldc, p.accumulate, first_row, end_row, first_panel,
-                     end_panel)
+                     p.b_row, p.panel_stride, <float*>p.C, p.ldc, p.accumulate, first_row,
+                     end_row, first_panel, end_panel)
+
+
+cdef void streamed_part(void* arg, int part, int parts) noexcept nogil:
+    # Always a share of the panels: each part packs only its own.
+    cdef Product* p = <Product*>arg
+    cdef Py_ssize_t first = p.panels * part // parts, end = p.panels * (part + 1) // parts
+    if p.is_f64:
+        panel_gemm_streamed_d(p.M, p.N, p.K, <const double*>p.A, p.a_row, p.a_k,
+                              <const double*>p.src, p.k_stride, p.n_stride, <double*>p.C,
+                              p.ldc, p.accumulate, first, end,
+                              <double*>p.packed + part * STREAM_SCRATCH_d)
+    else:
+        panel_gemm_streamed_f(p.M, p.N, p.K, <const float*>p.A, p.a_row, p.a_k,
+                              <const float*>p.src, p.k_stride, p.n_stride, <float*>p.C,
+                              p.ldc, p.accumulate, first, end,
+                              <float*>p.packed + part * STREAM_SCRATCH_f)
 
 
 cdef void pack_part(void* arg, int part, int parts) noexcept nogil:
@@ -97,9 +129,12 @@ cdef size_t packed_bytes(size_t itemsize, Py_ssize_t K, Py_ssize_t N) noexcept n
     return panel_size_d(K, N) * sizeof(double)
 
 
+cdef inline Py_ssize_t panel_width(bint is_f64) noexcept nogil:
+    return PANEL_d if is_f64 else PANEL_f
+
+
 cdef inline Py_ssize_t panel_count(bint is_f64, Py_ssize_t N) noexcept nogil:
-    cdef Py_ssize_t width = PANEL_d if is_f64 else PANEL_f
-    return (N + width - 1) // width
+    return (N + panel_width(is_f64) - 1) // panel_width(is_f64)
 
 
 cdef void pack(Py_ssize_t K, Py_ssize_t N, const floating* src, Py_ssize_t k_stride,
@@ -111,20 +146,47 @@ cdef void pack(Py_ssize_t K, Py_ssize_t N, const floating* src, Py_ssize_t k_str
     crew_run(pack_part, &p, p.panels >= 2 and K * N >= SPLIT_MIN_PACKED)
 
 
-cdef void panel_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
-                        Py_ssize_t a_row, Py_ssize_t a_k, const floating* packed,
-                        floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+cdef void product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                  Py_ssize_t a_row, Py_ssize_t a_k, const floating* panels, Py_ssize_t b_row,
+                  Py_ssize_t panel_stride, floating* C, Py_ssize_t ldc,
+                  bint accumulate) noexcept nogil:
     cdef Product p
     p.is_f64 = floating is double
     p.M, p.N, p.K, p.a_row, p.a_k, p.ldc = M, N, K, a_row, a_k, ldc
     p.panels = panel_count(p.is_f64, N)
-    p.A, p.packed, p.C, p.accumulate = A, <void*>packed, C, accumulate
+    p.A, p.packed, p.b_row, p.panel_stride = A, <void*>panels, b_row, panel_stride
+    p.C, p.accumulate = C, accumulate
     crew_run(product_part, &p, (p.panels >= 2 or M >= 2 * PANEL_ROWS)
              and M * N * K >= SPLIT_MIN_MACS)
 
 
+cdef void panel_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                        Py_ssize_t a_row, Py_ssize_t a_k, const floating* packed,
+                        floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    cdef Py_ssize_t width = panel_width(floating is double)
+    product(M, N, K, A, a_row, a_k, packed, width, K * width, C, ldc, accumulate)
+
+
 cdef void share(crew_task task, void* arg, bint split) noexcept nogil:
     crew_run(task, arg, split)
+
+
+cdef bint streamed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                   Py_ssize_t a_row, Py_ssize_t a_k, const floating* W, Py_ssize_t ldw,
+                   floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    # C [+]= A Wᵀ on panel_gemm_streamed; False (nothing done) without memory for it.
+    cdef Product p
+    cdef Py_ssize_t slice = STREAM_SCRATCH_d if floating is double else STREAM_SCRATCH_f
+    p.packed = panel_scratch(2 * slice * sizeof(floating))
+    if p.packed == NULL:
+        return False
+    p.is_f64 = floating is double
+    p.M, p.N, p.K, p.a_row, p.a_k, p.ldc = M, N, K, a_row, a_k, ldc
+    p.panels = panel_count(p.is_f64, N)
+    p.A, p.src, p.k_stride, p.n_stride = A, W, 1, ldw
+    p.C, p.accumulate = C, accumulate
+    crew_run(streamed_part, &p, p.panels >= 2 and M * N * K >= SPLIT_MIN_MACS)
+    return True
 
 
 cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
@@ -133,16 +195,32 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
     cdef floating* packed
-    if m <= 0 or n <= 0:
+    cdef Py_ssize_t width = panel_width(floating is double)
+    cdef Py_ssize_t whole = 0, a_row = 1 if trans_a else lda, a_k = lda if trans_a else 1
+    if m <= 0 or n <= 0 or (k <= 0 and beta == 1):    # C stays as it is
         return
     if (alpha == 1 and (beta == 0 or beta == 1) and k > 0
             and <double>m * n * k > BLAS_SINGLE_THREAD_MACS):
-        packed = <floating*>panel_scratch(packed_bytes(sizeof(floating), k, n))
+        if m < PANEL_GATHER_ROWS:
+            # Few rows of A meet each panel, too few to pay for packing all of B first:
+            # B's whole panels are read where they are, or packed a few at a time as the
+            # product reaches them.
+            if trans_b:
+                if streamed(m, n, k, a, a_row, a_k, b, ldb, c, ldc, beta == 1):
+                    return
+            else:
+                whole = n // width * width
+                if whole > 0:
+                    product(m, whole, k, a, a_row, a_k, b, ldb, width, c, ldc, beta == 1)
+                if whole == n:
+                    return
+        packed = <floating*>panel_scratch(packed_bytes(sizeof(floating), k, n - whole))
         if packed != NULL:
-            pack(k, n, b, 1 if trans_b else ldb, ldb if trans_b else 1, packed)
-            panel_product(m, n, k, a, 1 if trans_a else lda, lda if trans_a else 1, packed,
-                          c, ldc, beta == 1)
+            pack(k, n - whole, b + whole * (ldb if trans_b else 1), 1 if trans_b else ldb,
+                 ldb if trans_b else 1, packed)
+            panel_product(m, n - whole, k, a, a_row, a_k, packed, c + whole, ldc, beta == 1)
             return
+        b, c, n = b + whole * (ldb if trans_b else 1), c + whole, n - whole
     # BLAS insists on leading dimensions >= 1 even for empty operands.
     if lda < 1:
         lda = 1

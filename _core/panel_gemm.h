@@ -18,6 +18,7 @@
 #define RECUR_PANEL_GEMM_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,21 +37,36 @@
 /* The last M mod PANEL_ROWS rows, with their count a constant so the loops unroll (the
  * cases past PANEL_ROWS - 1 are never taken below AVX-512). */
 #define PANEL_TAIL(suffix, rows)                                                            \
-    case rows: panel_block_##suffix(rows, K, A + i * a_row, a_row, a_k, panel, C + i * ldc, \
-                                    ldc, width, accumulate); break;
+    case rows: panel_block_##suffix(rows, K, A + i * a_row, a_row, a_k, panel, b_row,       \
+                                    C + i * ldc, ldc, width, accumulate); break;
 
 /* Values of k per pass over the panels, so that a chunk of A stays in cache while every
  * panel meets it. Measured on the products of bench/: 512 beat 128, 256 and 1024 (a step's
  * 32 x 2048 x 640 product ran 10% faster than at 256, none ran slower). */
 #define PANEL_DEPTH 512
 
+/* Panels packed at a time by panel_gemm_streamed: with PANEL_DEPTH values of k they stay
+ * in L2 (256 KB of float) while every row of A meets them. */
+#define PANEL_GROUP 4
+
+/* __builtin_shuffle, for transpose, is GCC's; elsewhere packing stays scalar. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define PANEL_TRANSPOSES 1
+#else
+#define PANEL_TRANSPOSES 0
+#define __builtin_shuffle(a, b, mask) (a)
+#endif
+#define STREAM_SCRATCH(panel) (PANEL_DEPTH * (panel) * PANEL_GROUP)
+
 /* From this many rows of an untransposed A on, its blocks are gathered (panel_gemm). */
 #define PANEL_GATHER_ROWS 256
 
-#define DEFINE_PANEL_GEMM(scalar, suffix)                                                   \
+
+#define DEFINE_PANEL_GEMM(scalar, suffix, lane_index)                                                   \
 typedef scalar vec_##suffix                                                                 \
     __attribute__((vector_size(VECTOR_BYTES), aligned(sizeof(scalar))));                    \
-enum { LANES_##suffix = VECTOR_BYTES / sizeof(scalar), PANEL_##suffix = 2 * LANES_##suffix }; \
+enum { LANES_##suffix = VECTOR_BYTES / sizeof(scalar), PANEL_##suffix = 2 * LANES_##suffix,  \
+       STREAM_SCRATCH_##suffix = STREAM_SCRATCH(PANEL_##suffix) };                          \
                                                                                             \
 /* Values a packed K x N operand takes. */                                                 \
 static inline size_t panel_size_##suffix(ptrdiff_t K, ptrdiff_t N)                          \
@@ -59,8 +75,32 @@ static inline size_t panel_size_##suffix(ptrdiff_t K, ptrdiff_t N)              
     return (size_t)(panels * K * PANEL_##suffix);                                           \
 }                                                                                           \
                                                                                             \
+/* Transposes LANES x LANES values held as LANES vectors, in log2(LANES) rounds: the round \
+ * at distance d swaps, between rows i and i + d (d not in i), the lanes with d set in     \
+ * row i with the lanes without it in row i + d. */                                         \
+static inline __attribute__((always_inline)) void                                           \
+transpose_##suffix(vec_##suffix* rows)                                                      \
+{                                                                                           \
+    for (int d = LANES_##suffix / 2; d >= 1; d /= 2) {                                      \
+        typedef lane_index index_##suffix __attribute__((vector_size(VECTOR_BYTES)));       \
+        index_##suffix low, high;                                                           \
+        for (int l = 0; l < LANES_##suffix; l++) {                                          \
+            low[l] = (l & d) ? LANES_##suffix + l - d : l;                                  \
+            high[l] = (l & d) ? LANES_##suffix + l : l + d;                                 \
+        }                                                                                   \
+        for (int i = 0; i < LANES_##suffix; i++)                                            \
+            if (!(i & d)) {                                                                 \
+                vec_##suffix a = rows[i], b = rows[i + d];                                  \
+                rows[i] = __builtin_shuffle(a, b, low);                                     \
+                rows[i + d] = __builtin_shuffle(a, b, high);                                \
+            }                                                                               \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
 /* Packs panels [first_panel, end_panel) of Bmat[k][n] = src[k * k_stride + n * n_stride] \
- * (k < K, n < N) into `packed`, which holds panel_size values. */                          \
+ * (k < K, n < N) into `packed`, which holds panel_size values. A transposed source (the   \
+ * weights W of A Wᵀ: k_stride 1) is read a vector along k per column and turned around    \
+ * by transpose, a tile of LANES x LANES at a time, where the compiler can. */               \
 static void panel_pack_##suffix(ptrdiff_t K, ptrdiff_t N, const scalar* src,               \
                                 ptrdiff_t k_stride, ptrdiff_t n_stride, scalar* packed,     \
                                 ptrdiff_t first_panel, ptrdiff_t end_panel)                 \
@@ -70,10 +110,26 @@ static void panel_pack_##suffix(ptrdiff_t K, ptrdiff_t N, const scalar* src,    
         ptrdiff_t width = N - n0 < PANEL_##suffix ? N - n0 : PANEL_##suffix;                \
         scalar* row = packed + p * K * PANEL_##suffix;                                      \
         const scalar* from = src + n0 * n_stride;                                           \
-        for (ptrdiff_t k = 0; k < K; k++, row += PANEL_##suffix, from += k_stride) {        \
+        ptrdiff_t k = 0;                                                                    \
+        if (PANEL_TRANSPOSES && k_stride == 1 && width == PANEL_##suffix)                   \
+            for (; k + LANES_##suffix <= K; k += LANES_##suffix) {                          \
+                for (int half = 0; half < 2; half++) {                                      \
+                    vec_##suffix tile[LANES_##suffix];                                      \
+                    for (int j = 0; j < LANES_##suffix; j++)                                \
+                        tile[j] = *(const vec_##suffix*)                                    \
+                            (from + (half * LANES_##suffix + j) * n_stride + k);            \
+                    transpose_##suffix(tile);                                               \
+                    for (int j = 0; j < LANES_##suffix; j++)                                \
+                        memcpy(row + (k + j) * PANEL_##suffix + half * LANES_##suffix,      \
+                               &tile[j], sizeof(tile[j]));                                  \
+                }                                                                           \
+            }                                                                               \
+        for (; k < K; k++) {                                                                \
+            scalar* out = row + k * PANEL_##suffix;                                         \
+            const scalar* in = from + k * k_stride;                                         \
             ptrdiff_t j = 0;                                                                \
-            for (; j < width; j++) row[j] = from[j * n_stride];                             \
-            for (; j < PANEL_##suffix; j++) row[j] = 0;                                     \
+            for (; j < width; j++) out[j] = in[j * n_stride];                               \
+            for (; j < PANEL_##suffix; j++) out[j] = 0;                                     \
         }                                                                                   \
     }                                                                                       \
 }                                                                                           \
@@ -82,8 +138,8 @@ static void panel_pack_##suffix(ptrdiff_t K, ptrdiff_t N, const scalar* src,    
  * Inlined with a constant `rows` the loops unroll and the accumulators live in registers. */ \
 static inline __attribute__((always_inline)) void                                           \
 panel_block_##suffix(const int rows, ptrdiff_t K, const scalar* A, ptrdiff_t a_row,         \
-                     ptrdiff_t a_k, const scalar* panel, scalar* C, ptrdiff_t ldc,          \
-                     ptrdiff_t width, int accumulate)                                       \
+                     ptrdiff_t a_k, const scalar* panel, ptrdiff_t b_row, scalar* C,        \
+                     ptrdiff_t ldc, ptrdiff_t width, int accumulate)                        \
 {                                                                                           \
     vec_##suffix acc[PANEL_ROWS][2];                                                        \
     /* A whole panel's columns of C load into the accumulators before the k loop, where   \
@@ -97,10 +153,9 @@ panel_block_##suffix(const int rows, ptrdiff_t K, const scalar* A, ptrdiff_t a_r
     }                                                                                       \
     /* Pointers step through k rather than indexes multiplying: with -fwrapv (Python's  \
      * flags) the compiler may not rewrite products of indexes into steps itself. */        \
-    const vec_##suffix* p = (const vec_##suffix*)panel;                                     \
-    const vec_##suffix* p_end = p + 2 * K;                                                  \
-    for (; p < p_end; p += 2, A += a_k) {                                                   \
-        vec_##suffix p0 = p[0], p1 = p[1];                                                  \
+    const scalar* p_end = panel + K * b_row;                                                \
+    for (const scalar* p = panel; p < p_end; p += b_row, A += a_k) {                        \
+        vec_##suffix p0 = ((const vec_##suffix*)p)[0], p1 = ((const vec_##suffix*)p)[1];    \
         for (int i = 0; i < rows; i++) {                                                    \
             scalar a = A[i * a_row];                                                        \
             acc[i][0] += a * p0;                                                            \
@@ -126,13 +181,13 @@ panel_block_##suffix(const int rows, ptrdiff_t K, const scalar* A, ptrdiff_t a_r
  * and, for an untransposed A, its unit step in k too. */                                   \
 static inline __attribute__((always_inline)) void                                           \
 panel_rows_##suffix(ptrdiff_t M, ptrdiff_t K, const scalar* A, ptrdiff_t a_row,             \
-                    ptrdiff_t a_k, const scalar* panel, scalar* C, ptrdiff_t ldc,           \
-                    ptrdiff_t width, int accumulate)                                        \
+                    ptrdiff_t a_k, const scalar* panel, ptrdiff_t b_row, scalar* C,         \
+                    ptrdiff_t ldc, ptrdiff_t width, int accumulate)                         \
 {                                                                                           \
     ptrdiff_t i = 0;                                                                        \
     for (; i + PANEL_ROWS <= M; i += PANEL_ROWS)                                            \
-        panel_block_##suffix(PANEL_ROWS, K, A + i * a_row, a_row, a_k, panel, C + i * ldc,  \
-                             ldc, width, accumulate);                                       \
+        panel_block_##suffix(PANEL_ROWS, K, A + i * a_row, a_row, a_k, panel, b_row,        \
+                             C + i * ldc, ldc, width, accumulate);                          \
     switch (M - i) {                                                                        \
     PANEL_TAIL(suffix, 11) PANEL_TAIL(suffix, 10) PANEL_TAIL(suffix, 9)                     \
     PANEL_TAIL(suffix, 8) PANEL_TAIL(suffix, 7) PANEL_TAIL(suffix, 6)                       \
@@ -142,13 +197,16 @@ panel_rows_##suffix(ptrdiff_t M, ptrdiff_t K, const scalar* A, ptrdiff_t a_row, 
 }                                                                                           \
                                                                                             \
 /* C [+]= A Bmat on C's rows [first_row, end_row) and columns of the panels [first_panel,  \
- * end_panel), with A[i][k] = A[i * a_row + k * a_k] and Bmat packed by panel_pack (K > 0). \
- * Workers sharing a product take disjoint ranges, so no two write the same element. */    \
+ * end_panel), with A[i][k] = A[i * a_row + k * a_k]. Panel p of Bmat starts at            \
+ * panels + p * panel_stride, its row k b_row values further: packed by panel_pack that is \
+ * PANEL and K * PANEL; a row-major Bmat whose panels are all whole can be read in place,  \
+ * with its row stride and PANEL. Workers sharing a product take disjoint ranges, so no    \
+ * two write the same element. */                                                          \
 static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdiff_t a_row, \
-                                ptrdiff_t a_k, const scalar* packed, scalar* C,             \
-                                ptrdiff_t ldc, int accumulate, ptrdiff_t first_row,         \
-                                ptrdiff_t end_row, ptrdiff_t first_panel,                   \
-                                ptrdiff_t end_panel)                                        \
+                                ptrdiff_t a_k, const scalar* panels, ptrdiff_t b_row,       \
+                                ptrdiff_t panel_stride, scalar* C, ptrdiff_t ldc,           \
+                                int accumulate, ptrdiff_t first_row, ptrdiff_t end_row,     \
+                                ptrdiff_t first_panel, ptrdiff_t end_panel)                 \
 {                                                                                           \
     /* A transposed A (a_k != 1) walks down its columns, each k a row of A apart: at a     \
      * power-of-two stride every load lands in the same cache set. So does a tall A's       \
@@ -168,8 +226,8 @@ static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdi
                 ptrdiff_t n0 = p * PANEL_##suffix;                                          \
                 ptrdiff_t width = N - n0 < PANEL_##suffix ? N - n0 : PANEL_##suffix;        \
                 panel_rows_##suffix(M, depth, A + k0, a_row, 1,                             \
-                                    packed + (p * K + k0) * PANEL_##suffix, C + n0, ldc,    \
-                                    width, add);                                            \
+                                    panels + p * panel_stride + k0 * b_row, b_row, C + n0,  \
+                                    ldc, width, add);                                       \
             }                                                                               \
             continue;                                                                       \
         }                                                                                   \
@@ -187,15 +245,40 @@ static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdi
                 ptrdiff_t n0 = p * PANEL_##suffix;                                          \
                 ptrdiff_t width = N - n0 < PANEL_##suffix ? N - n0 : PANEL_##suffix;        \
                 panel_rows_##suffix(rows, depth, gathered, 1, PANEL_ROWS,                   \
-                                    packed + (p * K + k0) * PANEL_##suffix,                 \
+                                    panels + p * panel_stride + k0 * b_row, b_row,          \
                                     C + i * ldc + n0, ldc, width, add);                     \
             }                                                                               \
         }                                                                                   \
     }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* The same product with Bmat[k][n] = src[k * k_stride + n * n_stride] packed on the way,   \
+ * PANEL_GROUP panels by PANEL_DEPTH values of k at a time, into `scratch` (STREAM_SCRATCH   \
+ * values): when few rows of A meet each panel, packing all of Bmat first would send it    \
+ * through memory twice more than the product reads it. */                                 \
+static void panel_gemm_streamed_##suffix(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,             \
+                                         const scalar* A, ptrdiff_t a_row, ptrdiff_t a_k,   \
+                                         const scalar* src, ptrdiff_t k_stride,             \
+                                         ptrdiff_t n_stride, scalar* C, ptrdiff_t ldc,      \
+                                         int accumulate, ptrdiff_t first_panel,             \
+                                         ptrdiff_t end_panel, scalar* scratch)              \
+{                                                                                           \
+    for (ptrdiff_t p0 = first_panel; p0 < end_panel; p0 += PANEL_GROUP) {                   \
+        ptrdiff_t panels = end_panel - p0 < PANEL_GROUP ? end_panel - p0 : PANEL_GROUP;     \
+        ptrdiff_t n0 = p0 * PANEL_##suffix;                                                 \
+        for (ptrdiff_t k0 = 0; k0 < K; k0 += PANEL_DEPTH) {                                 \
+            ptrdiff_t depth = K - k0 < PANEL_DEPTH ? K - k0 : PANEL_DEPTH;                  \
+            panel_pack_##suffix(depth, N - n0, src + k0 * k_stride + n0 * n_stride,         \
+                                k_stride, n_stride, scratch, 0, panels);                    \
+            panel_gemm_##suffix(N - n0, depth, A + k0 * a_k, a_row, a_k, scratch,           \
+                                PANEL_##suffix, depth * PANEL_##suffix, C + n0, ldc,        \
+                                accumulate || k0 > 0, 0, M, 0, panels);                     \
+        }                                                                                   \
+    }                                                                                       \
 }
 
-DEFINE_PANEL_GEMM(float, f)
-DEFINE_PANEL_GEMM(double, d)
+DEFINE_PANEL_GEMM(float, f, int32_t)
+DEFINE_PANEL_GEMM(double, d, int64_t)
 
 /* This thread's buffer for an operand packed on the fly, grown to the largest request and
  * kept, so that a training loop packs into the same memory every step. NULL when memory
@@ -211,6 +294,7 @@ static void* panel_scratch(size_t nbytes)
         buffer = grown;
         capacity = nbytes;
     }
+
     return buffer;
 }
 
