@@ -1,11 +1,12 @@
 # Recurrent cells as fused tape nodes, forward and backward side by side.
 #
 # One kernel runs a whole sequence X (T, B, in); a single cell step is the case T = 1, so
-# `cell(state, x)` and `m(X)` share every line below. Forward: one GEMM projects every
-# step's input at once (bias folded in), then per step one GEMM for the recurrence and one
-# elementwise pass for the gates. Backward: per step in reverse, an elementwise pass and
-# one GEMM into dh; after the loop, whole-sequence GEMMs for dWi, dWh (against the states
-# each step saw, h[t-1]) and dX, and db as a column sum.
+# `cell(state, x)` and `m(X)` share every line below. Forward, per step: the bias, one
+# product for the step's input and one for the recurrence (against weights packed once
+# per sequence, blas.pxd), one elementwise pass for the gates. Backward: per step in
+# reverse, an elementwise pass and one product into dh; after the loop, whole-sequence
+# GEMMs for dWi, dWh (against the states each step saw, h[t-1]) and dX, and db as a column
+# sum. The two loops run over a range of batch rows, which the crew of two threads splits.
 #
 # Row-major layout, H = hidden size. Gate blocks of Wi and b: RNN [a], LSTM [i f g o],
 # GRU and GRUv3 [r z n]; Wh has the same blocks except GRUv3's [r z].
@@ -54,7 +55,7 @@ ctypedef struct Dims:
 # needs none. Buffers marked [t] keep every step while recording, for backward; otherwise
 # they hold one step and each step overwrites the last (their step stride is 0).
 ctypedef struct Buffers:
-    void* gates            # (T, B, G·H) input projections, then the activated gates; RNN: Y
+    void* gates            # input projections, then the activated gates [t] (G·H); RNN: Y
     void* cells            # LSTM: c_t [t]
     void* hidden           # GRU: h Wh_nᵀ [t];  GRUv3: r ⊙ h [t]
     void* hidden_proj      # GRU: h Whᵀ of the current step (B, 3H)
@@ -110,7 +111,8 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     w.h0 = take(block, &used, step) if d.h_broadcast else h0
     w.c0 = take(block, &used, step) if d.c_broadcast else c0
     if d.panels:
-        w.packed_wi = take(block, &used, packed_bytes(itemsize, d.n_in, input_blocks(cell) * H))
+        w.packed_wi = take(block, &used,
+                           packed_bytes(itemsize, d.n_in, input_blocks(cell) * H))
         w.packed_wh = take(block, &used, packed_bytes(itemsize, H, hidden_blocks(cell) * H))
         w.packed_wh_h = take(block, &used, packed_bytes(itemsize, H, H)
                              if cell == CELL_GRUV3 else 0)
@@ -123,7 +125,8 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
         w.tanh_c = take(block, &used, step if cell == CELL_LSTM else 0)
         w.d_reset = take(block, &used, step if cell == CELL_GRUV3 else 0)
         if d.panels:
-            w.packed_wh_back = take(block, &used, packed_bytes(itemsize, hidden_blocks(cell) * H, H))
+            w.packed_wh_back = take(block, &used,
+                                    packed_bytes(itemsize, hidden_blocks(cell) * H, H))
             w.packed_wh_h_back = take(block, &used, packed_bytes(itemsize, H, H)
                                       if cell == CELL_GRUV3 else 0)
     return used
@@ -419,7 +422,8 @@ cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording,
 
 cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const floating* X,
                        const floating* Wi, const floating* Wh, const floating* b,
-                       const floating* Wh_h, floating* Y, index_t r0, index_t r1) noexcept nogil:
+                       const floating* Wh_h, floating* Y, index_t r0,
+                       index_t r1) noexcept nogil:
     cdef index_t T = d.T, B = d.B, H = d.H, BH = d.B * d.H, rows = r1 - r0
     cdef index_t GH = input_blocks(d.cell) * H
     cdef index_t kept_stride = BH if recording else 0
@@ -608,7 +612,8 @@ cdef void backward_rows(const Node* node, const Dims* d, const floating* dY, ind
             gru_backward(rows, H, gates + t * B * GH, hidden + t * BH, h_prev, dh,
                          d_gates + t * B * GH, d_hidden + t * B * ld_hidden)
         else:
-            gruv3_output_backward(rows, H, gates + t * B * GH, h_prev, dh, d_gates + t * B * GH)
+            gruv3_output_backward(rows, H, gates + t * B * GH, h_prev, dh,
+                                  d_gates + t * B * GH)
             step_product(d, rows, H, H, d_gates + t * B * GH + 2 * H, 3 * H, Wh_h, False,
                          <floating*>w.packed_wh_h_back, d_reset, H, False)
             gruv3_reset_backward(rows, H, gates + t * B * GH, h_prev, d_reset, dh,

@@ -34,8 +34,8 @@ GRU 3, LSTM 4), N = T·B rows and the 3-wide head:
     training = forward + backward = 2·N·(G·H·(2F + 3H) + 9·H)
 The input gradient dX is not counted: X is data, neither engine needs it. recur's GFLOP/s
 is this count over recur's median time; the GEMM limit it is compared with is a float32
-1024×1024×1024 product through recur's own `@` (scipy's OpenBLAS, the library recur calls),
-timed in the same worker at the same thread count, at its start and end (the larger counts).
+1024×1024×1024 product through recur's own `@` (its panel kernel on the crew, where recur's
+large products run), timed in the same worker at the same thread count, at its start and end (the larger counts).
 
 Fairness notes: torch's GRU has a second bias `b_hn` inside the reset gate's product that
 recur's (Flux's) GRU does not have; it is zeroed before timing and left to train, which does
@@ -319,7 +319,7 @@ def timing_worker(args):
     result = {
         "threads": threads,
         "torch_threads": torch.get_num_threads() if "torch" in engines else None,
-        "openblas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "recur_threads": recur_threads(),
         "gemm_start": gemm_start,
         "gemm_end": gemm_end,
         "rows": rows,
@@ -515,7 +515,7 @@ def blas_descriptions():
     products go through scipy's)."""
     import scipy
     described = {}
-    for name, module in (("scipy (recur's BLAS)", scipy), ("numpy", np)):
+    for name, module in (("scipy (recur's small products)", scipy), ("numpy", np)):
         blas = module.show_config(mode="dicts")["Build Dependencies"]["blas"]
         described[name] = f"{blas['name']} {blas.get('version', '')} ({blas.get('openblas configuration', '').strip()})"
     if importlib.util.find_spec("torch"):
@@ -569,11 +569,19 @@ def analysed_rows(timing):
     return timing["rows"]
 
 
+def recur_threads():
+    """Threads recur computes on in this process: its crew of two (crew.h) unless
+    RECUR_NUM_THREADS=1 or the machine has one CPU."""
+    setting = os.environ.get("RECUR_NUM_THREADS", "")
+    if (setting and int(setting) <= 1) or (os.cpu_count() or 1) < 2:
+        return 1
+    return 2
+
+
 def threads_label(timing):
     if timing["threads"] == "default":
-        blas = timing["openblas_threads_env"] or f"all {os.cpu_count()} cores"
         torch_part = f"torch {timing['torch_threads']} threads, " if timing["torch_threads"] else ""
-        return f"default threads ({torch_part}recur's OpenBLAS {blas})"
+        return f"default threads ({torch_part}recur {timing['recur_threads']} threads)"
     return f"{timing['threads']} thread{'s' if timing['threads'] != '1' else ''}"
 
 
