@@ -9,6 +9,10 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
 
 cdef int blas_int(Py_ssize_t n) except -1
 
+# Whether this build has the panel kernel (an x86 build with AVX; see panel_gemm.h). Without
+# it every product goes to the BLAS and nothing below may be called.
+cdef bint has_panel_kernel() noexcept nogil
+
 # The recurrence's products against weights packed once per sequence: `pack` lays the
 # K x N operand Bmat[k][n] = src[k * k_stride + n * n_stride] out in `packed`
 # (packed_bytes(itemsize, K, N) bytes), `panel_product` computes C (M x N) [+]= A Bmat with

@@ -46,6 +46,7 @@ cdef extern from "panel_gemm.h" nogil:
     void* panel_scratch(size_t nbytes)
     int PANEL_f, PANEL_d, PANEL_ROWS, PANEL_GATHER_ROWS
     int STREAM_SCRATCH_f, STREAM_SCRATCH_d
+    bint PANEL_KERNEL
 
 cdef extern from "crew.h" nogil:
     void crew_run(crew_task task, void* arg, int split)
@@ -169,6 +170,14 @@ cdef void panel_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
     product(M, N, K, A, a_row, a_k, packed, width, K * width, C, ldc, accumulate)
 
 
+cdef bint has_panel_kernel() noexcept nogil:
+    return PANEL_KERNEL
+
+
+# For the tests: whether this build runs large products on the panels and the crew.
+PANEL_KERNEL_BUILT = PANEL_KERNEL
+
+
 cdef void share(crew_task task, void* arg, bint split) noexcept nogil:
     crew_run(task, arg, split)
 
@@ -201,7 +210,7 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
     cdef Py_ssize_t whole = 0, a_row = 1 if trans_a else lda, a_k = lda if trans_a else 1
     if m <= 0 or n <= 0 or (k <= 0 and beta == 1):    # C stays as it is
         return
-    if (alpha == 1 and (beta == 0 or beta == 1) and k > 0
+    if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and k > 0
             and <double>m * n * k > BLAS_SINGLE_THREAD_MACS):
         if m < PANEL_GATHER_ROWS:
             # Few rows of A meet each panel, too few to pay for packing all of B first:

@@ -21,7 +21,8 @@ cimport numpy as cnp
 import numpy as np
 from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant
 from recur._core.tape import alias
-from recur._core.blas cimport gemm, blas_int, packed_bytes, pack, panel_product, share
+from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
+                               panel_product, share)
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic, tanh_of, logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
@@ -134,7 +135,7 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
 
 cdef bint packing_pays(const Dims* d) noexcept nogil:
     # Packing costs about one step's product, so it needs a sequence to pay for itself.
-    return d.T >= 2
+    return d.T >= 2 and has_panel_kernel()
 
 
 cdef inline void step_product(const Dims* d, index_t M, index_t N, index_t K,

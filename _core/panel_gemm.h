@@ -1,5 +1,6 @@
-/* Row-major C (M x N) [+]= A (M x K) Bmat (K x N) for the recurrence's per-step products,
- * with Bmat packed once per sequence into panels of PANEL columns.
+/* Row-major C (M x N) [+]= A (M x K) Bmat (K x N): recur's kernel for large products
+ * (blas.pyx) and for the recurrence's per-step ones, Bmat packed into panels of PANEL
+ * columns (the recurrence's weights once per sequence).
  *
  * The weights of a recurrent layer meet T small products in a row (h @ Whᵀ forward,
  * dgates @ Wh backward). A general BLAS call repacks its operands on every call, which for
@@ -11,9 +12,7 @@
  *
  * One definition serves float and double: DEFINE_PANEL_GEMM instantiates it for a scalar
  * type, its vector type (the widest the target has) and a name suffix. Compiled with -O3
- * (and -march=native unless RECUR_PORTABLE=1) the vector arithmetic becomes FMA
- * instructions; without AVX the compiler splits each vector into narrower ones and the
- * code stays correct. */
+ * and -march=native the vector arithmetic becomes FMA instructions. */
 #ifndef RECUR_PANEL_GEMM_H
 #define RECUR_PANEL_GEMM_H
 
@@ -26,12 +25,26 @@
  * accumulators are enough independent FMAs to cover their latency and, with the two panel
  * vectors and the broadcast value, still fit the register file (32 registers with AVX-512,
  * 16 below it). */
-#ifdef __AVX512F__
+#if defined(__AVX512F__)
 #define VECTOR_BYTES 64
 #define PANEL_ROWS 12
-#else
+#elif defined(__AVX__)
 #define VECTOR_BYTES 32
 #define PANEL_ROWS 6
+#else
+#define VECTOR_BYTES 16
+#define PANEL_ROWS 6
+#endif
+
+/* Whether products should run here at all. The kernel pays where the build targets the
+ * CPU's wide vector units (-march=native on x86 with AVX); a portable build (SSE2) or one
+ * for another architecture keeps every product on the BLAS, whose kernels choose the CPU's
+ * best at run time (bench/: a portable build trained the demo some 30 times slower on
+ * these panels than on the BLAS). */
+#if defined(__AVX__)
+#define PANEL_KERNEL 1
+#else
+#define PANEL_KERNEL 0
 #endif
 
 /* The last M mod PANEL_ROWS rows, with their count a constant so the loops unroll (the

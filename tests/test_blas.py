@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import recur as rc
+from recur._core.blas import PANEL_KERNEL_BUILT
 
 # Above 262144 multiply-adds a product leaves the BLAS for the panel kernel. The shapes give
 # partial panels, row counts that are no multiple of the kernel's blocks, a single narrow
@@ -120,6 +121,8 @@ def test_recur_num_threads_1_keeps_to_the_calling_thread():
     """
     if not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2:
         pytest.skip("needs /proc and two CPUs")
+    if not PANEL_KERNEL_BUILT:
+        pytest.skip("a build without the panel kernel (RECUR_PORTABLE=1) runs no crew")
     alone = _run(code, {"RECUR_NUM_THREADS": "1"})
     shared = _run(code, {"RECUR_NUM_THREADS": ""})
     assert alone.returncode == 0 and shared.returncode == 0, alone.stderr + shared.stderr
