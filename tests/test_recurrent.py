@@ -251,10 +251,11 @@ def test_sequence_equals_stacked_steps(layer):
         _assert_close(results["sequence"][p], results["steps"][p], rtol=1e-10, what=str(p.shape))
 
 
-# Sequences with hidden <= 128 multiply by the recurrent weights on packed panels
-# (_core/panel_gemm.h), larger ones through the BLAS; steps always use the BLAS. These sizes
-# give partial panels (4 * 37 gates is no multiple of a panel) and every remainder of the
-# kernel's row blocks (batch 13, 25), on both sides of the switch.
+# A sequence multiplies by its weights packed once into panels (_core/panel_gemm.h) and,
+# from 8 rows on, the crew splits it by batch rows; a single step packs per product. These
+# sizes give partial panels (4 * 37 gates is no multiple of a panel), remainders of the
+# kernel's row blocks (batch 13, 25), and batches too small for the row split (7, 3),
+# whose products the crew splits by columns instead.
 PANEL_SIZES = [(37, 13), (37, 25), (128, 7), (130, 3)]
 
 
