@@ -1,10 +1,12 @@
 """Build of recur: every `_core/*.pyx` becomes the extension module `recur._core.<name>`."""
 import os
 import shutil
+import subprocess
 
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORE = os.path.join(HERE, "_core")
@@ -25,6 +27,27 @@ for name in os.listdir(CORE):
 # RECUR_PORTABLE=1 to build binaries for any x86-64/arm64 machine of the same kind instead.
 ARCH_FLAGS = [] if os.environ.get("RECUR_PORTABLE") else ["-march=native"]
 
+# GCC gives up vectorising a loop once proving its pointers apart takes more than 10 runtime
+# checks; the cells' backward loops (ops_rnn.pyx) read and write about a dozen arrays each.
+GCC_FLAGS = ["--param", "vect-max-version-for-alias-checks=64"]
+
+
+def is_gcc(command):
+    try:
+        banner = subprocess.run([command, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return False
+    return "Free Software Foundation" in banner and "clang" not in banner
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        if self.compiler.compiler_type == "unix" and is_gcc(self.compiler.compiler_so[0]):
+            for extension in self.extensions:
+                extension.extra_compile_args += GCC_FLAGS
+        super().build_extensions()
+
+
 extensions = [
     Extension(
         f"recur._core.{name[:-4]}",
@@ -41,6 +64,7 @@ setup(
     packages=["recur", "recur._core"],
     package_dir={"recur": "recur", "recur._core": "_core"},
     package_data={"recur._core": ["*.pxd", "*.h"]},
+    cmdclass={"build_ext": BuildExt},
     ext_modules=cythonize(
         extensions,
         include_path=[PXD_ROOT],

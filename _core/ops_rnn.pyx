@@ -14,7 +14,6 @@
 #   inputs  0 X, 1 h0, 2 c0, 3 Wi, 4 Wh, 5 b, 6 Wh_h   (slots a cell lacks stay -1)
 #   ints    cell, act, T, B, n_in, H, h0 broadcast, c0 broadcast, panels
 #   saved   [0] the node's Buffers
-from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cython cimport floating
 cimport numpy as cnp
@@ -26,6 +25,9 @@ from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, p
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic, tanh_of, logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
+
+cdef extern from "memory.h" nogil:
+    void* thread_block(size_t nbytes)
 
 cnp.import_array()
 
@@ -248,7 +250,7 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
         w = <Buffers*>tape.meta_alloc(sizeof(Buffers))
         block = <char*>tape.scratch(nbytes)
     else:
-        block = <char*>malloc(nbytes if nbytes > 0 else 1)
+        block = <char*>thread_block(nbytes)     # kept for the next call (memory.h)
         if block == NULL:
             raise MemoryError()
     carve(w, block, &d, recording, itemsize, cnp.PyArray_DATA(value), data[IN_H0],
@@ -279,7 +281,6 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
         node.saved[0] = w
         parent = tape.tensor(value, tape.n_nodes - 1)
     else:
-        free(block)
         parent = constant(value)
 
     # The outputs are blocks of the node's value (alias nodes: no copies, no backward work).
@@ -710,24 +711,34 @@ cdef void lstm_backward(index_t B, index_t H, const floating* gates, const float
                         const floating* c, floating* tanh_c, const floating* dh, floating* dc,
                         floating* d_gates) noexcept nogil:
     # c' reaches the loss directly (dc) and through h' = o tanh(c'); dc leaves as the
-    # gradient of c, dc' f. tanh(c') first, in a loop of its own that vectorises.
-    cdef index_t r, j, k
+    # gradient of c, dc' f. tanh(c') first, in a loop of its own that vectorises. Each gate
+    # block has a pointer of its own: indexes like r * H + j or 2 * H + j, which -fwrapv
+    # lets wrap, keep the compiler from vectorising the loop.
+    cdef index_t r, j
     cdef const floating* i_gate
+    cdef const floating* f_gate
+    cdef const floating* candidate
+    cdef const floating* o_gate
     cdef floating* d_i
+    cdef floating* d_f
+    cdef floating* d_candidate
+    cdef floating* d_o
     cdef floating dc_total
     memcpy(tanh_c, c, B * H * sizeof(floating))
     tanh_in_place(B * H, tanh_c)
     for r in range(B):
         i_gate = gates + r * 4 * H
+        f_gate, candidate, o_gate = i_gate + H, i_gate + 2 * H, i_gate + 3 * H
         d_i = d_gates + r * 4 * H
+        d_f, d_candidate, d_o = d_i + H, d_i + 2 * H, d_i + 3 * H
         for j in range(H):
-            k = r * H + j
-            dc_total = dc[k] + dh[k] * i_gate[3 * H + j] * tanh_slope(tanh_c[k])
-            d_i[j] = dc_total * i_gate[2 * H + j] * sigmoid_slope(i_gate[j])
-            d_i[H + j] = dc_total * c_prev[k] * sigmoid_slope(i_gate[H + j])
-            d_i[2 * H + j] = dc_total * i_gate[j] * tanh_slope(i_gate[2 * H + j])
-            d_i[3 * H + j] = dh[k] * tanh_c[k] * sigmoid_slope(i_gate[3 * H + j])
-            dc[k] = dc_total * i_gate[H + j]
+            dc_total = dc[j] + dh[j] * o_gate[j] * tanh_slope(tanh_c[j])
+            d_i[j] = dc_total * candidate[j] * sigmoid_slope(i_gate[j])
+            d_f[j] = dc_total * c_prev[j] * sigmoid_slope(f_gate[j])
+            d_candidate[j] = dc_total * i_gate[j] * tanh_slope(candidate[j])
+            d_o[j] = dh[j] * tanh_c[j] * sigmoid_slope(o_gate[j])
+            dc[j] = dc_total * f_gate[j]
+        dc, dh, tanh_c, c_prev = dc + H, dh + H, tanh_c + H, c_prev + H
 
 
 cdef void gru_backward(index_t B, index_t H, const floating* gates, const floating* hidden_n,
@@ -735,26 +746,35 @@ cdef void gru_backward(index_t B, index_t H, const floating* gates, const floati
                        floating* d_hidden_proj) noexcept nogil:
     # The n block enters the input projection as is and the hidden one scaled by r; dh
     # leaves holding the direct path of h' = (1 - z) n + z h, the GEMM adds the rest.
-    cdef index_t r, j, k
-    cdef const floating* g
-    cdef floating* dg
-    cdef floating* dp
-    cdef floating reset, update, candidate, d_candidate
+    # Pointers per block, as in lstm_backward, so that the loop vectorises.
+    cdef index_t r, j
+    cdef const floating* reset
+    cdef const floating* update
+    cdef const floating* candidate
+    cdef floating* d_reset
+    cdef floating* d_update
+    cdef floating* d_candidate
+    cdef floating* dp_reset
+    cdef floating* dp_update
+    cdef floating* dp_candidate
+    cdef floating d_n
     for r in range(B):
-        g = gates + r * 3 * H
-        dg = d_gates + r * 3 * H
-        dp = d_hidden_proj + r * 3 * H
+        reset = gates + r * 3 * H
+        update, candidate = reset + H, reset + 2 * H
+        d_reset = d_gates + r * 3 * H
+        d_update, d_candidate = d_reset + H, d_reset + 2 * H
+        dp_reset = d_hidden_proj + r * 3 * H
+        dp_update, dp_candidate = dp_reset + H, dp_reset + 2 * H
         for j in range(H):
-            k = r * H + j
-            reset, update, candidate = g[j], g[H + j], g[2 * H + j]
-            d_candidate = dh[k] * (<floating>1 - update) * tanh_slope(candidate)
-            dg[j] = d_candidate * hidden_n[k] * sigmoid_slope(reset)
-            dg[H + j] = dh[k] * (h_prev[k] - candidate) * sigmoid_slope(update)
-            dg[2 * H + j] = d_candidate
-            dp[j] = dg[j]
-            dp[H + j] = dg[H + j]
-            dp[2 * H + j] = d_candidate * reset
-            dh[k] = dh[k] * update
+            d_n = dh[j] * (<floating>1 - update[j]) * tanh_slope(candidate[j])
+            d_reset[j] = d_n * hidden_n[j] * sigmoid_slope(reset[j])
+            d_update[j] = dh[j] * (h_prev[j] - candidate[j]) * sigmoid_slope(update[j])
+            d_candidate[j] = d_n
+            dp_reset[j] = d_reset[j]
+            dp_update[j] = d_update[j]
+            dp_candidate[j] = d_n * reset[j]
+            dh[j] = dh[j] * update[j]
+        dh, hidden_n, h_prev = dh + H, hidden_n + H, h_prev + H
 
 
 cdef void gruv3_output_backward(index_t B, index_t H, const floating* gates,

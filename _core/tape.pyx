@@ -9,6 +9,9 @@ from cpython.object cimport PyObject, PyTypeObject
 cimport numpy as cnp
 from recur._core.registry cimport OP_LEAF, OP_ALIAS
 
+cdef extern from "memory.h" nogil:
+    void* aligned_block(size_t nbytes)
+
 cnp.import_array()
 
 cdef enum:
@@ -28,9 +31,8 @@ cdef inline size_t aligned(size_t n) noexcept nogil:
     return (n + ALIGN - 1) & ~(<size_t>ALIGN - 1)
 
 cdef void* raw_alloc(size_t nbytes) noexcept nogil:
-    # malloc's 16-byte alignment is enough for every kernel; blocks are padded to ALIGN so
-    # consecutive buffers start on cache lines.
-    return malloc(nbytes if nbytes > 0 else 1)
+    # Blocks are padded to ALIGN, so buffers carved one after another start on cache lines.
+    return aligned_block(nbytes)
 
 cdef void* arena_alloc(Arena* a, size_t nbytes) noexcept nogil:
     cdef void* p
