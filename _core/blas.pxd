@@ -32,3 +32,13 @@ cdef void panel_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
 ctypedef void (*crew_task)(void* arg, int part, int parts) noexcept nogil
 
 cdef void share(crew_task task, void* arg, bint split) noexcept nogil
+
+# Weight gradients of step-by-step recurrences, deferred (deferred.h): C (M x N) += Aᵀ B for
+# A (K x M) and B (K x N), computed now when K is deep enough, else later in one product
+# with the next steps' segments. The operands must stay unchanged until flush_deferred
+# runs for the bytes [start, start + nbytes) of C (start NULL: every waiting product),
+# which the tape does before any node reads a gradient and when a backward pass ends.
+cdef void defer_product(bint is_f64, int M, int N, int K, const void* A, int lda,
+                        const void* B, int ldb, void* C, int ldc) noexcept nogil
+
+cdef void flush_deferred(const void* start, size_t nbytes) noexcept nogil

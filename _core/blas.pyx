@@ -48,11 +48,35 @@ cdef extern from "panel_gemm.h" nogil:
     int STREAM_SCRATCH_f, STREAM_SCRATCH_d
     bint PANEL_KERNEL
 
+cdef extern from "deferred.h" nogil:
+    int DEFER_SEGMENTS
+    ctypedef struct DeferredSegment:
+        const void* A
+        const void* B
+        int lda, ldb, K
+    ctypedef struct DeferredProduct:
+        void* C
+        int M, N, ldc, is_f64, K, n_segments
+    ctypedef struct Deferrals:
+        int n_products
+    Deferrals* thread_deferrals()
+    DeferredProduct* deferred_product(Deferrals* d, int i)
+    const DeferredSegment* deferred_segment(const DeferredProduct* p, int s)
+    int deferred_overlapping(const Deferrals* d, const char* lo, const char* hi)
+    int deferred_slot(Deferrals* d, void* C, int M, int N, int ldc, int is_f64)
+    void deferred_append(DeferredProduct* p, const void* A, int lda, const void* B, int ldb,
+                         int K)
+    void deferred_take(Deferrals* d, int i, DeferredProduct* out)
+    int deferred_stage(const DeferredProduct* p, void** A, void** B)
+
 cdef extern from "crew.h" nogil:
     void crew_run(crew_task task, void* arg, int split)
 
 
 cdef enum:
+    # A deferred weight-gradient product runs once its steps reach this depth (deferred.h):
+    # deep enough that reading and writing the gradient is a small part of the product.
+    DEFER_DEPTH = 256
     # OpenBLAS computes a product of at most this many multiply-adds in the calling thread
     # (its interface/gemm.c: 65536 times GEMM_MULTITHREAD_THRESHOLD, 4).
     BLAS_SINGLE_THREAD_MACS = 262144
@@ -250,3 +274,65 @@ cdef int blas_int(Py_ssize_t n) except -1:
     if n < 0 or n > 2147483647:
         raise OverflowError(f"matrix dimension {n} does not fit a BLAS integer")
     return <int>n
+
+
+# ---------------------------------------------------------------- deferred products
+
+cdef void transposed_product(bint is_f64, int M, int N, int K, const void* A, int lda,
+                             const void* B, int ldb, void* C, int ldc) noexcept nogil:
+    if is_f64:
+        gemm[double](True, False, M, N, K, 1, <const double*>A, lda, <const double*>B, ldb,
+                     1, <double*>C, ldc)
+    else:
+        gemm[float](True, False, M, N, K, 1, <const float*>A, lda, <const float*>B, ldb,
+                    1, <float*>C, ldc)
+
+
+cdef void defer_product(bint is_f64, int M, int N, int K, const void* A, int lda,
+                        const void* B, int ldb, void* C, int ldc) noexcept nogil:
+    cdef Deferrals* d = NULL
+    cdef DeferredProduct* p
+    cdef int i = -1
+    if K <= 0 or M <= 0 or N <= 0:
+        return
+    if K < DEFER_DEPTH:
+        d = thread_deferrals()
+        if d != NULL:
+            i = deferred_slot(d, C, M, N, ldc, is_f64)
+    if i < 0:
+        transposed_product(is_f64, M, N, K, A, lda, B, ldb, C, ldc)
+        return
+    p = deferred_product(d, i)
+    deferred_append(p, A, lda, B, ldb, K)
+    if p.K >= DEFER_DEPTH or p.n_segments == DEFER_SEGMENTS:
+        run_deferred(d, i)
+
+
+cdef void run_deferred(Deferrals* d, int i) noexcept nogil:
+    # One product over every segment stacked, or one per segment without staging memory.
+    cdef DeferredProduct p
+    cdef const DeferredSegment* segment
+    cdef void* A
+    cdef void* B
+    cdef int s
+    deferred_take(d, i, &p)
+    if p.n_segments > 1 and deferred_stage(&p, &A, &B) == 0:
+        transposed_product(p.is_f64, p.M, p.N, p.K, A, p.M, B, p.N, p.C, p.ldc)
+        return
+    for s in range(p.n_segments):
+        segment = deferred_segment(&p, s)
+        transposed_product(p.is_f64, p.M, p.N, segment.K, segment.A, segment.lda, segment.B,
+                           segment.ldb, p.C, p.ldc)
+
+
+cdef void flush_deferred(const void* start, size_t nbytes) noexcept nogil:
+    cdef Deferrals* d = thread_deferrals()
+    cdef int i
+    if d == NULL:
+        return
+    while d.n_products > 0:
+        i = 0 if start == NULL else deferred_overlapping(
+            d, <const char*>start, <const char*>start + nbytes)
+        if i < 0:
+            return
+        run_deferred(d, i)

@@ -21,7 +21,7 @@ import numpy as np
 from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant
 from recur._core.tape import alias
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
-                               panel_product, share)
+                               panel_product, share, defer_product)
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic, tanh_of, logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
@@ -658,18 +658,19 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     if d.cell == CELL_LSTM and inputs[IN_C0] >= 0:
         add_state_grad(d.c_broadcast, B, H, dc, <floating*>nodes[inputs[IN_C0]].grad)
 
-    # Whole-sequence weight gradients: every step's rows in one GEMM each.
+    # Whole-sequence weight gradients: every step's rows in one product each; a short
+    # sequence's (a step's) wait to join the next steps' (defer_product, blas.pxd).
     if inputs[IN_WI] >= 0:
-        gemm(True, False, GH, n_in, T * B, 1, d_gates, GH, X, n_in,
-             1, <floating*>nodes[inputs[IN_WI]].grad, n_in)
+        defer_product(floating is double, GH, n_in, T * B, d_gates, GH, X, n_in,
+                      nodes[inputs[IN_WI]].grad, n_in)
     if inputs[IN_WH] >= 0:        # step 0 saw h0, step t > 0 saw Y[t - 1]
-        gemm(True, False, hidden_GH, H, B, 1, d_hidden, ld_hidden, h0, H,
-             1, <floating*>nodes[inputs[IN_WH]].grad, H)
-        gemm(True, False, hidden_GH, H, (T - 1) * B, 1, d_hidden + B * ld_hidden, ld_hidden,
-             Y, H, 1, <floating*>nodes[inputs[IN_WH]].grad, H)
+        defer_product(floating is double, hidden_GH, H, B, d_hidden, ld_hidden, h0, H,
+                      nodes[inputs[IN_WH]].grad, H)
+        defer_product(floating is double, hidden_GH, H, (T - 1) * B, d_hidden + B * ld_hidden,
+                      ld_hidden, Y, H, nodes[inputs[IN_WH]].grad, H)
     if d.cell == CELL_GRUV3 and inputs[IN_WH_H] >= 0:     # the n block against r ⊙ h
-        gemm(True, False, H, H, T * B, 1, d_gates + 2 * H, 3 * H, hidden, H,
-             1, <floating*>nodes[inputs[IN_WH_H]].grad, H)
+        defer_product(floating is double, H, H, T * B, d_gates + 2 * H, 3 * H, hidden, H,
+                      nodes[inputs[IN_WH_H]].grad, H)
     if inputs[IN_B] >= 0:
         add_column_sums(T * B, GH, d_gates, <floating*>nodes[inputs[IN_B]].grad)
     if inputs[IN_X] >= 0:

@@ -8,6 +8,7 @@ from numpy import empty as np_empty
 from cpython.object cimport PyObject, PyTypeObject
 cimport numpy as cnp
 from recur._core.registry cimport OP_LEAF, OP_ALIAS
+from recur._core.blas cimport flush_deferred
 
 cdef extern from "memory.h" nogil:
     void* aligned_block(size_t nbytes)
@@ -287,7 +288,11 @@ cdef class Tape:
             for i in range(root, -1, -1):
                 node = &self.nodes[i]
                 if node.reached and node.op != OP_LEAF and node.op != OP_ALIAS:
+                    # Products deferred into this node's gradient (blas.pxd) complete it.
+                    flush_deferred(node.grad, node.size * (sizeof(double) if node.is_f64
+                                                           else sizeof(float)))
                     backward_table[node.op](node, self.nodes)
+            flush_deferred(NULL, 0)
 
     def grad_of(self, index_t node_id, shape, dtype):
         """A copy of a node's gradient, or None if the result does not depend on it."""

@@ -719,3 +719,28 @@ def test_truncate_right_after_reset_keeps_state0():
     rc.reset(m)
     gs = rc.gradient(lambda: (rc.truncate(m), rc.sum(m(np.ones((2, 4), np.float32))))[1], m)
     assert gs[m.cell.state0[0]] is not None
+
+
+def test_step_weight_gradients_deferred_over_many_steps():
+    # A step's weight gradient waits to join the next steps' in one product (deferred.h),
+    # run once 256 rows have gathered and before anything reads the gradient: here 40
+    # steps of 8 rows through two layers, one of whose weights is itself computed (P / 2),
+    # so its node reads the gradient in the middle of the backward pass.
+    rng = np.random.default_rng(11)
+    first, second = LSTM(5, 16, dtype=np.float64), GRUv3(16, 12, dtype=np.float64)
+    model = rc.Chain(first, second)
+    P = rc.param(2 * first.cell.Wh.value)
+    X = rng.standard_normal((40, 8, 5))
+    seed = rng.standard_normal((40, 8, 12))
+    ps = [P, *(p for p in rc.params(model) if p is not first.cell.Wh)]
+    results = {}
+    for path in ("sequence", "steps"):
+        def loss():
+            reset(model)
+            first.cell.Wh = P / 2
+            Y = model(X) if path == "sequence" else rc.stack([model(x) for x in X])
+            return rc.sum(Y * seed)
+
+        results[path] = rc.gradient(loss, ps)
+    for p in ps:
+        _assert_close(results["sequence"][p], results["steps"][p], rtol=1e-10, what=str(p.shape))

@@ -1,0 +1,138 @@
+/* This thread's deferred weight-gradient products (blas.pyx: defer_product).
+ *
+ * A recurrent layer run step by step leaves one tape node per step, and each node's
+ * backward adds Aᵀ B to its weights' gradient with only the batch as the depth K: the
+ * whole gradient, often MBs, read and written again for a thin product, step after step.
+ * Deferred, the steps' operands A (K x M) and B (K x N) wait here, segment by segment, until
+ * enough rows have gathered; one product with the sum of their depths then updates the
+ * gradient once. The operands stay valid: they are tape buffers and values kept until the
+ * backward pass ends, and the pass flushes everything before it ends.
+ *
+ * Plain storage: blas.pyx decides when to defer and when to flush, and runs the products. */
+#ifndef RECUR_DEFERRED_H
+#define RECUR_DEFERRED_H
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "memory.h"
+
+#define DEFER_SEGMENTS 64      /* steps gathered for one gradient at most */
+#define DEFER_PRODUCTS 8       /* gradients with products waiting at once */
+
+typedef struct {
+    const void* A;             /* K x M, row stride lda */
+    const void* B;             /* K x N, row stride ldb */
+    int lda, ldb, K;
+} DeferredSegment;
+
+typedef struct {
+    void* C;                   /* M x N, row stride ldc: C += Aᵀ B over every segment */
+    int M, N, ldc, is_f64;
+    int K;                     /* the segments' total depth */
+    int n_segments;
+    DeferredSegment segments[DEFER_SEGMENTS];
+} DeferredProduct;
+
+typedef struct {
+    int n_products;
+    DeferredProduct products[DEFER_PRODUCTS];
+} Deferrals;
+
+/* NULL when memory runs out (the caller then computes at once). */
+static Deferrals* thread_deferrals(void)
+{
+    static _Thread_local Deferrals* deferrals = NULL;
+    if (deferrals == NULL) deferrals = (Deferrals*)calloc(1, sizeof(Deferrals));
+    return deferrals;
+}
+
+static DeferredProduct* deferred_product(Deferrals* d, int i)
+{
+    return &d->products[i];
+}
+
+static const DeferredSegment* deferred_segment(const DeferredProduct* p, int s)
+{
+    return &p->segments[s];
+}
+
+/* Index of the first waiting product whose C overlaps bytes [lo, hi), or -1. */
+static int deferred_overlapping(const Deferrals* d, const char* lo, const char* hi)
+{
+    for (int i = 0; i < d->n_products; i++) {
+        const DeferredProduct* p = &d->products[i];
+        const char* c = (const char*)p->C;
+        /* C's rows may be strided; its whole extent is conservative and cheap. */
+        size_t extent = ((size_t)(p->M - 1) * p->ldc + p->N)
+                        * (p->is_f64 ? sizeof(double) : sizeof(float));
+        if (c < hi && lo < c + extent) return i;
+    }
+    return -1;
+}
+
+/* The product waiting for C with these sizes, added if new; -1 when all slots are taken. */
+static int deferred_slot(Deferrals* d, void* C, int M, int N, int ldc, int is_f64)
+{
+    for (int i = 0; i < d->n_products; i++) {
+        DeferredProduct* p = &d->products[i];
+        if (p->C == C && p->M == M && p->N == N && p->ldc == ldc && p->is_f64 == is_f64)
+            return i;
+    }
+    if (d->n_products == DEFER_PRODUCTS) return -1;
+    DeferredProduct* p = &d->products[d->n_products];
+    p->C = C; p->M = M; p->N = N; p->ldc = ldc; p->is_f64 = is_f64;
+    p->K = 0; p->n_segments = 0;
+    return d->n_products++;
+}
+
+static void deferred_append(DeferredProduct* p, const void* A, int lda, const void* B, int ldb,
+                            int K)
+{
+    DeferredSegment* s = &p->segments[p->n_segments++];
+    s->A = A; s->lda = lda; s->B = B; s->ldb = ldb; s->K = K;
+    p->K += K;
+}
+
+/* Takes product i off the list into *out (the last one moves into its slot). */
+static void deferred_take(Deferrals* d, int i, DeferredProduct* out)
+{
+    memcpy(out, &d->products[i], sizeof(DeferredProduct));
+    d->n_products--;
+    if (i != d->n_products)
+        memcpy(&d->products[i], &d->products[d->n_products], sizeof(DeferredProduct));
+}
+
+/* Copies p's segments one under another into this thread's staging buffers: A as K x M,
+ * B as K x N (row strides M and N). 0, or -1 when memory runs out. */
+static int deferred_stage(const DeferredProduct* p, void** A, void** B)
+{
+    static _Thread_local void* buffer = NULL;
+    static _Thread_local size_t capacity = 0;
+    size_t item = p->is_f64 ? sizeof(double) : sizeof(float);
+    size_t a_bytes = (size_t)p->K * p->M * item, b_bytes = (size_t)p->K * p->N * item;
+    size_t a_space = (a_bytes + 63) & ~(size_t)63;
+    if (a_space + b_bytes > capacity) {
+        void* grown = aligned_block(a_space + b_bytes);
+        if (grown == NULL) return -1;
+        free(buffer);
+        buffer = grown;
+        capacity = a_space + b_bytes;
+    }
+    char* a = (char*)buffer;
+    char* b = a + a_space;
+    for (int s = 0; s < p->n_segments; s++) {
+        const DeferredSegment* seg = &p->segments[s];
+        for (int k = 0; k < seg->K; k++) {
+            memcpy(a, (const char*)seg->A + (size_t)k * seg->lda * item, (size_t)p->M * item);
+            memcpy(b, (const char*)seg->B + (size_t)k * seg->ldb * item, (size_t)p->N * item);
+            a += (size_t)p->M * item;
+            b += (size_t)p->N * item;
+        }
+    }
+    *A = buffer;
+    *B = (char*)buffer + a_space;
+    return 0;
+}
+
+#endif
