@@ -33,19 +33,14 @@ cdef extern from "panel_gemm.h" nogil:
                       Py_ssize_t panel_stride, double* C, Py_ssize_t ldc, int accumulate,
                       Py_ssize_t first_row, Py_ssize_t end_row, Py_ssize_t first_panel,
                       Py_ssize_t end_panel)
-    void panel_gemm_streamed_f(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A,
-                               Py_ssize_t a_row, Py_ssize_t a_k, const float* src,
-                               Py_ssize_t k_stride, Py_ssize_t n_stride, float* C,
-                               Py_ssize_t ldc, int accumulate, Py_ssize_t first_panel,
-                               Py_ssize_t end_panel, float* scratch)
-    void panel_gemm_streamed_d(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
-                               Py_ssize_t a_row, Py_ssize_t a_k, const double* src,
-                               Py_ssize_t k_stride, Py_ssize_t n_stride, double* C,
-                               Py_ssize_t ldc, int accumulate, Py_ssize_t first_panel,
-                               Py_ssize_t end_panel, double* scratch)
+    void panel_gemm_transposed_f(Py_ssize_t M, Py_ssize_t K, const float* packed,
+                                 const float* W, Py_ssize_t ldw, float* C, Py_ssize_t ldc,
+                                 int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
+    void panel_gemm_transposed_d(Py_ssize_t M, Py_ssize_t K, const double* packed,
+                                 const double* W, Py_ssize_t ldw, double* C, Py_ssize_t ldc,
+                                 int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
     void* panel_scratch(size_t nbytes)
     int PANEL_f, PANEL_d, PANEL_ROWS, PANEL_GATHER_ROWS
-    int STREAM_SCRATCH_f, STREAM_SCRATCH_d
     bint PANEL_KERNEL
 
 cdef extern from "deferred.h" nogil:
@@ -90,11 +85,10 @@ ctypedef struct Product:
     bint is_f64
     Py_ssize_t M, N, K, a_row, a_k, ldc, panels
     const void* A
-    # Bmat's panels; for a packing its destination, for a streamed product the scratch
-    # (one slice per part)
+    # Bmat's panels; for a packing its destination, for a transposed product Aᵀ's panels
     void* packed
     Py_ssize_t b_row, panel_stride
-    # Bmat[k][n] = src[k * k_stride + n * n_stride], to be packed
+    # Bmat[k][n] = src[k * k_stride + n * n_stride], to be packed; a transposed product's W
     const void* src
     Py_ssize_t k_stride, n_stride
     void* C
@@ -123,20 +117,18 @@ cdef void product_part(void* arg, int part, int parts) noexcept nogil:
                      end_row, first_panel, end_panel)
 
 
-cdef void streamed_part(void* arg, int part, int parts) noexcept nogil:
-    # Always a share of the panels: each part packs only its own.
+cdef void transposed_part(void* arg, int part, int parts) noexcept nogil:
+    # A share of W's rows (C's columns), in whole blocks of the kernel.
     cdef Product* p = <Product*>arg
-    cdef Py_ssize_t first = p.panels * part // parts, end = p.panels * (part + 1) // parts
+    cdef Py_ssize_t blocks = (p.N + PANEL_ROWS - 1) // PANEL_ROWS
+    cdef Py_ssize_t first = min(p.N, blocks * part // parts * PANEL_ROWS)
+    cdef Py_ssize_t end = min(p.N, blocks * (part + 1) // parts * PANEL_ROWS)
     if p.is_f64:
-        panel_gemm_streamed_d(p.M, p.N, p.K, <const double*>p.A, p.a_row, p.a_k,
-                              <const double*>p.src, p.k_stride, p.n_stride, <double*>p.C,
-                              p.ldc, p.accumulate, first, end,
-                              <double*>p.packed + part * STREAM_SCRATCH_d)
+        panel_gemm_transposed_d(p.M, p.K, <const double*>p.packed, <const double*>p.src,
+                                p.n_stride, <double*>p.C, p.ldc, p.accumulate, first, end)
     else:
-        panel_gemm_streamed_f(p.M, p.N, p.K, <const float*>p.A, p.a_row, p.a_k,
-                              <const float*>p.src, p.k_stride, p.n_stride, <float*>p.C,
-                              p.ldc, p.accumulate, first, end,
-                              <float*>p.packed + part * STREAM_SCRATCH_f)
+        panel_gemm_transposed_f(p.M, p.K, <const float*>p.packed, <const float*>p.src,
+                                p.n_stride, <float*>p.C, p.ldc, p.accumulate, first, end)
 
 
 cdef void pack_part(void* arg, int part, int parts) noexcept nogil:
@@ -206,21 +198,22 @@ cdef void share(crew_task task, void* arg, bint split) noexcept nogil:
     crew_run(task, arg, split)
 
 
-cdef bint streamed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
-                   Py_ssize_t a_row, Py_ssize_t a_k, const floating* W, Py_ssize_t ldw,
-                   floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    # C [+]= A Wᵀ on panel_gemm_streamed; False (nothing done) without memory for it.
+cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                     Py_ssize_t a_row, Py_ssize_t a_k, const floating* W, Py_ssize_t ldw,
+                     floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    # C [+]= A Wᵀ as (W Aᵀ)ᵀ on panel_gemm_transposed: Aᵀ packed, W read in place; False
+    # (nothing done) without memory for the packing.
     cdef Product p
-    cdef Py_ssize_t slice = STREAM_SCRATCH_d if floating is double else STREAM_SCRATCH_f
-    p.packed = panel_scratch(2 * slice * sizeof(floating))
+    p.packed = panel_scratch(packed_bytes(sizeof(floating), K, M))
     if p.packed == NULL:
         return False
+    # Aᵀ[k][m] = A[m][k]
+    pack(K, M, A, a_k, a_row, <floating*>p.packed)
     p.is_f64 = floating is double
-    p.M, p.N, p.K, p.a_row, p.a_k, p.ldc = M, N, K, a_row, a_k, ldc
-    p.panels = panel_count(p.is_f64, N)
-    p.A, p.src, p.k_stride, p.n_stride = A, W, 1, ldw
+    p.M, p.N, p.K, p.ldc = M, N, K, ldc
+    p.src, p.n_stride = W, ldw
     p.C, p.accumulate = C, accumulate
-    crew_run(streamed_part, &p, p.panels >= 2 and M * N * K >= SPLIT_MIN_MACS)
+    crew_run(transposed_part, &p, N >= 2 * PANEL_ROWS and M * N * K >= SPLIT_MIN_MACS)
     return True
 
 
@@ -238,10 +231,11 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
             and <double>m * n * k > BLAS_SINGLE_THREAD_MACS):
         if m < PANEL_GATHER_ROWS:
             # Few rows of A meet each panel, too few to pay for packing all of B first:
-            # B's whole panels are read where they are, or packed a few at a time as the
-            # product reaches them.
+            # B's whole panels are read where they are; for A Wᵀ, W is read in place and
+            # only Aᵀ packed (bench/: a step of LSTM 256,1024 with W packed a few panels
+            # at a time as the product reached them inferred in 57 ms, this way in 34).
             if trans_b:
-                if streamed(m, n, k, a, a_row, a_k, b, ldb, c, ldc, beta == 1):
+                if transposed(m, n, k, a, a_row, a_k, b, ldb, c, ldc, beta == 1):
                     return
             else:
                 whole = n // width * width

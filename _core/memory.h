@@ -45,6 +45,7 @@ static void* thread_block(size_t nbytes)
 {
     static _Thread_local void* block = NULL;
     static _Thread_local size_t capacity = 0;
+    if (nbytes == 0) nbytes = 1;          /* a layer may need no buffer: still a block */
     if (nbytes > capacity) {
         void* grown = aligned_block(nbytes);
         if (grown == NULL) return NULL;

@@ -58,11 +58,6 @@
  * 32 x 2048 x 640 product ran 10% faster than at 256, none ran slower). */
 #define PANEL_DEPTH 512
 
-/* Panels packed at a time by panel_gemm_streamed: with PANEL_DEPTH values of k they stay
- * in L2 (256 KB of float) while every row of A meets them. */
-#define PANEL_GROUP 4
-#define STREAM_SCRATCH(panel) (PANEL_DEPTH * (panel) * PANEL_GROUP)
-
 /* __builtin_shuffle, for transpose, is GCC's; elsewhere packing stays scalar (and a
  * stand-in lets the transpose, never called there, compile). */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -79,8 +74,7 @@
 #define DEFINE_PANEL_GEMM(scalar, suffix, lane_index)                                                   \
 typedef scalar vec_##suffix                                                                 \
     __attribute__((vector_size(VECTOR_BYTES), aligned(sizeof(scalar))));                    \
-enum { LANES_##suffix = VECTOR_BYTES / sizeof(scalar), PANEL_##suffix = 2 * LANES_##suffix,  \
-       STREAM_SCRATCH_##suffix = STREAM_SCRATCH(PANEL_##suffix) };                          \
+enum { LANES_##suffix = VECTOR_BYTES / sizeof(scalar), PANEL_##suffix = 2 * LANES_##suffix }; \
                                                                                             \
 /* Values a packed K x N operand takes. */                                                 \
 static inline size_t panel_size_##suffix(ptrdiff_t K, ptrdiff_t N)                          \
@@ -266,27 +260,32 @@ static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdi
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-/* The same product with Bmat[k][n] = src[k * k_stride + n * n_stride] packed on the way,   \
- * PANEL_GROUP panels by PANEL_DEPTH values of k at a time, into `scratch` (STREAM_SCRATCH   \
- * values): when few rows of A meet each panel, packing all of Bmat first would send it    \
- * through memory twice more than the product reads it. */                                 \
-static void panel_gemm_streamed_##suffix(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,             \
-                                         const scalar* A, ptrdiff_t a_row, ptrdiff_t a_k,   \
-                                         const scalar* src, ptrdiff_t k_stride,             \
-                                         ptrdiff_t n_stride, scalar* C, ptrdiff_t ldc,      \
-                                         int accumulate, ptrdiff_t first_panel,             \
-                                         ptrdiff_t end_panel, scalar* scratch)              \
+/* C (M x N) [+]= A Wᵀ for a W of N rows (ldw apart) and K columns, computed as its         \
+ * transpose W Aᵀ: W, the large operand, is read where it is, a block of PANEL_ROWS rows at  \
+ * a time, and only Aᵀ, K x M and small when A is a batch of rows, is packed (`packed`,      \
+ * by panel_pack with k_stride 1). Each block of W (PANEL_ROWS x K) meets every panel of Aᵀ  \
+ * while it is in cache, and the block of Cᵀ it gives is written into C's columns. Rows      \
+ * [first_row, end_row) of W, which are C's columns. */                                       \
+static void panel_gemm_transposed_##suffix(ptrdiff_t M, ptrdiff_t K, const scalar* packed,  \
+                                           const scalar* W, ptrdiff_t ldw, scalar* C,        \
+                                           ptrdiff_t ldc, int accumulate,                    \
+                                           ptrdiff_t first_row, ptrdiff_t end_row)           \
 {                                                                                           \
-    for (ptrdiff_t p0 = first_panel; p0 < end_panel; p0 += PANEL_GROUP) {                   \
-        ptrdiff_t panels = end_panel - p0 < PANEL_GROUP ? end_panel - p0 : PANEL_GROUP;     \
-        ptrdiff_t n0 = p0 * PANEL_##suffix;                                                 \
-        for (ptrdiff_t k0 = 0; k0 < K; k0 += PANEL_DEPTH) {                                 \
-            ptrdiff_t depth = K - k0 < PANEL_DEPTH ? K - k0 : PANEL_DEPTH;                  \
-            panel_pack_##suffix(depth, N - n0, src + k0 * k_stride + n0 * n_stride,         \
-                                k_stride, n_stride, scratch, 0, panels);                    \
-            panel_gemm_##suffix(N - n0, depth, A + k0 * a_k, a_row, a_k, scratch,           \
-                                PANEL_##suffix, depth * PANEL_##suffix, C + n0, ldc,        \
-                                accumulate || k0 > 0, 0, M, 0, panels);                     \
+    scalar tile[PANEL_ROWS * PANEL_##suffix]                                                \
+        __attribute__((aligned(VECTOR_BYTES)));                                             \
+    for (ptrdiff_t i = first_row; i < end_row; i += PANEL_ROWS) {                           \
+        ptrdiff_t rows = end_row - i < PANEL_ROWS ? end_row - i : PANEL_ROWS;               \
+        for (ptrdiff_t m0 = 0; m0 < M; m0 += PANEL_##suffix) {                              \
+            ptrdiff_t width = M - m0 < PANEL_##suffix ? M - m0 : PANEL_##suffix;            \
+            panel_rows_##suffix(rows, K, W + i * ldw, ldw, 1, packed + m0 * K, PANEL_##suffix, \
+                                tile, PANEL_##suffix, PANEL_##suffix, 0);                   \
+            for (ptrdiff_t m = 0; m < width; m++) {                                         \
+                scalar* c = C + (m0 + m) * ldc + i;                                         \
+                if (accumulate)                                                             \
+                    for (ptrdiff_t r = 0; r < rows; r++) c[r] += tile[r * PANEL_##suffix + m]; \
+                else                                                                        \
+                    for (ptrdiff_t r = 0; r < rows; r++) c[r] = tile[r * PANEL_##suffix + m]; \
+            }                                                                               \
         }                                                                                   \
     }                                                                                       \
 }
