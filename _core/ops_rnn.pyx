@@ -245,6 +245,14 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
         for i in range(N_INPUTS):
             ids[i] = tape.node_of(objects[i])
             recording = recording or ids[i] >= 0
+    if not recording and weight_bytes(&d, itemsize) > ROW_SPLIT_MAX_WEIGHT_BYTES:
+        # Inference over weights past the row split's limit reads them in place, step by
+        # step (blas.pxd: A Wᵀ as (W Aᵀ)ᵀ, the crew splitting W's rows). Packing them first
+        # is a pass over MBs of cold memory that steps streaming them from L3 never win
+        # back (bench/, 256,1024,32,25 inference after a pause: LSTM 36.8 -> 30.4 ms, GRU
+        # 29.2 -> 24.8, RNN 10.6 -> 9.5). Training keeps its panels, which the backward's
+        # products need (LSTM there trains in 113 ms packed, 140 in place).
+        d.panels = False
     nbytes = carve(w, NULL, &d, recording, itemsize, NULL, NULL, NULL)
     if recording:
         w = <Buffers*>tape.meta_alloc(sizeof(Buffers))
@@ -373,12 +381,15 @@ cdef enum:
     ROW_SPLIT_MAX_WEIGHT_BYTES = 8 << 20
 
 
+cdef inline size_t weight_bytes(const Dims* d, size_t itemsize) noexcept nogil:
+    return (d.n_in + d.H) * input_blocks(d.cell) * d.H * itemsize
+
+
 cdef void run_recurrence(Recurrence* job, bint backward) noexcept nogil:
     cdef const Dims* d = job.d
-    cdef size_t weight_bytes = ((d.n_in + d.H) * input_blocks(d.cell) * d.H
-                                * (sizeof(double) if job.is_f64 else sizeof(float)))
     cdef bint split = (d.panels and d.B >= 2 * SPLIT_MIN_ROWS
-                       and weight_bytes <= ROW_SPLIT_MAX_WEIGHT_BYTES)
+                       and weight_bytes(d, sizeof(double) if job.is_f64 else sizeof(float))
+                       <= ROW_SPLIT_MAX_WEIGHT_BYTES)
     share(backward_part if backward else forward_part, job, split)
 
 

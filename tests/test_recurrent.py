@@ -744,3 +744,25 @@ def test_step_weight_gradients_deferred_over_many_steps():
         results[path] = rc.gradient(loss, ps)
     for p in ps:
         _assert_close(results["sequence"][p], results["steps"][p], rtol=1e-10, what=str(p.shape))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRUv3"])
+def test_inference_over_large_weights_matches_the_recorded_forward(kind):
+    # Past 8 MB of weights inference reads them in place, step by step (ops_rnn.pyx),
+    # where a recorded forward packs them for its backward: the two agree.
+    rng = np.random.default_rng(13)
+    layer = {"LSTM": LSTM, "GRUv3": GRUv3}[kind](200, 800)
+    assert sum(p.value.nbytes for p in rc.params(layer)) > 8 << 20
+    X = rng.standard_normal((3, 5, 200)).astype(np.float32)
+    reset(layer)
+    inferred = np.asarray(layer(X))
+    recorded = {}
+
+    def loss():
+        reset(layer)
+        Y = layer(X)
+        recorded["Y"] = np.asarray(Y)
+        return rc.sum(Y)
+
+    rc.gradient(loss, rc.params(layer))
+    _assert_close(inferred, recorded["Y"], rtol=2e-5)
