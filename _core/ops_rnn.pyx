@@ -3,10 +3,12 @@
 # One kernel runs a whole sequence X (T, B, in); a single cell step is the case T = 1, so
 # `cell(state, x)` and `m(X)` share every line below. Forward, per step: the bias, one
 # product for the step's input and one for the recurrence (against weights packed once
-# per sequence, blas.pxd), one elementwise pass for the gates. Backward: per step in
-# reverse, an elementwise pass and one product into dh; after the loop, whole-sequence
-# GEMMs for dWi, dWh (against the states each step saw, h[t-1]) and dX, and db as a column
-# sum. The two loops run over a range of batch rows, which the crew of two threads splits.
+# per sequence, blas.pxd; a single step, or inference over weights past 8 MB, reads them
+# in place), one elementwise pass for the gates. Backward: per step in reverse, an
+# elementwise pass and one product into dh; after the loop, whole-sequence GEMMs for dWi,
+# dWh (against the states each step saw, h[t-1]; a short sequence's wait to join the next
+# steps') and dX, and db as a column sum. The two loops run over a range of batch rows,
+# which the crew of two threads splits.
 #
 # Row-major layout, H = hidden size. Gate blocks of Wi and b: RNN [a], LSTM [i f g o],
 # GRU and GRUv3 [r z n]; Wh has the same blocks except GRUv3's [r z].
