@@ -39,9 +39,12 @@ cdef extern from "panel_gemm.h" nogil:
     void panel_gemm_transposed_d(Py_ssize_t M, Py_ssize_t K, const double* packed,
                                  const double* W, Py_ssize_t ldw, double* C, Py_ssize_t ldc,
                                  int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
-    void* panel_scratch(size_t nbytes)
     int PANEL_f, PANEL_d, PANEL_ROWS, PANEL_GATHER_ROWS
     bint PANEL_KERNEL
+
+cdef extern from "memory.h" nogil:
+    int BUFFER_PACKED
+    void* thread_buffer(int purpose, size_t nbytes)
 
 cdef extern from "deferred.h" nogil:
     int DEFER_SEGMENTS
@@ -204,7 +207,7 @@ cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A
     # C [+]= A Wᵀ as (W Aᵀ)ᵀ on panel_gemm_transposed: Aᵀ packed, W read in place; False
     # (nothing done) without memory for the packing.
     cdef Product p
-    p.packed = panel_scratch(packed_bytes(sizeof(floating), K, M))
+    p.packed = thread_buffer(BUFFER_PACKED, packed_bytes(sizeof(floating), K, M))
     if p.packed == NULL:
         return False
     # Aᵀ[k][m] = A[m][k]
@@ -243,7 +246,8 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
                     product(m, whole, k, a, a_row, a_k, b, ldb, width, c, ldc, beta == 1)
                 if whole == n:
                     return
-        packed = <floating*>panel_scratch(packed_bytes(sizeof(floating), k, n - whole))
+        packed = <floating*>thread_buffer(BUFFER_PACKED,
+                                          packed_bytes(sizeof(floating), k, n - whole))
         if packed != NULL:
             pack(k, n - whole, b + whole * (ldb if trans_b else 1), 1 if trans_b else ldb,
                  ldb if trans_b else 1, packed)

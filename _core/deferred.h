@@ -107,18 +107,11 @@ static void deferred_take(Deferrals* d, int i, DeferredProduct* out)
  * B as K x N (row strides M and N). 0, or -1 when memory runs out. */
 static int deferred_stage(const DeferredProduct* p, void** A, void** B)
 {
-    static _Thread_local void* buffer = NULL;
-    static _Thread_local size_t capacity = 0;
     size_t item = p->is_f64 ? sizeof(double) : sizeof(float);
     size_t a_bytes = (size_t)p->K * p->M * item, b_bytes = (size_t)p->K * p->N * item;
     size_t a_space = (a_bytes + 63) & ~(size_t)63;
-    if (a_space + b_bytes > capacity) {
-        void* grown = aligned_block(a_space + b_bytes);
-        if (grown == NULL) return -1;
-        free(buffer);
-        buffer = grown;
-        capacity = a_space + b_bytes;
-    }
+    void* buffer = thread_buffer(BUFFER_STAGED, a_space + b_bytes);
+    if (buffer == NULL) return -1;
     char* a = (char*)buffer;
     char* b = a + a_space;
     for (int s = 0; s < p->n_segments; s++) {

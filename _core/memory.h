@@ -37,23 +37,32 @@ static void* aligned_block(size_t nbytes)
     return block;
 }
 
-/* This thread's block for a call's working memory, grown to the largest request and kept:
- * inference through a recurrent layer asks for the same block every call, and a fresh one
- * would fault its pages in (and the kernel zero them) again each time. Valid until this
- * thread's next request; NULL when memory runs out. */
-static void* thread_block(size_t nbytes)
+/* What each of a thread's buffers holds (thread_buffer). */
+enum {
+    BUFFER_PACKED,             /* an operand packed for one product (blas.pyx) */
+    BUFFER_STAGED,             /* deferred products' operands stacked (deferred.h) */
+    BUFFER_LAYER,              /* a recurrent layer's working memory in inference (ops_rnn) */
+    THREAD_BUFFERS
+};
+
+/* This thread's buffer for one purpose, grown to the largest request and kept: a training
+ * or inference loop asks for the same sizes every step, and fresh memory would fault its
+ * pages in (and the kernel zero them) again each time. Valid until this thread's next
+ * request for the same purpose; NULL when memory runs out (callers fall back to a path
+ * that needs none, or raise MemoryError). */
+static void* thread_buffer(int purpose, size_t nbytes)
 {
-    static _Thread_local void* block = NULL;
-    static _Thread_local size_t capacity = 0;
-    if (nbytes == 0) nbytes = 1;          /* a layer may need no buffer: still a block */
-    if (nbytes > capacity) {
+    static _Thread_local void* buffers[THREAD_BUFFERS];
+    static _Thread_local size_t capacities[THREAD_BUFFERS];
+    if (nbytes == 0) nbytes = 1;          /* a layer may need no memory: still a buffer */
+    if (nbytes > capacities[purpose]) {
         void* grown = aligned_block(nbytes);
         if (grown == NULL) return NULL;
-        free(block);
-        block = grown;
-        capacity = nbytes;
+        free(buffers[purpose]);
+        buffers[purpose] = grown;
+        capacities[purpose] = nbytes;
     }
-    return block;
+    return buffers[purpose];
 }
 
 #endif

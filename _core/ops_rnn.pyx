@@ -29,7 +29,8 @@ from recur._core.fastmath cimport logistic, tanh_of, logistic_in_place, tanh_in_
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
 
 cdef extern from "memory.h" nogil:
-    void* thread_block(size_t nbytes)
+    int BUFFER_LAYER
+    void* thread_buffer(int purpose, size_t nbytes)
 
 cnp.import_array()
 
@@ -260,7 +261,7 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
         w = <Buffers*>tape.meta_alloc(sizeof(Buffers))
         block = <char*>tape.scratch(nbytes)
     else:
-        block = <char*>thread_block(nbytes)     # kept for the next call (memory.h)
+        block = <char*>thread_buffer(BUFFER_LAYER, nbytes)   # kept for the next call
         if block == NULL:
             raise MemoryError()
     carve(w, block, &d, recording, itemsize, cnp.PyArray_DATA(value), data[IN_H0],

@@ -18,7 +18,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* The widest vectors the target has, and rows of A per kernel call: 2 * PANEL_ROWS vector
@@ -292,23 +291,5 @@ static void panel_gemm_transposed_##suffix(ptrdiff_t M, ptrdiff_t K, const scala
 
 DEFINE_PANEL_GEMM(float, f, int32_t)
 DEFINE_PANEL_GEMM(double, d, int64_t)
-
-/* This thread's buffer for an operand packed on the fly, grown to the largest request and
- * kept, so that a training loop packs into the same memory every step. NULL when memory
- * runs out (the caller falls back to a path that needs none). */
-static void* panel_scratch(size_t nbytes)
-{
-    static _Thread_local void* buffer = NULL;
-    static _Thread_local size_t capacity = 0;
-    if (nbytes > capacity) {
-        void* grown = NULL;
-        if (posix_memalign(&grown, 64, nbytes) != 0) return NULL;
-        free(buffer);
-        buffer = grown;
-        capacity = nbytes;
-    }
-
-    return buffer;
-}
 
 #endif
