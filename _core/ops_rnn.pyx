@@ -468,7 +468,7 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
                      <floating*>w.packed_wi, gates_t, GH, True)
         if d.cell == CELL_RNN:          # the gates are y_t itself
             step_product(d, rows, H, H, h_prev, H, Wh, True, pwh, y_t, H, True)
-            step_elementwise(d, rows, y_t, NULL, NULL, NULL, NULL, y_t)
+            activate(d.act, rows * H, y_t)
         elif d.cell == CELL_LSTM:
             step_product(d, rows, 4 * H, H, h_prev, H, Wh, True, pwh, gates_t, 4 * H, True)
             step_elementwise(d, rows, gates_t, NULL, NULL, c_prev, cells + t * kept_stride,
@@ -493,12 +493,13 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
 # by columns) and the pass is large enough to pay for the hand-over; otherwise the helper
 # waits through it. Rows are independent, so the parts give the serial result. bench/,
 # stepwise inference, A/B in alternate processes: LSTM 128,512 36.9-37.6 -> 33.4-35.5 ms,
-# GRU 64,256 18.1 -> 16.7-17.9; the RNN's one activation is too cheap to share.
+# GRU 64,256 18.1 -> 16.7-17.9. (The RNN's one activation is too cheap to share: it
+# stays in forward_rows.)
 ctypedef struct StepElementwise:
     bint is_f64
     const Dims* d
     index_t rows
-    void* gates                # the step's gates: RNN y itself, GRU the input projection
+    void* gates                # the step's gates; for the GRU its input projection
     const void* hidden_proj    # GRU: h Whᵀ
     const void* h_prev         # GRU
     const void* c_prev         # LSTM
@@ -507,7 +508,7 @@ ctypedef struct StepElementwise:
 
 
 cdef enum:
-    # Values below which a step's elementwise pass stays in one thread.
+    # Values (rows x H) below which a step's elementwise pass stays in one thread.
     ELEMENTWISE_SPLIT_MIN = 16384
 
 
@@ -518,8 +519,7 @@ cdef void step_elementwise(const Dims* d, index_t rows, floating* gates,
     job.is_f64 = floating is double
     job.d, job.rows, job.gates, job.hidden_proj = d, rows, gates, hidden_proj
     job.h_prev, job.c_prev, job.kept, job.y = h_prev, c_prev, kept, y
-    share(elementwise_part, &job, d.cell != CELL_RNN and rows >= 2
-          and rows * d.H >= ELEMENTWISE_SPLIT_MIN)
+    share(elementwise_part, &job, rows >= 2 and rows * d.H >= ELEMENTWISE_SPLIT_MIN)
 
 
 cdef void elementwise_part(void* arg, int part, int parts) noexcept nogil:
@@ -536,9 +536,7 @@ cdef void elementwise_rows(const StepElementwise* job, floating* y, index_t r0,
     cdef const Dims* d = job.d
     cdef index_t H = d.H, rows = r1 - r0, GH = input_blocks(d.cell) * d.H
     y += r0 * H
-    if d.cell == CELL_RNN:
-        activate(d.act, rows * H, y)
-    elif d.cell == CELL_LSTM:
+    if d.cell == CELL_LSTM:
         lstm_forward(rows, H, <floating*>job.gates + r0 * GH,
                      <const floating*>job.c_prev + r0 * H, <floating*>job.kept + r0 * H, y)
     else:
