@@ -26,6 +26,15 @@ cdef void panel_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
                         Py_ssize_t a_row, Py_ssize_t a_k, const floating* packed,
                         floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil
 
+# Operands packed once per backward pass (pack_cache.h): the step nodes of a recurrence
+# share one packing of their weights. NULL when the cache is full or memory runs out (the
+# caller reads the operand in place). The tape calls forget_packed when a pass ends.
+cdef const floating* packed_for_backward(Py_ssize_t K, Py_ssize_t N, const floating* src,
+                                         Py_ssize_t k_stride,
+                                         Py_ssize_t n_stride) noexcept nogil
+
+cdef void forget_packed() noexcept nogil
+
 # A task split between the calling thread and the crew's helper (crew.h): task(arg, part,
 # parts) runs for part 0 and 1 of 2 when `split` is set and the crew is free, else once as
 # part 0 of 1. Products inside a shared task run whole in their own thread.

@@ -67,6 +67,16 @@ cdef extern from "deferred.h" nogil:
     void deferred_take(Deferrals* d, int i, DeferredProduct* out)
     int deferred_stage(const DeferredProduct* p, void** A, void** B)
 
+cdef extern from "pack_cache.h" nogil:
+    ctypedef struct PackCache:
+        int n_entries
+    PackCache* thread_pack_cache()
+    void* pack_cache_find(const PackCache* cache, const void* src, Py_ssize_t K,
+                          Py_ssize_t N, Py_ssize_t k_stride, Py_ssize_t n_stride, int is_f64)
+    void* pack_cache_add(PackCache* cache, const void* src, Py_ssize_t K, Py_ssize_t N,
+                         Py_ssize_t k_stride, Py_ssize_t n_stride, int is_f64, size_t nbytes)
+    void pack_cache_forget(PackCache* cache)
+
 cdef extern from "crew.h" nogil:
     void crew_run(crew_task task, void* arg, int split)
 
@@ -187,6 +197,27 @@ cdef void panel_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
                         floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
     cdef Py_ssize_t width = panel_width(floating is double)
     product(M, N, K, A, a_row, a_k, packed, width, K * width, C, ldc, accumulate)
+
+
+cdef const floating* packed_for_backward(Py_ssize_t K, Py_ssize_t N, const floating* src,
+                                         Py_ssize_t k_stride,
+                                         Py_ssize_t n_stride) noexcept nogil:
+    # The pass's one packing of this operand (pack_cache.h), made on first use.
+    cdef PackCache* cache = thread_pack_cache()
+    cdef bint is_f64 = floating is double
+    cdef floating* packed = <floating*>pack_cache_find(cache, src, K, N, k_stride, n_stride,
+                                                       is_f64)
+    if packed != NULL:
+        return packed
+    packed = <floating*>pack_cache_add(cache, src, K, N, k_stride, n_stride, is_f64,
+                                       packed_bytes(sizeof(floating), K, N))
+    if packed != NULL:
+        pack(K, N, src, k_stride, n_stride, packed)
+    return packed
+
+
+cdef void forget_packed() noexcept nogil:
+    pack_cache_forget(thread_pack_cache())
 
 
 cdef bint has_panel_kernel() noexcept nogil:

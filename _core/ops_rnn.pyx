@@ -7,7 +7,8 @@
 # in place), one elementwise pass for the gates. Backward: per step in reverse, an
 # elementwise pass and one product into dh; after the loop, whole-sequence GEMMs for dWi,
 # dWh (against the states each step saw, h[t-1]; a short sequence's wait to join the next
-# steps') and dX, and db as a column sum. The two loops run over a range of batch rows,
+# steps') and dX, and db as a column sum. A single step's backward products run on the one
+# packing of its weights that every step of the pass shares (pack_cache.h). The two loops run over a range of batch rows,
 # which the crew of two threads splits.
 #
 # Row-major layout, H = hidden size. Gate blocks of Wi and b: RNN [a], LSTM [i f g o],
@@ -23,7 +24,7 @@ import numpy as np
 from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant
 from recur._core.tape import alias
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
-                               panel_product, share, defer_product)
+                               panel_product, share, defer_product, packed_for_backward)
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic, tanh_of, logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
@@ -641,16 +642,15 @@ cdef void backward_part(void* arg, int part, int parts) noexcept nogil:
     cdef Recurrence* job = <Recurrence*>arg
     cdef index_t r0 = job.d.B * part // parts, r1 = job.d.B * (part + 1) // parts
     if job.is_f64:
-        backward_rows[double](job.node, job.d, <const double*>job.dY, r0, r1)
+        backward_rows[double](job.node, job.d, job.w, <const double*>job.dY, r0, r1)
     else:
-        backward_rows[float](job.node, job.d, <const float*>job.dY, r0, r1)
+        backward_rows[float](job.node, job.d, job.w, <const float*>job.dY, r0, r1)
 
 
-cdef void backward_rows(const Node* node, const Dims* d, const floating* dY, index_t r0,
-                        index_t r1) noexcept nogil:
+cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const floating* dY,
+                        index_t r0, index_t r1) noexcept nogil:
     # The reverse loop over rows [r0, r1): per step the cell's backward into d_gates and
     # the gradient reaching h_{t-1} into dh (dc for the LSTM's c).
-    cdef const Buffers* w = <Buffers*>node.saved[0]
     cdef index_t T = d.T, B = d.B, H = d.H, BH = d.B * d.H, rows = r1 - r0
     cdef index_t GH = input_blocks(d.cell) * H, hidden_GH = hidden_blocks(d.cell) * H
     cdef index_t ld_hidden = 3 * H if d.cell == CELL_GRU else GH
@@ -719,12 +719,26 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     cdef floating* dh = <floating*>w.dh
     cdef floating* dc = <floating*>w.dc
     cdef Recurrence job
+    cdef Buffers shared
+    cdef const floating* packed_wi_back = NULL
     if d.panels:
         pack(hidden_GH, H, Wh, H, 1, <floating*>w.packed_wh_back)
         if d.cell == CELL_GRUV3:
             pack(H, H, Wh_h, H, 1, <floating*>w.packed_wh_h_back)
+    elif has_panel_kernel():
+        # A single step (or a sequence whose weights were read in place): its products
+        # run on the packing of Wh that every step of this backward pass shares
+        # (pack_cache.h), as a sequence node's do on its own.
+        shared = w[0]
+        shared.packed_wh_back = <void*>packed_for_backward(hidden_GH, H, Wh, H, 1)
+        shared.packed_wh_h_back = (<void*>packed_for_backward(H, H, Wh_h, H, 1)
+                                   if d.cell == CELL_GRUV3 else NULL)
+        if shared.packed_wh_back != NULL and (d.cell != CELL_GRUV3
+                                              or shared.packed_wh_h_back != NULL):
+            d.panels = True
+            w = &shared
     job.is_f64 = floating is double
-    job.d, job.node, job.dY = &d, node, dY
+    job.d, job.w, job.node, job.dY = &d, w, node, dY
     run_recurrence(&job, True)
     if inputs[IN_H0] >= 0:
         add_state_grad(d.h_broadcast, B, H, dh, <floating*>nodes[inputs[IN_H0]].grad)
@@ -747,8 +761,14 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     if inputs[IN_B] >= 0:
         add_column_sums(T * B, GH, d_gates, <floating*>nodes[inputs[IN_B]].grad)
     if inputs[IN_X] >= 0:
-        gemm(False, False, T * B, n_in, GH, 1, d_gates, GH, Wi, n_in,
-             1, <floating*>nodes[inputs[IN_X]].grad, n_in)
+        packed_wi_back = (packed_for_backward(GH, n_in, Wi, n_in, 1)
+                          if has_panel_kernel() else NULL)
+        if packed_wi_back != NULL:
+            panel_product(T * B, n_in, GH, d_gates, GH, 1, packed_wi_back,
+                          <floating*>nodes[inputs[IN_X]].grad, n_in, True)
+        else:
+            gemm(False, False, T * B, n_in, GH, 1, d_gates, GH, Wi, n_in,
+                 1, <floating*>nodes[inputs[IN_X]].grad, n_in)
 
 
 # The activations' derivatives from their outputs, which is what the gates keep.

@@ -8,7 +8,7 @@ from numpy import empty as np_empty
 from cpython.object cimport PyObject, PyTypeObject
 cimport numpy as cnp
 from recur._core.registry cimport OP_LEAF, OP_ALIAS
-from recur._core.blas cimport flush_deferred
+from recur._core.blas cimport flush_deferred, forget_packed
 
 cdef extern from "memory.h" nogil:
     void* aligned_block(size_t nbytes)
@@ -293,6 +293,7 @@ cdef class Tape:
                                                            else sizeof(float)))
                     backward_table[node.op](node, self.nodes)
             flush_deferred(NULL, 0)
+            forget_packed()
 
     def grad_of(self, index_t node_id, shape, dtype):
         """A copy of a node's gradient, or None if the result does not depend on it."""

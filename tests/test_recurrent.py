@@ -4,6 +4,7 @@ The fused kernels are held to recur/reference.py (float64, to rounding) and to f
 differences (tests/test_recurrent_cases.py); the sequence node to the step loop; float32 to
 float64; and the stateful rules of Recur to the contract.
 """
+import copy
 import gc
 import inspect
 import subprocess
@@ -744,6 +745,59 @@ def test_step_weight_gradients_deferred_over_many_steps():
         results[path] = rc.gradient(loss, ps)
     for p in ps:
         _assert_close(results["sequence"][p], results["steps"][p], rtol=1e-10, what=str(p.shape))
+
+
+def _stepwise_and_sequence_gradients(model, X, seed, ps):
+    results = {}
+    for path in ("sequence", "steps"):
+        def loss():
+            reset(model)
+            Y = model(X) if path == "sequence" else rc.stack([model(x) for x in X])
+            return rc.sum(Y * seed)
+
+        results[path] = rc.gradient(loss, ps)
+    return results
+
+
+def test_step_nodes_share_one_packing_of_their_weights_per_backward_pass():
+    # The step nodes of a backward pass multiply by one packing of each weight
+    # (pack_cache.h). Five layers need ten packings (Wh, and Wi for every layer whose input
+    # has a gradient, GRUv3's Wh_h too), past the cache's eight: the rest read their
+    # weights in place. Both ways agree with the sequence nodes, which pack their own.
+    rng = np.random.default_rng(17)
+    model = rc.Chain(LSTM(5, 24, dtype=np.float64), GRU(24, 20, dtype=np.float64),
+                     RNN(20, 16, dtype=np.float64), GRUv3(16, 12, dtype=np.float64),
+                     LSTM(12, 8, dtype=np.float64))
+    X = rng.standard_normal((30, 9, 5))
+    seed = rng.standard_normal((30, 9, 8))
+    ps = rc.params(model)
+    results = _stepwise_and_sequence_gradients(model, X, seed, ps)
+    for p in ps:
+        _assert_close(results["sequence"][p], results["steps"][p], rtol=1e-10, what=str(p.shape))
+
+
+def test_packed_weights_are_forgotten_when_a_backward_pass_ends():
+    # A weight changed in place keeps its address; the next pass must pack it anew. The
+    # twin, a copy made after the change, holds the same values at other addresses.
+    rng = np.random.default_rng(19)
+    model = rc.Chain(LSTM(6, 32), GRU(32, 16))
+    X = rng.standard_normal((12, 16, 6)).astype(np.float32)
+    seed = rng.standard_normal((12, 16, 16)).astype(np.float32)
+
+    def stepwise_gradients(m):
+        def loss():
+            reset(m)
+            return rc.sum(rc.stack([m(x) for x in X]) * seed)
+        return rc.gradient(loss, rc.params(m))
+
+    stepwise_gradients(model)
+    for p in rc.params(model):
+        p.value *= 1.5
+    twin = copy.deepcopy(model)
+    want = stepwise_gradients(twin)
+    got = stepwise_gradients(model)
+    for p, q in zip(rc.params(model), rc.params(twin)):
+        _assert_close(got[p], want[q], rtol=1e-6, what=str(p.shape))
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRUv3"])
