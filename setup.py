@@ -1,5 +1,6 @@
 """Build of recur: every `_core/*.pyx` becomes the extension module `recur._core.<name>`."""
 import os
+import platform
 import shutil
 import subprocess
 
@@ -40,11 +41,23 @@ def is_gcc(command):
     return "Free Software Foundation" in banner and "clang" not in banner
 
 
+# The cells' gate activations (ops_rnn.pyx) are long chains of vector arithmetic per value.
+# GCC on CPUs with AVX-512 still vectorises loops with 256-bit registers unless told
+# otherwise; at 512 bits the LSTM's elementwise pass takes a fifth less time (bench/: LSTM
+# 64,256,64,100 inference, 1 thread, 27.1 -> 25.9 ms; 2 threads 14.0 -> 13.5). The panel
+# kernel picks its own width (panel_gemm.h), so only the activations change.
+WIDE_VECTOR_MODULES = {"ops_rnn"}
+WIDE_VECTOR_FLAGS = ["-mprefer-vector-width=512"]
+
+
 class BuildExt(build_ext):
     def build_extensions(self):
         if self.compiler.compiler_type == "unix" and is_gcc(self.compiler.compiler_so[0]):
             for extension in self.extensions:
                 extension.extra_compile_args += GCC_FLAGS
+                if ARCH_FLAGS and platform.machine() in ("x86_64", "AMD64"):
+                    if extension.name.rsplit(".", 1)[-1] in WIDE_VECTOR_MODULES:
+                        extension.extra_compile_args += WIDE_VECTOR_FLAGS
         super().build_extensions()
 
 
