@@ -385,6 +385,14 @@ cdef enum:
     ROW_SPLIT_MAX_WEIGHT_BYTES = 8 << 20
 
 
+cdef enum:
+    # A step's backward product below this many multiply-adds stays on the BLAS in the
+    # calling thread: on shared panels the step would be split between the crew, and the
+    # hand-over costs more than the product (bench/: RNN 32,64,16,50 stepwise training
+    # 1.33 -> 1.44 ms with every step on panels).
+    SHARED_PACKING_MIN_MACS = 262144
+
+
 cdef inline size_t weight_bytes(const Dims* d, size_t itemsize) noexcept nogil:
     return (d.n_in + d.H) * input_blocks(d.cell) * d.H * itemsize
 
@@ -725,7 +733,7 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
         pack(hidden_GH, H, Wh, H, 1, <floating*>w.packed_wh_back)
         if d.cell == CELL_GRUV3:
             pack(H, H, Wh_h, H, 1, <floating*>w.packed_wh_h_back)
-    elif has_panel_kernel():
+    elif has_panel_kernel() and B * hidden_GH * H >= SHARED_PACKING_MIN_MACS:
         # A single step (or a sequence whose weights were read in place): its products
         # run on the packing of Wh that every step of this backward pass shares
         # (pack_cache.h), as a sequence node's do on its own.
