@@ -761,15 +761,16 @@ def _stepwise_and_sequence_gradients(model, X, seed, ps):
 
 def test_step_nodes_share_one_packing_of_their_weights_per_backward_pass():
     # The step nodes of a backward pass multiply by one packing of each weight
-    # (pack_cache.h). Five layers need ten packings (Wh, and Wi for every layer whose input
-    # has a gradient, GRUv3's Wh_h too), past the cache's eight: the rest read their
-    # weights in place. Both ways agree with the sequence nodes, which pack their own.
+    # (pack_cache.h), where a step's product reaches 262144 multiply-adds. Five layers need
+    # ten packings (Wh, and Wi for every layer whose input has a gradient, GRUv3's Wh_h
+    # too), past the cache's eight: the rest read their weights in place. Both ways agree
+    # with the sequence nodes, which pack their own.
     rng = np.random.default_rng(17)
-    model = rc.Chain(LSTM(5, 24, dtype=np.float64), GRU(24, 20, dtype=np.float64),
-                     RNN(20, 16, dtype=np.float64), GRUv3(16, 12, dtype=np.float64),
-                     LSTM(12, 8, dtype=np.float64))
-    X = rng.standard_normal((30, 9, 5))
-    seed = rng.standard_normal((30, 9, 8))
+    model = rc.Chain(LSTM(5, 64, dtype=np.float64), GRU(64, 96, dtype=np.float64),
+                     RNN(96, 128, dtype=np.float64), GRUv3(128, 96, dtype=np.float64),
+                     LSTM(96, 64, dtype=np.float64))
+    X = rng.standard_normal((30, 16, 5))
+    seed = rng.standard_normal((30, 16, 64))
     ps = rc.params(model)
     results = _stepwise_and_sequence_gradients(model, X, seed, ps)
     for p in ps:
@@ -780,9 +781,9 @@ def test_packed_weights_are_forgotten_when_a_backward_pass_ends():
     # A weight changed in place keeps its address; the next pass must pack it anew. The
     # twin, a copy made after the change, holds the same values at other addresses.
     rng = np.random.default_rng(19)
-    model = rc.Chain(LSTM(6, 32), GRU(32, 16))
+    model = rc.Chain(LSTM(6, 64), GRU(64, 96))
     X = rng.standard_normal((12, 16, 6)).astype(np.float32)
-    seed = rng.standard_normal((12, 16, 16)).astype(np.float32)
+    seed = rng.standard_normal((12, 16, 96)).astype(np.float32)
 
     def stepwise_gradients(m):
         def loss():
