@@ -36,6 +36,9 @@ cdef enum OpCode:
     OP_GATHER
     OP_CONCAT
 
+    # ops_loss.pyx: the mean squared error as one node
+    OP_SQUARED_ERROR
+
     # ops_dense.pyx: matrix products and the fused Dense layer
     OP_MATMUL
     OP_DENSE

@@ -4,6 +4,7 @@ from recur._core.tape cimport register_backward
 from recur._core cimport ops_elementwise as elementwise
 from recur._core cimport ops_shape as shape
 from recur._core cimport ops_dense as dense
+from recur._core cimport ops_loss as loss
 from recur._core cimport ops_rnn as rnn
 
 register_backward(OP_CAST, elementwise.cast_backward)
@@ -19,6 +20,8 @@ register_backward(OP_SOFTMAX, shape.softmax_backward)
 register_backward(OP_LOGSOFTMAX, shape.softmax_backward)
 register_backward(OP_GATHER, shape.gather_backward)
 register_backward(OP_CONCAT, shape.concat_backward)
+
+register_backward(OP_SQUARED_ERROR, loss.squared_error_backward)
 
 register_backward(OP_MATMUL, dense.matmul_backward)
 register_backward(OP_DENSE, dense.dense_backward)
@@ -36,7 +39,8 @@ CODES = {name: code for name, code in (
     ("SQUARE", OP_SQUARE), ("WHERE", OP_WHERE), ("CLIP", OP_CLIP), ("SUM", OP_SUM),
     ("BROADCAST", OP_BROADCAST), ("MAX", OP_MAX), ("SOFTMAX", OP_SOFTMAX),
     ("LOGSOFTMAX", OP_LOGSOFTMAX), ("STRIDED", OP_STRIDED), ("GATHER", OP_GATHER),
-    ("CONCAT", OP_CONCAT), ("MATMUL", OP_MATMUL), ("DENSE", OP_DENSE),
+    ("CONCAT", OP_CONCAT), ("SQUARED_ERROR", OP_SQUARED_ERROR), ("MATMUL", OP_MATMUL),
+    ("DENSE", OP_DENSE),
     ("RNN_STEP", OP_RNN_STEP), ("LSTM_STEP", OP_LSTM_STEP), ("GRU_STEP", OP_GRU_STEP),
     ("GRUV3_STEP", OP_GRUV3_STEP), ("RNN_SEQ", OP_RNN_SEQ), ("LSTM_SEQ", OP_LSTM_SEQ),
     ("GRU_SEQ", OP_GRU_SEQ), ("GRUV3_SEQ", OP_GRUV3_SEQ),

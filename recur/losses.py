@@ -3,7 +3,8 @@ lie along the last axis."""
 import numpy as np
 
 from recur import ops
-from recur.tensor import Tensor
+from recur._core import ops_loss
+from recur.tensor import Tensor, result_dtype
 
 __all__ = ["mse", "mae", "crossentropy", "logitcrossentropy", "binarycrossentropy",
            "logitbinarycrossentropy", "huber_loss", "kldivergence"]
@@ -25,6 +26,11 @@ def _pair(name, ŷ, y):
 def mse(ŷ, y, *, agg=ops.mean):
     """agg((ŷ - y)²)"""
     _pair("mse", ŷ, y)
+    if agg is ops.mean:      # one fused node (_core/ops_loss.pyx)
+        dtype = result_dtype(ŷ, y)
+        ŷ_value, ŷ = ops._operand(ŷ, dtype)
+        y_value, y = ops._operand(y, dtype)
+        return ops_loss.squared_error_mean(ŷ, y, ŷ_value, y_value)
     return agg(ops.square(ops.sub(ŷ, y)))
 
 

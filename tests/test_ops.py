@@ -126,6 +126,8 @@ CASES = {
     # float32 inside: a linear function, so a wide step loses nothing but rounding.
     "cast": (lambda a: rc.ops.cast(a, np.float32) * TARGET[0, :3], [randn(3)], dict(eps=0.5, rtol=1e-5)),
     "mse": (lambda a: rc.mse(a, TARGET), [randn(3, 4)]),
+    "mse wrt target": (lambda y: rc.mse(TARGET, y), [randn(3, 4)]),
+    "mse wrt both": (lambda a, y: rc.mse(a, y), [randn(3, 4), randn(3, 4)]),
     "mae": (lambda a: rc.mae(a, TARGET), [TARGET + away_from_zero(3, 4)]),
     "crossentropy": (lambda a: rc.crossentropy(a, ONEHOT_3x4), [probabilities(3, 4)]),
     "logitcrossentropy": (lambda a: rc.logitcrossentropy(a, ONEHOT_2x5), [randn(2, 5)]),

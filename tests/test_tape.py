@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import recur as rc
+from recur._core.registry import CODES
 from recur._core.tape import thread_tape
 from tests.gil import longest_stall
 
@@ -199,6 +200,30 @@ def test_non_numeric_input_raises_type_error(bad):
 def test_loss_shape_mismatch():
     with pytest.raises(ValueError, match=r"mse.*\(3, 2\).*\(2, 3\)"):
         rc.mse(np.ones((3, 2)), np.ones((2, 3)))
+
+
+def test_mse_is_one_node_and_the_mean_of_squares():
+    # The default mean is one fused node; its float32 value is the float64 mean rounded
+    # once, and any other aggregation composes the ops to the same result.
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((2, 7, 5)).astype(np.float32)
+    want = np.float32(np.mean((a.astype(np.float64) - b) ** 2))
+    assert rc.mse(a, b).dtype == np.float32
+    assert float(rc.mse(a, b)) == want
+    np.testing.assert_allclose(float(rc.mse(a, b, agg=lambda v: rc.sum(v) / v.size)), want,
+                               rtol=1e-6)
+    p = rc.param(a)
+    seen = []
+
+    def loss():
+        out = rc.mse(p, b)
+        seen.extend(thread_tape().recorded_ops())
+        return out
+
+    grads = rc.gradient(loss, p)
+    assert seen.count(CODES["SQUARED_ERROR"]) == 1 and len(seen) == 2   # the leaf and mse
+    np.testing.assert_allclose(grads[p], 2 * (a - b) / a.size, rtol=1e-6)
+    assert np.isnan(float(rc.mse(np.ones((0, 3)), np.ones((0, 3)))))
 
 
 def test_unsupported_numpy_function_names_itself():
