@@ -3,7 +3,7 @@ from recur._core.fastmath cimport tanh_in_place, logistic_in_place
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
-from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant
+from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant, is_tensor
 from recur._core.blas cimport gemm, blas_int
 from recur._core.registry cimport OP_MATMUL, OP_DENSE
 
@@ -115,10 +115,46 @@ cdef void matmul_backward_kernel(Node* node, Node* nodes, const floating* dc) no
 # b (out,) or absent. node.ints = [rows, in, out, act, has_bias];
 # inputs = [x, W, b]; saved = [scratch for dz (rows, out)].
 
-def dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int act, out_shape):
+def call(layer, x, prepare, activations):
+    """`layer(x)` for a Dense layer (recur/layers.py), whose `W`, `b` and `σ` it reads.
+    `prepare(layer, x, dtype, n_in)` gives (x, its value) for an input that is not yet a
+    Tensor or a C-contiguous array of W's dtype with n_in features, or raises; the fused
+    activations map to their codes in `activations`, any other σ applies after the node.
+    A stepwise loop calls this once per step, so the common case stays in C."""
+    W_in, b_in, σ = layer.W, layer.b, layer.σ
+    cdef cnp.ndarray W = value_of(W_in)
+    cdef cnp.ndarray value = None
+    cdef index_t n_in
+    if W.ndim != 2:
+        raise ValueError(f"{type(layer).__name__}: W must be a matrix, got shape "
+                         f"{(<object>W).shape}")
+    n_in = W.shape[1]
+    if type(x) is cnp.ndarray:
+        value = <cnp.ndarray>x
+    elif is_tensor(x):
+        value = <cnp.ndarray?>x._value
+    if (value is None or cnp.PyArray_TYPE(value) != cnp.PyArray_TYPE(W) or value.ndim == 0
+            or value.shape[value.ndim - 1] != n_in or not cnp.PyArray_IS_C_CONTIGUOUS(value)):
+        x, value = prepare(layer, x, W.dtype, n_in)
+    act = activations.get(σ)
+    y = dense(x, W_in, b_in, value, W, None if b_in is None else value_of(b_in),
+              0 if act is None else act, (<object>value).shape[:-1] + (W.shape[0],))
+    return y if act is not None else σ(y)
+
+
+cdef inline cnp.ndarray value_of(object x):
+    # Weights are Params or computed Tensors, which keep their array in `_value`, or arrays.
+    return <cnp.ndarray?>(x if isinstance(x, cnp.ndarray) else x._value)
+
+
+def dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int act, tuple out_shape):
     cdef index_t rows = cnp.PyArray_SIZE(x) // W.shape[1] if W.shape[1] else 0
     cdef index_t n_in = W.shape[1], n_out = W.shape[0]
-    cdef cnp.ndarray y = np.empty(out_shape, dtype=W.dtype)
+    cdef cnp.npy_intp dims[64]     # NPY_MAXDIMS of numpy 2
+    cdef int nd = len(out_shape), i
+    for i in range(nd):
+        dims[i] = out_shape[i]
+    cdef cnp.ndarray y = cnp.PyArray_EMPTY(nd, dims, cnp.PyArray_TYPE(W), 0)
     cdef void* bias = NULL if b is None else cnp.PyArray_DATA(<cnp.ndarray?>b)
     cdef Tape tape
     cdef Node* node
@@ -126,7 +162,7 @@ def dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int act, out
     blas_int(rows)
     blas_int(n_in)
     blas_int(n_out)
-    if W.dtype == np.float64:
+    if cnp.PyArray_TYPE(W) == cnp.NPY_DOUBLE:
         with nogil:
             dense_forward[double](rows, n_in, n_out, act, <double*>cnp.PyArray_DATA(x),
                                   <double*>cnp.PyArray_DATA(W), <double*>bias,

@@ -21,7 +21,7 @@ from libc.string cimport memcpy, memset
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
-from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant
+from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant, is_tensor
 from recur._core.tape import alias
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
                                panel_product, share, defer_product, packed_for_backward)
@@ -164,6 +164,57 @@ cdef void copy_rows(index_t rows, index_t n, const floating* row, floating* out)
 
 
 # ---------------------------------------------------------------- Python entry points
+
+def call(layer, state, x, convert, recur=None):
+    """`layer(state, x)` for one of recur's cells (recur/recurrent.py): (h', y) or
+    ((h', c'), y) for one step, (state_T, Y) for a sequence. The cell names its kernel
+    (`kernel`), weights and activation; `convert(v, dtype)` brings an input or state that
+    is not yet a C-contiguous array or a Tensor of the weights' dtype to it. Called for a
+    `Recur`, its batch rule holds too: where the batches of x and the state differ, other
+    than an unbatched state0 meeting a batch, `recur._check_batch(x.shape)` raises. A
+    stepwise loop calls this once per step, so the common case stays in C."""
+    cdef int cell = layer.kernel
+    cdef int act = layer._activation() if cell == CELL_RNN else 0
+    Wi, Wh, b = layer.Wi, layer.Wh, layer.b
+    Wh_h = layer.Wh_h if cell == CELL_GRUV3 else None
+    cdef cnp.ndarray weights = value_of(Wi)
+    cdef int dtype = cnp.PyArray_TYPE(weights)
+    if cell == CELL_LSTM:
+        h, c = state
+        c = c if in_dtype(c, dtype) else convert(c, weights.dtype)
+    else:
+        h, c = state, None
+    h = h if in_dtype(h, dtype) else convert(h, weights.dtype)
+    x = x if in_dtype(x, dtype) else convert(x, weights.dtype)
+    if recur is not None and not batches_match(value_of(x), value_of(h),
+                                               state is recur.state0):
+        recur._check_batch((<object>value_of(x)).shape)
+    if value_of(x).ndim == 3:
+        Y, state = run(layer, cell, act, True, x, h, c, Wi, Wh, b, Wh_h)
+        return state, Y
+    state = run(layer, cell, act, False, x, h, c, Wi, Wh, b, Wh_h)
+    return state, (state[0] if cell == CELL_LSTM else state)
+
+
+cdef bint batches_match(cnp.ndarray x, cnp.ndarray h, bint is_state0):
+    # The batch of a step (B, in) or (in,), or of a sequence (T, B, in), against the
+    # state's (B, H) or (H,); other shapes are the kernel's to reject.
+    cdef int x_batched = x.ndim >= 2
+    if x.ndim > 3 or h.ndim > 2 or x.ndim == 0 or h.ndim == 0:
+        return True
+    if h.ndim == 1:
+        return not x_batched or is_state0
+    return x_batched and h.shape[0] == x.shape[x.ndim - 2]
+
+
+cdef inline bint in_dtype(object v, int dtype):
+    # A Tensor of the dtype, or a C-contiguous ndarray of it (not a subclass).
+    cdef cnp.ndarray value
+    if type(v) is cnp.ndarray:
+        value = <cnp.ndarray>v
+        return cnp.PyArray_TYPE(value) == dtype and cnp.PyArray_IS_C_CONTIGUOUS(value)
+    return is_tensor(v) and cnp.PyArray_TYPE(<cnp.ndarray>v._value) == dtype
+
 
 def step(layer, int cell, int act, x, h, c, Wi, Wh, b, Wh_h):
     """One step of `cell` (RNN, LSTM, GRU or GRUV3): h' as a Tensor, or (h', c') for the

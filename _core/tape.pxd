@@ -71,3 +71,6 @@ cpdef Tape recording_tape()
 
 # Wraps an array as a constant (unrecorded) Tensor.
 cdef object constant(object value)
+
+# Whether x is a Tensor (Params included).
+cdef bint is_tensor(object x)

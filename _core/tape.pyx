@@ -107,6 +107,10 @@ def tensor_of(value):
     """An unrecorded Tensor owning `value` (a fresh C-contiguous float array)."""
     return make_tensor(value, None, 0, -1)
 
+cdef bint is_tensor(object x):
+    return isinstance(x, Tensor_type)
+
+
 cdef object constant(object value):
     return make_tensor(value, None, 0, -1)
 

@@ -133,13 +133,7 @@ class Dense(Layer):
         return dense
 
     def __call__(self, x):
-        x, value = layer_input(self, x, self.W.dtype, self.W.shape[1])
-        act = FUSED_ACTIVATIONS.get(self.σ)
-        out_shape = value.shape[:-1] + (self.W.shape[0],)
-        b_value = None if self.b is None else self.b._value
-        y = ops_dense.dense(x, self.W, self.b, value, self.W._value, b_value,
-                            0 if act is None else act, out_shape)
-        return y if act is not None else self.σ(y)
+        return ops_dense.call(self, x, layer_input, FUSED_ACTIVATIONS)
 
     def __repr__(self):
         out, n_in = self.W.shape

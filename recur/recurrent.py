@@ -99,22 +99,12 @@ class _Cell(Layer):
         """The ACT_* code of the kernel's activation; only the RNN cell has a choice."""
         return 0
 
-    def _states(self, state, dtype):
-        return _in_dtype(state, dtype), None
-
-    def _output(self, new_state):
-        return new_state
+    def _fused(self):
+        """Whether the kernel computes the whole cell (an RNN cell's σ may be any function)."""
+        return True
 
     def __call__(self, state, x):
-        dtype = self.Wi.dtype
-        x = _in_dtype(x, dtype)
-        h, c = self._states(state, dtype)
-        weights = (self.Wi, self.Wh, self.b, getattr(self, "Wh_h", None))
-        if x.ndim == 3:
-            Y, state = kernels.sequence(self, self.kernel, self._activation(), x, h, c, *weights)
-            return state, Y
-        state = kernels.step(self, self.kernel, self._activation(), x, h, c, *weights)
-        return state, self._output(state)
+        return kernels.call(self, state, x, _in_dtype)
 
     def __repr__(self):
         return f"{type(self).__name__}({self.Wi.shape[1]} => {self.Wh.shape[1]})"
@@ -144,6 +134,9 @@ class RNNCell(_Cell):
 
     def _activation(self):
         return FUSED_ACTIVATIONS[self.σ]
+
+    def _fused(self):
+        return self.σ in FUSED_ACTIVATIONS
 
     def __call__(self, h, x):
         if self.σ in FUSED_ACTIVATIONS:
@@ -185,13 +178,6 @@ class LSTMCell(_Cell):
     def from_weights(cls, Wi, Wh, b, state0=None, *, dtype=None):
         """A cell with the given weights; `state0` is a pair (h0, c0) or None for zeros."""
         return cls._from_arrays({"Wi": Wi, "Wh": Wh, "b": b}, state0, dtype)
-
-    def _states(self, state, dtype):
-        h, c = state
-        return _in_dtype(h, dtype), _in_dtype(c, dtype)
-
-    def _output(self, new_state):
-        return new_state[0]
 
 
 class GRUCell(_Cell):
@@ -269,13 +255,18 @@ class Recur(Layer):
         self.state = state0
 
     def __call__(self, x):
-        if not isinstance(self.cell, _Cell):
+        cell = self.cell
+        if isinstance(cell, _Cell) and cell._fused():
+            # One C call checks the batch and runs the kernel (_core/ops_rnn.pyx).
+            self.state, y = kernels.call(cell, self.state, x, _in_dtype, self)
+            return y
+        if not isinstance(cell, _Cell):
             if len(_shape(x)) == 3:
                 return ops.stack([self(x_t) for x_t in x])
-            self.state, y = self.cell(self.state, x)
+            self.state, y = cell(self.state, x)
             return y
         self._check_batch(_shape(x))
-        self.state, y = self.cell(self.state, x)
+        self.state, y = cell(self.state, x)
         return y
 
     def _check_batch(self, x_shape):

@@ -22,6 +22,23 @@ def test_dense_casts_input_to_its_dtype():
     assert d64(np.ones(2, np.float32)).dtype == np.float64
 
 
+def test_dense_takes_any_layout_and_records_a_cast_of_other_dtypes():
+    # Arrays the layer's C entry cannot take as they are (a view with strides, a list, a
+    # Tensor of float64 on a float32 layer) go through the layer's conversions.
+    d = rc.Dense(3, 2)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    want = x @ d.W.value.T + d.b.value
+    np.testing.assert_allclose(d(x[::2]).numpy(), want[::2], rtol=1e-6)
+    np.testing.assert_allclose(d(x.tolist()).numpy(), want, rtol=1e-6)
+    p = rc.param(x.astype(np.float64), np.float64)
+    grads = rc.gradient(lambda: rc.sum(d(p)), p)
+    assert grads[p].dtype == np.float64
+    np.testing.assert_allclose(grads[p], np.tile(d.W.value.sum(0), (4, 1)), rtol=1e-6)
+    d.W = rc.param(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"Dense: W must be a matrix, got shape \(3,\)"):
+        d(x)
+
+
 def test_dense_with_an_unfused_activation_and_without_bias():
     d = rc.Dense(3, 2, rc.softplus, bias=False)
     assert d.b is None and len(rc.params(d)) == 1

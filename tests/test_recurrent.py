@@ -421,6 +421,31 @@ def test_cell_state_shape_is_checked():
         LSTMCell(3, 5)((np.zeros(5), np.zeros(6)), np.ones(3))
 
 
+def test_recur_takes_any_layout_and_records_a_cast_of_other_dtypes():
+    # Inputs and states the cells' C entry cannot take as they are (a strided view, a list,
+    # a float64 Tensor on a float32 layer, an LSTM state as a list) go through conversions.
+    rng = np.random.default_rng(23)
+    m = LSTM(3, 4)
+    X = rng.standard_normal((6, 3)).astype(np.float32)
+    reset(m)
+    want = np.asarray(m(np.ascontiguousarray(X[::2])))
+    reset(m)
+    np.testing.assert_array_equal(np.asarray(m(X[::2])), want)
+    reset(m)
+    np.testing.assert_array_equal(np.asarray(m(X[::2].tolist())), want)
+    h, c = (np.asarray(s) for s in m.state)
+    state, y = m.cell([h.astype(np.float64), c.tolist()], X[:3])
+    assert y.dtype == np.float32 and state[1].shape == (3, 4)
+    p = rc.param(X.astype(np.float64), np.float64)
+
+    def loss():
+        reset(m)
+        return rc.sum(m(p))
+
+    grads = rc.gradient(loss, p)
+    assert grads[p].dtype == np.float64 and np.abs(grads[p]).sum() > 0
+
+
 def test_batch_size_change_without_reset_raises():
     m = RNN(3, 5)
     m(np.ones((10, 3)))
