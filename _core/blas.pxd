@@ -42,6 +42,10 @@ ctypedef void (*crew_task)(void* arg, int part, int parts) noexcept nogil
 
 cdef void share(crew_task task, void* arg, bint split) noexcept nogil
 
+# While set, this thread's products and shared tasks run in the calling thread alone (for
+# work too small to pay for moving its data between two cores); returns the previous value.
+cdef bint keep_alone(bint alone) noexcept nogil
+
 # Weight gradients of step-by-step recurrences, deferred (deferred.h): C (M x N) += Aᵀ B for
 # A (K x M) and B (K x N), computed now when K is deep enough, else later in one product
 # with the next steps' segments. The operands must stay unchanged until flush_deferred

@@ -79,6 +79,7 @@ cdef extern from "pack_cache.h" nogil:
 
 cdef extern from "crew.h" nogil:
     void crew_run(crew_task task, void* arg, int split)
+    int crew_keep_alone(int alone)
 
 
 cdef enum:
@@ -230,6 +231,10 @@ PANEL_KERNEL_BUILT = PANEL_KERNEL
 
 cdef void share(crew_task task, void* arg, bint split) noexcept nogil:
     crew_run(task, arg, split)
+
+
+cdef bint keep_alone(bint alone) noexcept nogil:
+    return crew_keep_alone(alone)
 
 
 cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,

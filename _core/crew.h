@@ -130,13 +130,28 @@ static int crew_start(void)
     return ok;
 }
 
+/* Set while this thread's tasks should run alone (crew_keep_alone). */
+static _Thread_local int crew_declined;
+
+/* Declines (or accepts again) the helper for this thread's tasks; returns the previous
+ * setting. A task's parts share its data between two cores' caches; for a small task that
+ * is shared anew on every call, moving it costs more than the second core saves. */
+static int crew_keep_alone(int alone)
+{
+    int was = crew_declined;
+    crew_declined = alone;
+    return was;
+}
+
 /* Runs task(arg, part, parts) for every part: split in two with the helper when `split` is
- * set and the crew is free, else task(arg, 0, 1) in the calling thread. */
+ * set, this thread has not declined it and the crew is free, else task(arg, 0, 1) in the
+ * calling thread. */
 static void crew_run(crew_task task, void* arg, int split)
 {
     int expected = 0;
     unsigned long generation;
-    if (!split || !atomic_compare_exchange_strong(&crew.busy, &expected, 1)) {
+    if (!split || crew_declined
+            || !atomic_compare_exchange_strong(&crew.busy, &expected, 1)) {
         task(arg, 0, 1);
         return;
     }

@@ -24,7 +24,8 @@ import numpy as np
 from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant, is_tensor
 from recur._core.tape import alias
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
-                               panel_product, share, defer_product, packed_for_backward)
+                               panel_product, share, defer_product, packed_for_backward,
+                               keep_alone)
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic, tanh_of, logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
@@ -434,6 +435,12 @@ cdef enum:
     # (bench/: LSTM 256,1024,32,25, 21 MB of weights, infers in 37 ms split by columns and
     # 46 by rows; 128,512,64,50, 5 MB, trains in 126 ms by rows and 142 by columns).
     ROW_SPLIT_MAX_WEIGHT_BYTES = 8 << 20
+    # A single step (a stepwise loop's) of fewer multiply-adds runs in the calling thread
+    # alone. Split, each part would first fetch that step's activations from the other
+    # core's cache and leave its results there (bench/, a step's kernel: RNN 64,256,64
+    # 73 µs alone, 94 split; LSTM 32,128,64 89 and 110; LSTM 32,256,32, with 9.4M
+    # multiply-adds, 137 and 110).
+    STEP_SPLIT_MIN_MACS = 8 << 20
 
 
 cdef enum:
@@ -442,6 +449,10 @@ cdef enum:
     # hand-over costs more than the product (bench/: RNN 32,64,16,50 stepwise training
     # 1.33 -> 1.44 ms with every step on panels).
     SHARED_PACKING_MIN_MACS = 262144
+
+
+cdef inline double step_macs(const Dims* d) noexcept nogil:
+    return <double>d.B * (d.n_in + d.H) * input_blocks(d.cell) * d.H
 
 
 cdef inline size_t weight_bytes(const Dims* d, size_t itemsize) noexcept nogil:
@@ -487,10 +498,16 @@ cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording,
         copy_rows(B, H, h0, <floating*>w.h0)
     if d.c_broadcast:
         copy_rows(B, H, c0, <floating*>w.c0)
+    cdef bint was_alone
     job.is_f64 = floating is double
     job.d, job.w, job.recording = d, w, recording
     job.X, job.Wi, job.Wh, job.b, job.Wh_h, job.Y = X, Wi, Wh, b, Wh_h, Y
-    run_recurrence(&job, False)
+    if T == 1 and step_macs(d) < STEP_SPLIT_MIN_MACS:
+        was_alone = keep_alone(True)
+        run_recurrence(&job, False)
+        keep_alone(was_alone)
+    else:
+        run_recurrence(&job, False)
     if d.cell == CELL_LSTM:        # c_T after the outputs
         memcpy(Y + T * BH, <floating*>w.c0 if T == 0 else
                <floating*>w.cells + ((T - 1) * BH if recording else 0), BH * sizeof(floating))
