@@ -41,12 +41,13 @@ def is_gcc(command):
     return "Free Software Foundation" in banner and "clang" not in banner
 
 
-# The cells' gate activations (ops_rnn.pyx) are long chains of vector arithmetic per value.
-# GCC on CPUs with AVX-512 still vectorises loops with 256-bit registers unless told
-# otherwise; at 512 bits the LSTM's elementwise pass takes a fifth less time (bench/: LSTM
-# 64,256,64,100 inference, 1 thread, 27.1 -> 25.9 ms; 2 threads 14.0 -> 13.5). The panel
-# kernel picks its own width (panel_gemm.h), so only the activations change.
-WIDE_VECTOR_MODULES = {"ops_rnn"}
+# The gate activations (ops_rnn.pyx, and ops_dense.pyx's for the RNN cell and Dense) are
+# long chains of vector arithmetic per value. GCC on CPUs with AVX-512 still vectorises
+# loops with 256-bit registers unless told otherwise; at 512 bits the LSTM's elementwise
+# pass takes a fifth less time (bench/: LSTM 64,256,64,100 inference, 1 thread, 27.1 ->
+# 25.9 ms; 2 threads 14.0 -> 13.5; RNN stepwise 7.72 -> 7.62). The panel kernel picks its
+# own width (panel_gemm.h), so only the activations change.
+WIDE_VECTOR_MODULES = {"ops_rnn", "ops_dense"}
 WIDE_VECTOR_FLAGS = ["-mprefer-vector-width=512"]
 
 
