@@ -8,8 +8,8 @@
 # elementwise pass and one product into dh; after the loop, whole-sequence GEMMs for dWi,
 # dWh (against the states each step saw, h[t-1]; a short sequence's wait to join the next
 # steps') and dX, and db as a column sum. A single step's backward products run on the one
-# packing of its weights that every step of the pass shares (pack_cache.h). The two loops run over a range of batch rows,
-# which the crew of two threads splits.
+# packing of its weights that every step of the pass shares (pack_cache.h). The two loops
+# run over a range of batch rows, which the crew of two threads splits.
 #
 # Row-major layout, H = hidden size. Gate blocks of Wi and b: RNN [a], LSTM [i f g o],
 # GRU and GRUv3 [r z n]; Wh has the same blocks except GRUv3's [r z].
@@ -215,21 +215,6 @@ cdef inline bint in_dtype(object v, int dtype):
         value = <cnp.ndarray>v
         return cnp.PyArray_TYPE(value) == dtype and cnp.PyArray_IS_C_CONTIGUOUS(value)
     return is_tensor(v) and cnp.PyArray_TYPE(<cnp.ndarray>v._value) == dtype
-
-
-def step(layer, int cell, int act, x, h, c, Wi, Wh, b, Wh_h):
-    """One step of `cell` (RNN, LSTM, GRU or GRUV3): h' as a Tensor, or (h', c') for the
-    LSTM. `x` is (in,) or (B, in); `h`, `c` are (H,) or (B, H), an unbatched state
-    broadcasting over the batch. Arguments are Tensors, Params or C-contiguous arrays of one
-    float dtype; `c` and `Wh_h` are None for the cells without them. `layer` names the cell
-    in error messages."""
-    return run(layer, cell, act, False, x, h, c, Wi, Wh, b, Wh_h)
-
-
-def sequence(layer, int cell, int act, X, h, c, Wi, Wh, b, Wh_h):
-    """The whole sequence X (T, B, in) through `cell`: (Y (T, B, H), h_T), or
-    (Y, (h_T, c_T)) for the LSTM. Otherwise as `step`."""
-    return run(layer, cell, act, True, X, h, c, Wi, Wh, b, Wh_h)
 
 
 cdef inline cnp.ndarray value_of(object x):
