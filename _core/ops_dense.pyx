@@ -3,7 +3,8 @@ from recur._core.fastmath cimport tanh_in_place, logistic_in_place
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
-from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant, is_tensor
+from recur._core.tape cimport (Node, Tape, index_t, recording_tape, constant, is_tensor,
+                               value_of)
 from recur._core.blas cimport gemm, blas_int
 from recur._core.registry cimport OP_MATMUL, OP_DENSE
 
@@ -140,11 +141,6 @@ def call(layer, x, prepare, activations):
     y = dense(x, W_in, b_in, value, W, None if b_in is None else value_of(b_in),
               0 if act is None else act, (<object>value).shape[:-1] + (W.shape[0],))
     return y if act is not None else σ(y)
-
-
-cdef inline cnp.ndarray value_of(object x):
-    # Weights are Params or computed Tensors, which keep their array in `_value`, or arrays.
-    return <cnp.ndarray?>(x if isinstance(x, cnp.ndarray) else x._value)
 
 
 def dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int act, tuple out_shape):

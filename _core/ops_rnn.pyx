@@ -21,7 +21,8 @@ from libc.string cimport memcpy, memset
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
-from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant, is_tensor
+from recur._core.tape cimport (Node, Tape, index_t, recording_tape, constant, is_tensor,
+                               value_of)
 from recur._core.tape import alias
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
                                panel_product, share, defer_product, packed_for_backward,
@@ -215,11 +216,6 @@ cdef inline bint in_dtype(object v, int dtype):
         value = <cnp.ndarray>v
         return cnp.PyArray_TYPE(value) == dtype and cnp.PyArray_IS_C_CONTIGUOUS(value)
     return is_tensor(v) and cnp.PyArray_TYPE(<cnp.ndarray>v._value) == dtype
-
-
-cdef inline cnp.ndarray value_of(object x):
-    # Callers pass ndarrays, or Tensors and Params, which keep their array in `_value`.
-    return <cnp.ndarray?>(x if isinstance(x, cnp.ndarray) else x._value)
 
 
 cdef object run(object layer, int cell, int act, bint is_sequence, object x, object h,

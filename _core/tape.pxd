@@ -1,6 +1,8 @@
 # The tape: a linear array of nodes in creation order (which is topological), replayed
 # backwards by one loop in C. Each node names its op, its inputs' node ids and values, its
 # own value and gradient, and the op's small attributes and saved buffers.
+cimport numpy as cnp
+
 ctypedef Py_ssize_t index_t
 
 ctypedef struct Node:
@@ -74,3 +76,7 @@ cdef object constant(object value)
 
 # Whether x is a Tensor (Params included).
 cdef bint is_tensor(object x)
+
+# The array of an ndarray, or of a Tensor or Param (which keep theirs in `_value`).
+cdef inline cnp.ndarray value_of(object x):
+    return <cnp.ndarray?>(x if isinstance(x, cnp.ndarray) else x._value)

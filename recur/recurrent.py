@@ -139,7 +139,7 @@ class RNNCell(_Cell):
         return self.σ in FUSED_ACTIVATIONS
 
     def __call__(self, h, x):
-        if self.σ in FUSED_ACTIVATIONS:
+        if self._fused():
             return super().__call__(h, x)
         x, _ = layer_input(self, x, self.Wi.dtype, self.Wi.shape[1])
         if x.ndim == 3:
