@@ -31,6 +31,9 @@ from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic, tanh_of, logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
 
+cdef extern from "panel_gemm.h" nogil:
+    int VECTOR_BYTES    # of the widest vectors this build targets
+
 cdef extern from "memory.h" nogil:
     int BUFFER_LAYER
     void* thread_buffer(int purpose, size_t nbytes)
@@ -417,11 +420,17 @@ cdef enum:
     # 46 by rows; 128,512,64,50, 5 MB, trains in 126 ms by rows and 142 by columns).
     ROW_SPLIT_MAX_WEIGHT_BYTES = 8 << 20
     # A single step (a stepwise loop's) of fewer multiply-adds runs in the calling thread
-    # alone. Split, each part would first fetch that step's activations from the other
-    # core's cache and leave its results there (bench/, a step's kernel: RNN 64,256,64
-    # 73 µs alone, 94 split; LSTM 32,128,64 89 and 110; LSTM 32,256,32, with 9.4M
-    # multiply-adds, 137 and 110).
-    STEP_SPLIT_MIN_MACS = 8 << 20
+    # alone: split, each part would first fetch that step's activations from the other
+    # core's cache and leave its results there. Where that pays depends on how fast a core
+    # does the arithmetic, which the vector width stands for. With AVX-512 (a Xeon, two
+    # 512-bit FMA units per core) a step's kernel took, alone and split: RNN 64,256,64
+    # 73 µs and 94, LSTM 32,128,64 89 and 110, LSTM 32,256,32 (9.4M multiply-adds) 137 and
+    # 110. With AVX2 (an EPYC, one 256-bit FMA per cycle) arithmetic is about five times
+    # slower and every split paid, down to the BLAS's own single-thread limit (bench/,
+    # stepwise inference: RNN 64,256 43 -> 27-31 ms, LSTM 32,128 25.5 -> 18.4, RNN 32,128
+    # with 655K multiply-adds 8.2 -> 7.4).
+    STEP_SPLIT_MIN_MACS_WIDE = 8 << 20
+    STEP_SPLIT_MIN_MACS_NARROW = 1 << 18
 
 
 cdef enum:
@@ -483,7 +492,8 @@ cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording,
     job.is_f64 = floating is double
     job.d, job.w, job.recording = d, w, recording
     job.X, job.Wi, job.Wh, job.b, job.Wh_h, job.Y = X, Wi, Wh, b, Wh_h, Y
-    if T == 1 and step_macs(d) < STEP_SPLIT_MIN_MACS:
+    if T == 1 and step_macs(d) < (STEP_SPLIT_MIN_MACS_WIDE if VECTOR_BYTES >= 64
+                                  else STEP_SPLIT_MIN_MACS_NARROW):
         was_alone = keep_alone(True)
         run_recurrence(&job, False)
         keep_alone(was_alone)
