@@ -435,10 +435,19 @@ cdef enum:
 
 cdef enum:
     # A step's backward product below this many multiply-adds stays on the BLAS in the
-    # calling thread: on shared panels the step would be split between the crew, and the
-    # hand-over costs more than the product (bench/: RNN 32,64,16,50 stepwise training
-    # 1.33 -> 1.44 ms with every step on panels).
-    SHARED_PACKING_MIN_MACS = 262144
+    # calling thread: on shared panels the step would be split between the crew, and with
+    # AVX-512 the hand-over costs more than the product (bench/: RNN 32,64,16,50 stepwise
+    # training 1.33 -> 1.44 ms with every step on panels). With AVX2's slower arithmetic
+    # the split pays from smaller products on (EPYC, same case: 3.8 -> 3.5 ms with the
+    # limit at 32768, GRU 6.8 -> 6.4).
+    SHARED_PACKING_MIN_MACS_WIDE = 262144
+    SHARED_PACKING_MIN_MACS_NARROW = 32768
+
+
+cdef inline bint wide_vectors() noexcept nogil:
+    # Whether this build's cores do 512-bit arithmetic: the thresholds between one thread
+    # and two above were measured on one machine of each kind.
+    return VECTOR_BYTES >= 64
 
 
 cdef inline double step_macs(const Dims* d) noexcept nogil:
@@ -492,7 +501,7 @@ cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording,
     job.is_f64 = floating is double
     job.d, job.w, job.recording = d, w, recording
     job.X, job.Wi, job.Wh, job.b, job.Wh_h, job.Y = X, Wi, Wh, b, Wh_h, Y
-    if T == 1 and step_macs(d) < (STEP_SPLIT_MIN_MACS_WIDE if VECTOR_BYTES >= 64
+    if T == 1 and step_macs(d) < (STEP_SPLIT_MIN_MACS_WIDE if wide_vectors()
                                   else STEP_SPLIT_MIN_MACS_NARROW):
         was_alone = keep_alone(True)
         run_recurrence(&job, False)
@@ -792,7 +801,9 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
         pack(hidden_GH, H, Wh, H, 1, <floating*>w.packed_wh_back)
         if d.cell == CELL_GRUV3:
             pack(H, H, Wh_h, H, 1, <floating*>w.packed_wh_h_back)
-    elif has_panel_kernel() and B * hidden_GH * H >= SHARED_PACKING_MIN_MACS:
+    elif has_panel_kernel() and B * hidden_GH * H >= (SHARED_PACKING_MIN_MACS_WIDE
+                                                         if wide_vectors()
+                                                         else SHARED_PACKING_MIN_MACS_NARROW):
         # A single step (or a sequence whose weights were read in place): its products
         # run on the packing of Wh that every step of this backward pass shares
         # (pack_cache.h), as a sequence node's do on its own.
