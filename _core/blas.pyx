@@ -1,6 +1,6 @@
 # Row-major GEMM, two ways.
 #
-# Small products (up to BLAS_SINGLE_THREAD_MACS multiply-adds) go to scipy's BLAS, which is
+# Small products (up to BLAS_SINGLE_THREAD_MACS multiply-adds, fewer with AVX2) go to scipy's BLAS, which is
 # column-major: a row-major matrix is its column-major transpose, so row-major
 # C = op(A) op(B) is computed as the column-major Cᵀ = op(B)ᵀ op(A)ᵀ (swap the operands and
 # the sizes m and n, keep each operand's own transpose flag). OpenBLAS runs those in the
@@ -39,7 +39,7 @@ cdef extern from "panel_gemm.h" nogil:
     void panel_gemm_transposed_d(Py_ssize_t M, Py_ssize_t K, const double* packed,
                                  const double* W, Py_ssize_t ldw, double* C, Py_ssize_t ldc,
                                  int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
-    int PANEL_f, PANEL_d, PANEL_ROWS, PANEL_GATHER_ROWS
+    int PANEL_f, PANEL_d, PANEL_ROWS, PANEL_GATHER_ROWS, VECTOR_BYTES
     bint PANEL_KERNEL
 
 cdef extern from "memory.h" nogil:
@@ -87,8 +87,14 @@ cdef enum:
     # deep enough that reading and writing the gradient is a small part of the product.
     DEFER_DEPTH = 256
     # OpenBLAS computes a product of at most this many multiply-adds in the calling thread
-    # (its interface/gemm.c: 65536 times GEMM_MULTITHREAD_THRESHOLD, 4).
+    # (its interface/gemm.c: 65536 times GEMM_MULTITHREAD_THRESHOLD, 4), so up to there
+    # products may stay on the BLAS. With AVX-512 they do (routing smaller ones to the
+    # panels made an LSTM 32,64,16 step 14.5 -> 14.7 µs). With AVX2 the BLAS, which packs
+    # both operands on every call, is the slower of the two from far smaller products
+    # (EPYC, bench/ stepwise inference: LSTM 32,64,16,50 4.3 -> 2.2 ms with products past
+    # 65536 on the panels, RNN 1.29 -> 1.18 past 16384).
     BLAS_SINGLE_THREAD_MACS = 262144
+    BLAS_MAX_MACS_NARROW = 16384
     # Below this much work (a few microseconds) a split costs more in hand-over than it saves.
     SPLIT_MIN_MACS = 65536
     SPLIT_MIN_PACKED = 65536
@@ -225,6 +231,10 @@ cdef bint has_panel_kernel() noexcept nogil:
     return PANEL_KERNEL
 
 
+cdef bint wide_vectors() noexcept nogil:
+    return VECTOR_BYTES >= 64
+
+
 # For the tests: whether this build runs large products on the panels and the crew.
 PANEL_KERNEL_BUILT = PANEL_KERNEL
 
@@ -267,7 +277,8 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
     if m <= 0 or n <= 0 or (k <= 0 and beta == 1):    # C stays as it is
         return
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and k > 0
-            and <double>m * n * k > BLAS_SINGLE_THREAD_MACS):
+            and <double>m * n * k > (BLAS_SINGLE_THREAD_MACS if wide_vectors()
+                                     else BLAS_MAX_MACS_NARROW)):
         if m < PANEL_GATHER_ROWS:
             # Few rows of A meet each panel, too few to pay for packing all of B first:
             # B's whole panels are read where they are; for A Wᵀ, W is read in place and

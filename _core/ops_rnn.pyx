@@ -26,13 +26,10 @@ from recur._core.tape cimport (Node, Tape, index_t, recording_tape, constant, is
 from recur._core.tape import alias
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
                                panel_product, share, defer_product, packed_for_backward,
-                               keep_alone)
+                               keep_alone, wide_vectors)
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic, tanh_of, logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
-
-cdef extern from "panel_gemm.h" nogil:
-    int VECTOR_BYTES    # of the widest vectors this build targets
 
 cdef extern from "memory.h" nogil:
     int BUFFER_LAYER
@@ -442,12 +439,6 @@ cdef enum:
     # limit at 32768, GRU 6.8 -> 6.4).
     SHARED_PACKING_MIN_MACS_WIDE = 262144
     SHARED_PACKING_MIN_MACS_NARROW = 32768
-
-
-cdef inline bint wide_vectors() noexcept nogil:
-    # Whether this build's cores do 512-bit arithmetic: the thresholds between one thread
-    # and two above were measured on one machine of each kind.
-    return VECTOR_BYTES >= 64
 
 
 cdef inline double step_macs(const Dims* d) noexcept nogil:
