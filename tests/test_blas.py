@@ -48,6 +48,21 @@ def test_large_products_and_their_gradients_match_numpy(m, k, n, dtype):
     _close(dB, a.T @ seed, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_every_row_count_up_to_three_blocks_matches_numpy(dtype):
+    # The kernel cuts a product's rows into blocks as even as can be (8 + 8 for 16 rows):
+    # every count up to three blocks of AVX-512's 12 rows takes its own mix of block sizes.
+    rng = np.random.default_rng(16)
+    b = rng.standard_normal((600, 500))
+    for m in range(1, 37):
+        a, seed = rng.standard_normal((m, 600)), rng.standard_normal((m, 500))
+        C, dA, dB = _product_and_grads(a.astype(dtype), b.astype(dtype), seed.astype(dtype))
+        a64, b64, seed64 = (x.astype(dtype).astype(np.float64) for x in (a, b, seed))
+        _close(C, a64 @ b64, dtype)
+        _close(dA, seed64 @ b64.T, dtype)
+        _close(dB, a64.T @ seed64, dtype)
+
+
 def test_dense_layer_on_the_panel_path_matches_numpy():
     rng = np.random.default_rng(3)
     layer = rc.Dense(300, 200, rc.tanh, dtype=np.float64)
