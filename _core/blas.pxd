@@ -13,9 +13,9 @@ cdef int blas_int(Py_ssize_t n) except -1
 # it every product goes to the BLAS and nothing below may be called.
 cdef bint has_panel_kernel() noexcept nogil
 
-# Whether this build's cores do 512-bit arithmetic. Where work is worth a second thread, or
-# the panels rather than the BLAS, depends on how fast a core does arithmetic, and the
-# limits were measured on one machine of each kind: a Xeon with AVX-512 (two 512-bit FMA
+# Whether this build's cores do 512-bit arithmetic. Where work is worth a second thread
+# depends on how fast a core does arithmetic, and the limits were measured on one machine
+# of each kind: a Xeon with AVX-512 (two 512-bit FMA
 # units per core) and an EPYC with AVX2 (one 256-bit FMA per cycle, about a fifth as fast).
 cdef bint wide_vectors() noexcept nogil
 

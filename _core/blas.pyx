@@ -86,15 +86,15 @@ cdef enum:
     # A deferred weight-gradient product runs once its steps reach this depth (deferred.h):
     # deep enough that reading and writing the gradient is a small part of the product.
     DEFER_DEPTH = 256
-    # OpenBLAS computes a product of at most this many multiply-adds in the calling thread
-    # (its interface/gemm.c: 65536 times GEMM_MULTITHREAD_THRESHOLD, 4), so up to there
-    # products may stay on the BLAS. With AVX-512 they do (routing smaller ones to the
-    # panels made an LSTM 32,64,16 step 14.5 -> 14.7 µs). With AVX2 the BLAS, which packs
-    # both operands on every call, is the slower of the two from far smaller products
-    # (EPYC, bench/ stepwise inference: LSTM 32,64,16,50 4.3 -> 2.2 ms with products past
-    # 65536 on the panels, RNN 1.29 -> 1.18 past 16384).
-    BLAS_SINGLE_THREAD_MACS = 262144
-    BLAS_MAX_MACS_NARROW = 16384
+    # Products past this many multiply-adds run on the panels rather than the BLAS, which
+    # packs both operands on every call (for a recurrent step's weights, every step). Where
+    # the BLAS has AVX-512 kernels it was as fast up to its single-thread limit of 262144
+    # (a Xeon: an LSTM 32,64,16 step 14.5 µs there, 14.7 on the panels), but scipy's
+    # OpenBLAS runs its AVX2 kernels on CPUs it does not know, and then the panels win from
+    # far smaller products on (bench/ stepwise, medians of 6 alternate runs: a Zen 5 EPYC,
+    # LSTM 32,64,16,50 inference 1.33 -> 1.04 ms, GRU training 2.97 -> 2.04; a Zen 1 EPYC,
+    # LSTM inference 4.3 -> 2.2, with RNN 1.29 -> 1.18 at this limit rather than 65536).
+    BLAS_MAX_MACS = 16384
     # Below this much work (a few microseconds) a split costs more in hand-over than it saves.
     SPLIT_MIN_MACS = 65536
     SPLIT_MIN_PACKED = 65536
@@ -277,8 +277,7 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
     if m <= 0 or n <= 0 or (k <= 0 and beta == 1):    # C stays as it is
         return
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and k > 0
-            and <double>m * n * k > (BLAS_SINGLE_THREAD_MACS if wide_vectors()
-                                     else BLAS_MAX_MACS_NARROW)):
+            and <double>m * n * k > BLAS_MAX_MACS):
         if m < PANEL_GATHER_ROWS:
             # Few rows of A meet each panel, too few to pay for packing all of B first:
             # B's whole panels are read where they are; for A Wᵀ, W is read in place and
