@@ -418,15 +418,16 @@ cdef enum:
     ROW_SPLIT_MAX_WEIGHT_BYTES = 8 << 20
     # A single step (a stepwise loop's) of fewer multiply-adds runs in the calling thread
     # alone: split, each part would first fetch that step's activations from the other
-    # core's cache and leave its results there. Where that pays depends on how fast a core
-    # does the arithmetic, which the vector width stands for. With AVX-512 (a Xeon, two
-    # 512-bit FMA units per core) a step's kernel took, alone and split: RNN 64,256,64
-    # 73 µs and 94, LSTM 32,128,64 89 and 110, LSTM 32,256,32 (9.4M multiply-adds) 137 and
-    # 110. With AVX2 (an EPYC, one 256-bit FMA per cycle) arithmetic is about five times
-    # slower and every split paid, down to the BLAS's own single-thread limit (bench/,
-    # stepwise inference: RNN 64,256 43 -> 27-31 ms, LSTM 32,128 25.5 -> 18.4, RNN 32,128
-    # with 655K multiply-adds 8.2 -> 7.4).
-    STEP_SPLIT_MIN_MACS_WIDE = 8 << 20
+    # core's cache and leave its results there, and where that pays differs by machine.
+    # A Xeon with AVX-512 gained only from 8M on (a step's kernel alone and split: RNN
+    # 64,256,64 73 µs and 94, LSTM 32,256,32 with 9.4M multiply-adds 137 and 110). A Zen 5
+    # EPYC with AVX-512 gains from far smaller steps (bench/ stepwise, medians of alternate
+    # runs, alone -> split: RNN 64,256 inference 7.5 -> 4.9 ms, training 17.8 -> 13.5; GRU
+    # 32,128 inference 3.2 -> 2.2; RNN 32,128 with 655K multiply-adds 1.46 -> 1.19) but
+    # loses below this limit (GRU 32,64,16 with 295K: 0.45 -> 0.6-2.1). So does a Zen 1
+    # EPYC with AVX2 down to 256K (RNN 64,256 inference 43 -> 27-31 ms, RNN 32,128
+    # 8.2 -> 7.4). The limits follow the two EPYCs, which this project's bench/ ran on last.
+    STEP_SPLIT_MIN_MACS_WIDE = 1 << 19
     STEP_SPLIT_MIN_MACS_NARROW = 1 << 18
 
 
