@@ -50,6 +50,7 @@ package as a wheel installs it (its package directories without __pycache__ and 
 Cython/C sources), plus the installed size of its declared runtime dependencies.
 """
 import argparse
+import glob
 import importlib.metadata
 import importlib.util
 import json
@@ -472,12 +473,51 @@ def measure_sizes(engines):
 
 # ---------------------------------------------------------------- machine description
 
+def cpu_details():
+    """Family and model, the vector extensions recur's kernels build for, and the caches of
+    the first CPU: a model name such as "AMD EPYC" alone can mean several generations."""
+    fields, parts = {}, []
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    if "cpu family" in fields:
+        parts.append(f"family {fields['cpu family']} model {fields.get('model', '?')}")
+    flags = set(fields.get("flags", "").split())
+    vectors = [name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("fma", "FMA"))
+               if flag in flags]
+    if vectors:
+        parts.append(", ".join(vectors))
+    caches = []
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            with open(os.path.join(index, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(index, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(index, "size")) as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if kind != "Instruction":
+            caches.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
+    if caches:
+        parts.append("caches of one CPU: " + ", ".join(caches))
+    return "; ".join(parts)
+
+
 def machine_description():
     cpu_model = platform.processor() or platform.machine()
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
         cpu_model = models[0] if models else cpu_model
+    details = cpu_details()
+    if details:
+        cpu_model = f"{cpu_model} ({details})"
     versions = {}
     for name in ("recur", "numpy", "scipy", "torch"):
         try:
