@@ -35,7 +35,11 @@ GRU 3, LSTM 4), N = T·B rows and the 3-wide head:
 The input gradient dX is not counted: X is data, neither engine needs it. recur's GFLOP/s
 is this count over recur's median time; the GEMM limit it is compared with is a float32
 1024×1024×1024 product through recur's own `@` (its panel kernel on the crew, where recur's
-large products run), timed in the same worker at the same thread count, at its start and end (the larger counts).
+large products run), timed in the same worker at the same thread count as a third entry
+among each row's interleaved samples (its median). A machine shared with others can drift
+by a factor of two over minutes, so the fraction compares two rates taken under the same
+conditions; the product is also timed at the start and end of each pass, for the report's
+header (and as the limit of a row timed without recur).
 
 Fairness notes: torch's GRU has a second bias `b_hn` inside the reset gate's product that
 recur's (Flux's) GRU does not have; it is zeroed before timing and left to train, which does
@@ -77,6 +81,7 @@ MODES = ["train", "infer"]
 GATE_BLOCKS = {"rnn": 1, "gru": 3, "lstm": 4}
 HEAD_OUT = 3
 GEMM_SIZE = 1024
+GEMM_PROBE = "recur's GEMM"   # the probe timed among each row's samples (time_case)
 LEARNING_RATE = 1e-3
 MEMORY_TRAINING_STEPS = 3
 # A case timed while other processes kept more than this many cores busy is timed again
@@ -281,6 +286,18 @@ def foreign_load_since(mark):
     return max(0.0, (busy - own) / wall)
 
 
+def recur_gemm_step():
+    """A function running one float32 GEMM_SIZE³ product through recur's `@`."""
+    import recur as rc
+    rng = np.random.default_rng(1)
+    left = rc.Tensor(rng.standard_normal((GEMM_SIZE, GEMM_SIZE), dtype=np.float32))
+    right = rng.standard_normal((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
+
+    def step():
+        left @ right
+    return step
+
+
 def gemm_gflops(engine, repeats=7):
     """float32 GEMM_SIZE³ throughput of an engine's matrix product, median of `repeats`."""
     rng = np.random.default_rng(1)
@@ -341,15 +358,21 @@ def time_case(engines, model_name, style, mode, config, X, Y, args):
         except Exception as error:   # a broken engine must not hide the other's numbers
             traceback.print_exc()
             row["errors"][engine] = f"{type(error).__name__}: {error}"
+    # recur's GEMM rate is sampled between the row's own samples: this machine's speed
+    # drifts over minutes (its GEMM ran at 186 and 402 GFLOP/s at the two ends of one
+    # pass), so the fraction compares two rates taken under the same conditions.
+    probes = {GEMM_PROBE: warmed_up(recur_gemm_step, args.min_sample_ms / 1000)} if "recur" in prepared else {}
     row["foreign_load"] = None
     for attempt in range(1 + args.retries if prepared else 0):
         if attempt:
             time.sleep(RETRY_PAUSE_SECONDS)
         mark = cpu_mark()
-        seconds = interleaved_medians(prepared, args.repeats)
+        seconds = interleaved_medians({**prepared, **probes}, args.repeats)
         load = foreign_load_since(mark)
         if attempt == 0 or load < row["foreign_load"]:
+            probe = seconds.pop(GEMM_PROBE, None)
             row["seconds"], row["foreign_load"] = seconds, load
+            row["gemm_gflops"] = 2 * GEMM_SIZE ** 3 / probe / 1e9 if probe else None
         if load is None or load <= FOREIGN_LOAD_TOLERANCE:
             break
     times = ", ".join(f"{engine} {seconds * 1e3:.3g} ms" for engine, seconds in row["seconds"].items())
@@ -416,10 +439,13 @@ def measure_import_seconds(engines, repeats):
 def package_dirs(name):
     """The directories of an import package and its subpackages that live elsewhere (recur
     maps `recur._core` onto the top-level `_core/` directory)."""
-    dirs = set(importlib.util.find_spec(name).submodule_search_locations)
+    dirs = {os.path.realpath(d) for d in importlib.util.find_spec(name).submodule_search_locations}
     if name == "recur":
-        dirs.update(importlib.util.find_spec("recur._core").submodule_search_locations)
-    return sorted(dirs)
+        dirs.update(os.path.realpath(d)
+                    for d in importlib.util.find_spec("recur._core").submodule_search_locations)
+    # An installed recur holds _core inside its package directory: count it once.
+    return sorted(d for d in dirs
+                  if not any(d.startswith(other + os.sep) for other in dirs if other != d))
 
 
 def installed_bytes(dirs):
@@ -596,8 +622,9 @@ def missed_targets(row, ratio, gemm_fraction):
 
 def analysed_rows(timing):
     """Adds ratio, GFLOP/s, GEMM fraction, targets and misses to every timed row."""
-    gemm_limit = max(timing["gemm_start"]["recur"], timing["gemm_end"]["recur"])
+    pass_limit = max(timing["gemm_start"]["recur"], timing["gemm_end"]["recur"])
     for row in timing["rows"]:
+        row["gemm_limit"] = gemm_limit = row.get("gemm_gflops") or pass_limit
         config = Config(",".join(map(str, row["config"])))
         recur_s, torch_s = row["seconds"].get("recur"), row["seconds"].get("torch")
         row["ratio"] = torch_s / recur_s if recur_s and torch_s else None
@@ -631,8 +658,8 @@ def fmt(value, spec, missing="—"):
 
 def row_table(rows):
     lines = ["| model | F | H | B | T | recur ms | torch ms | torch/recur | recur GFLOP/s "
-             "| of GEMM | target | met | others' load |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|--:|"]
+             "| GEMM GFLOP/s | of GEMM | target | met | others' load |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|--:|"]
     for row in rows:
         seconds = row["seconds"]
         if row["missed"] is None:
@@ -644,7 +671,7 @@ def row_table(rows):
             f"{fmt(seconds.get('recur') and seconds['recur'] * 1e3, '.3g')} | "
             f"{fmt(seconds.get('torch') and seconds['torch'] * 1e3, '.3g')} | "
             f"{fmt(row['ratio'], '.2f')} | {fmt(row['gflops'], '.1f')} | "
-            f"{fmt(row['gemm_fraction'], '.0%')} | "
+            f"{fmt(row.get('gemm_limit'), '.0f')} | {fmt(row['gemm_fraction'], '.0%')} | "
             f"{', '.join(label for label, _, _ in row['targets'])} | {met} | "
             f"{fmt(row['foreign_load'], '.2f')}{' ⚠' if disturbed(row) else ''} |")
     return lines
@@ -738,8 +765,11 @@ def report(machine, command, timings, extras, elapsed, load, retries):
         f"Generated by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in "
         f"{elapsed / 60:.1f} minutes. Method, FLOP formula and fairness notes: the docstring "
         "of `bench/suite.py`. Times are medians per step (one whole sequence); `torch/recur` "
-        "above 1 means recur is faster; `of GEMM` is recur's GFLOP/s over the float32 GEMM "
-        "limit measured in the same run; `others' load` is how many cores other processes "
+        "above 1 means recur is faster; `of GEMM` is recur's GFLOP/s over `GEMM GFLOP/s`, "
+        f"the median rate of a float32 {GEMM_SIZE}³ product through recur's `@` timed "
+        "between that row's own samples (this limit drifts with the machine's speed; the "
+        "rates at each pass's ends are listed under Machine); `others' load` is how many "
+        "cores other processes "
         "kept busy while the row was timed (from /proc/stat; ⚠ above "
         f"{FOREIGN_LOAD_TOLERANCE} even after re-timing up to {retries} more times).",
         "",
