@@ -14,9 +14,9 @@ cdef int blas_int(Py_ssize_t n) except -1
 cdef bint has_panel_kernel() noexcept nogil
 
 # Whether this build's cores do 512-bit arithmetic. Where work is worth a second thread
-# depends on how fast a core does arithmetic, and the limits were measured on one machine
-# of each kind: a Xeon with AVX-512 (two 512-bit FMA
-# units per core) and an EPYC with AVX2 (one 256-bit FMA per cycle, about a fifth as fast).
+# depends on how fast a core does arithmetic, which the vector width stands for; the limits
+# in ops_rnn.pyx were measured on a Xeon and a Zen 5 EPYC with AVX-512 (two 512-bit FMA
+# units per core) and a Zen 1 EPYC with AVX2 (one 256-bit FMA per cycle, a fifth as fast).
 cdef bint wide_vectors() noexcept nogil
 
 # The recurrence's products against weights packed once per sequence: `pack` lays the
