@@ -286,35 +286,38 @@ def foreign_load_since(mark):
     return max(0.0, (busy - own) / wall)
 
 
-def recur_gemm_step():
-    """A function running one float32 GEMM_SIZE³ product through recur's `@`."""
-    import recur as rc
+def gemm_step(engine):
+    """A function running one float32 GEMM_SIZE³ product through an engine's `@`."""
     rng = np.random.default_rng(1)
-    left = rc.Tensor(rng.standard_normal((GEMM_SIZE, GEMM_SIZE), dtype=np.float32))
-    right = rng.standard_normal((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
+    left, right = (rng.standard_normal((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
+                   for _ in range(2))
+    if engine == "recur":
+        import recur as rc
+        left = rc.Tensor(left)
+    else:
+        import torch
+        left, right = torch.from_numpy(left), torch.from_numpy(right)
 
     def step():
         left @ right
     return step
 
 
+def gemm_rate(seconds):
+    """GFLOP/s of one GEMM_SIZE³ product taking `seconds`."""
+    return 2 * GEMM_SIZE ** 3 / seconds / 1e9
+
+
 def gemm_gflops(engine, repeats=7):
     """float32 GEMM_SIZE³ throughput of an engine's matrix product, median of `repeats`."""
-    rng = np.random.default_rng(1)
-    a, b = (rng.standard_normal((GEMM_SIZE, GEMM_SIZE), dtype=np.float32) for _ in range(2))
-    if engine == "recur":
-        import recur as rc
-        left = rc.Tensor(a)
-    else:
-        import torch
-        left, b = torch.from_numpy(a), torch.from_numpy(b)
-    left @ b
+    step = gemm_step(engine)
+    step()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        left @ b
+        step()
         times.append(time.perf_counter() - start)
-    return 2 * GEMM_SIZE ** 3 / statistics.median(times) / 1e9
+    return gemm_rate(statistics.median(times))
 
 
 def timing_worker(args):
@@ -361,7 +364,8 @@ def time_case(engines, model_name, style, mode, config, X, Y, args):
     # recur's GEMM rate is sampled between the row's own samples: this machine's speed
     # drifts over minutes (its GEMM ran at 186 and 402 GFLOP/s at the two ends of one
     # pass), so the fraction compares two rates taken under the same conditions.
-    probes = {GEMM_PROBE: warmed_up(recur_gemm_step, args.min_sample_ms / 1000)} if "recur" in prepared else {}
+    probes = ({GEMM_PROBE: warmed_up(lambda: gemm_step("recur"), args.min_sample_ms / 1000)}
+              if "recur" in prepared else {})
     row["foreign_load"] = None
     for attempt in range(1 + args.retries if prepared else 0):
         if attempt:
@@ -372,7 +376,7 @@ def time_case(engines, model_name, style, mode, config, X, Y, args):
         if attempt == 0 or load < row["foreign_load"]:
             probe = seconds.pop(GEMM_PROBE, None)
             row["seconds"], row["foreign_load"] = seconds, load
-            row["gemm_gflops"] = 2 * GEMM_SIZE ** 3 / probe / 1e9 if probe else None
+            row["gemm_gflops"] = gemm_rate(probe) if probe else None
         if load is None or load <= FOREIGN_LOAD_TOLERANCE:
             break
     times = ", ".join(f"{engine} {seconds * 1e3:.3g} ms" for engine, seconds in row["seconds"].items())
@@ -769,8 +773,7 @@ def report(machine, command, timings, extras, elapsed, load, retries):
         f"the median rate of a float32 {GEMM_SIZE}³ product through recur's `@` timed "
         "between that row's own samples (this limit drifts with the machine's speed; the "
         "rates at each pass's ends are listed under Machine); `others' load` is how many "
-        "cores other processes "
-        "kept busy while the row was timed (from /proc/stat; ⚠ above "
+        "cores other processes kept busy while the row was timed (from /proc/stat; ⚠ above "
         f"{FOREIGN_LOAD_TOLERANCE} even after re-timing up to {retries} more times).",
         "",
         "## Machine",
