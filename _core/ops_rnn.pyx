@@ -417,16 +417,16 @@ cdef enum:
     # 46 by rows; 128,512,64,50, 5 MB, trains in 126 ms by rows and 142 by columns).
     ROW_SPLIT_MAX_WEIGHT_BYTES = 8 << 20
     # A single step (a stepwise loop's) of fewer multiply-adds runs in the calling thread
-    # alone: split, each part would first fetch that step's activations from the other
-    # core's cache and leave its results there, and where that pays differs by machine.
-    # A Xeon with AVX-512 gained only from 8M on (a step's kernel alone and split: RNN
-    # 64,256,64 73 µs and 94, LSTM 32,256,32 with 9.4M multiply-adds 137 and 110). A Zen 5
-    # EPYC with AVX-512 gains from far smaller steps (bench/ stepwise, medians of alternate
-    # runs, alone -> split: RNN 64,256 inference 7.5 -> 4.9 ms, training 17.8 -> 13.5; GRU
-    # 32,128 inference 3.2 -> 2.2; RNN 32,128 with 655K multiply-adds 1.46 -> 1.19) but
-    # loses below this limit (GRU 32,64,16 with 295K: 0.45 -> 0.6-2.1). So does a Zen 1
-    # EPYC with AVX2 down to 256K (RNN 64,256 inference 43 -> 27-31 ms, RNN 32,128
-    # 8.2 -> 7.4). The limits follow the two EPYCs, which this project's bench/ ran on last.
+    # alone; from here on its batch rows are split like a sequence's, each part packing
+    # its own rows' activations against the weights read in place. Split, a step of 16
+    # rows lost and one of 32 or more gained (Xeon with AVX-512, one cell's step, µs,
+    # alone -> split: LSTM 32,64,16 with 393K multiply-adds 13.6 -> 18.3, GRU with 295K
+    # 9.8 -> 12.0; RNN 32,128,32 with 655K 17.0 -> 13.8, GRU 38 -> 30, LSTM 55 -> 46;
+    # RNN 64,256,64 93 -> 54, LSTM 373 -> 205). Splitting each of the step's products by
+    # columns instead, as the crew does any other product, gained on that Xeon only from
+    # 8M on: both threads then wrote every row and each read the other's on the next step.
+    # With AVX2's slower arithmetic the split pays from smaller steps (Zen 1 EPYC, by
+    # columns: RNN 32,128 stepwise inference with 655K 8.2 -> 7.4 ms).
     STEP_SPLIT_MIN_MACS_WIDE = 1 << 19
     STEP_SPLIT_MIN_MACS_NARROW = 1 << 18
 
@@ -451,8 +451,11 @@ cdef inline size_t weight_bytes(const Dims* d, size_t itemsize) noexcept nogil:
 
 
 cdef void run_recurrence(Recurrence* job, bint backward) noexcept nogil:
+    # By rows where the weights are packed, and for a single step's forward, whose parts
+    # each pack their own rows (blas.pxd's transposed product); a sequence reading its
+    # weights in place shares each product by columns instead.
     cdef const Dims* d = job.d
-    cdef bint split = (d.panels and d.B >= 2 * SPLIT_MIN_ROWS
+    cdef bint split = ((d.panels or (d.T == 1 and not backward)) and d.B >= 2 * SPLIT_MIN_ROWS
                        and weight_bytes(d, sizeof(double) if job.is_f64 else sizeof(float))
                        <= ROW_SPLIT_MAX_WEIGHT_BYTES)
     share(backward_part if backward else forward_part, job, split)
