@@ -642,9 +642,10 @@ def analysed_rows(timing):
 
 def recur_threads():
     """Threads recur computes on in this process: its crew of two (crew.h) unless
-    RECUR_NUM_THREADS=1 or the machine has one CPU."""
+    RECUR_NUM_THREADS=1 or the process may run on one CPU only."""
     setting = os.environ.get("RECUR_NUM_THREADS", "")
-    if (setting and int(setting) <= 1) or (os.cpu_count() or 1) < 2:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if (setting and int(setting) <= 1) or (cpus or 1) < 2:
         return 1
     return 2
 

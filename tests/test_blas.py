@@ -145,3 +145,26 @@ def test_recur_num_threads_1_keeps_to_the_calling_thread():
     new_shared, sum_shared = shared.stdout.split()
     assert (new_alone, new_shared) == ("0", "1")
     assert sum_alone == sum_shared
+
+
+def test_a_process_allowed_one_cpu_keeps_to_the_calling_thread():
+    # Two threads on one CPU would only take turns on it.
+    code = """
+        import os
+        import numpy as np
+        import recur as rc
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        a = rc.Tensor(np.random.default_rng(0).standard_normal((300, 300)))
+        before = len(os.listdir("/proc/self/task"))
+        product = np.asarray(a @ np.asarray(a))
+        print(len(os.listdir("/proc/self/task")) - before, float(product.sum()))
+    """
+    if (not os.path.isdir("/proc/self/task") or not hasattr(os, "sched_setaffinity")
+            or len(os.sched_getaffinity(0)) < 2):
+        pytest.skip("needs /proc and two CPUs this process may run on")
+    if not PANEL_KERNEL_BUILT:
+        pytest.skip("a build without the panel kernel (RECUR_PORTABLE=1) runs no crew")
+    confined = _run(code, {"RECUR_NUM_THREADS": ""})
+    assert confined.returncode == 0, confined.stderr
+    new_threads, _ = confined.stdout.split()
+    assert new_threads == "0"
