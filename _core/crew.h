@@ -10,8 +10,9 @@
  *
  * One caller at a time: a thread that finds the crew busy runs its task alone, with the
  * same result (each part writes its own share). The crew has as many members as
- * RECUR_NUM_THREADS allows (default: 2 where there are 2 CPUs or more). After fork() the
- * child has no helper; crew_forget_after_fork resets the state so that it starts its own. */
+ * RECUR_NUM_THREADS allows (default: 2 where the process may run on 2 CPUs or more), and
+ * the helper keeps off its caller's CPU (crew_keep_apart). After fork() the child has no
+ * helper; crew_forget_after_fork resets the state so that it starts its own. */
 #ifndef RECUR_CREW_H
 #define RECUR_CREW_H
 
