@@ -27,6 +27,7 @@ cimport numpy as cnp
 from cython cimport floating
 from libc.math cimport sqrt, sqrtf, pow, isfinite, fabs, frexp, ldexp
 from libc.stdlib cimport calloc, free
+from recur._core.blas cimport share
 
 cnp.import_array()
 
@@ -169,14 +170,50 @@ cdef void update_slot(Rule rule, floating* value, const Slot* slot,
         scale_values(value, grad, n, <floating>h.factor)
 
 
+cdef enum:
+    # Values in all (parameters of a call) from which the crew's two threads share an
+    # update, each taking half of every parameter: the rules are elementwise, so the halves
+    # give the serial result, and a step's update is a pass over memory that one core
+    # alone does not saturate (Xeon, Adam over LSTM 256,1024's 5.3M values: 4.2 ms alone).
+    SHARED_UPDATE_MIN_VALUES = 65536
+
+
+cdef struct Update:
+    Rule rule
+    const Slot* slots
+    Py_ssize_t count
+    const Hyper* h
+
+
+cdef void update_part(void* arg, int part, int parts) noexcept nogil:
+    cdef const Update* u = <const Update*>arg
+    cdef Slot piece
+    cdef Py_ssize_t i, k, first, end, itemsize
+    for i in range(u.count):
+        piece = u.slots[i]
+        first = piece.size * part // parts
+        end = piece.size * (part + 1) // parts
+        itemsize = sizeof(double) if piece.is_double else sizeof(float)
+        piece.size = end - first
+        piece.value = <char*>piece.value + first * itemsize
+        piece.grad = <const char*>piece.grad + first * itemsize
+        for k in range(2):
+            if piece.state[k] != NULL:
+                piece.state[k] = <char*>piece.state[k] + first * itemsize
+        if piece.is_double:
+            update_slot(u.rule, <double*>piece.value, &piece, u.h)
+        else:
+            update_slot(u.rule, <float*>piece.value, &piece, u.h)
+
+
 cdef void update_all(Rule rule, const Slot* slots, Py_ssize_t count,
                      const Hyper* h) noexcept nogil:
-    cdef Py_ssize_t i
+    cdef Update u
+    cdef Py_ssize_t i, values = 0
+    u.rule, u.slots, u.count, u.h = rule, slots, count, h
     for i in range(count):
-        if slots[i].is_double:
-            update_slot(rule, <double*>slots[i].value, &slots[i], h)
-        else:
-            update_slot(rule, <float*>slots[i].value, &slots[i], h)
+        values += slots[i].size
+    share(update_part, &u, values >= SHARED_UPDATE_MIN_VALUES)
 
 
 cdef double sum_of_squares(const floating* grad, Py_ssize_t n, double scale) noexcept nogil:

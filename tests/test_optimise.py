@@ -1,5 +1,10 @@
 """Optimisers: every rule against a numpy transcription of its formula, over several steps,
 in float32 and float64; state by identity; chains and clipping; errors; torch parity."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -118,6 +123,50 @@ def test_rule_matches_numpy_transcription(make_rule, reference, dtype):
     for p, want in zip(params, expected):
         assert p.value.dtype == dtype
         np.testing.assert_allclose(p.value, want, **TOLERANCE[dtype])
+
+
+# Past the kernels' SHARED_UPDATE_MIN_VALUES (65536) an update is split between two threads,
+# each taking part of every parameter; odd sizes put the cut inside a vector.
+LARGE_SHAPES = [(301, 299), (70001,), (3,)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make_rule, reference", RULES, ids=RULE_IDS)
+def test_a_large_update_matches_numpy_transcription(make_rule, reference, dtype):
+    rng = np.random.default_rng(3)
+    start = random_arrays(rng, dtype, LARGE_SHAPES)
+    grad_steps = [random_arrays(rng, dtype, LARGE_SHAPES) for _ in range(3)]
+    params = [Box(v.copy()) for v in start]
+    opt = make_rule()
+    for grads in grad_steps:
+        update(opt, params, dict(zip(params, grads)))
+    for p, want in zip(params, run_reference(reference, start, grad_steps)):
+        np.testing.assert_allclose(p.value, want, **TOLERANCE[dtype])
+
+
+def test_a_shared_update_equals_the_one_thread_update_bit_for_bit():
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import recur as rc
+        rng = np.random.default_rng(4)
+        params = [rc.param(rng.standard_normal(shape).astype(dtype))
+                  for shape, dtype in [((301, 299), np.float32), ((70001,), np.float64)]]
+        opt = rc.Adam(0.01)
+        for _ in range(3):
+            grads = {p: rng.standard_normal(p.value.shape).astype(p.value.dtype)
+                     for p in params}
+            rc.update(opt, params, grads)
+        sys.stdout.buffer.write(b"".join(p.value.tobytes() for p in params))
+    """)
+    outputs = [subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                              env=dict(os.environ, RECUR_NUM_THREADS=threads))
+               for threads in ("1", "")]
+    for result in outputs:
+        assert result.returncode == 0, result.stderr.decode()
+    alone, shared = (result.stdout for result in outputs)
+    assert len(alone) == 301 * 299 * 4 + 70001 * 8
+    assert alone == shared
 
 
 @pytest.mark.parametrize("make_rule, reference", RULES, ids=RULE_IDS)
