@@ -455,7 +455,8 @@ cdef void run_recurrence(Recurrence* job, bint backward) noexcept nogil:
     # each pack their own rows (blas.pxd's transposed product); a sequence reading its
     # weights in place shares each product by columns instead.
     cdef const Dims* d = job.d
-    cdef bint split = ((d.panels or (d.T == 1 and not backward)) and d.B >= 2 * SPLIT_MIN_ROWS
+    cdef bint split = ((d.panels or (d.T == 1 and not backward))
+                       and d.B >= 2 * SPLIT_MIN_ROWS
                        and weight_bytes(d, sizeof(double) if job.is_f64 else sizeof(float))
                        <= ROW_SPLIT_MAX_WEIGHT_BYTES)
     share(backward_part if backward else forward_part, job, split)

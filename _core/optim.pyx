@@ -174,7 +174,8 @@ cdef enum:
     # Values in all (parameters of a call) from which the crew's two threads share an
     # update, each taking half of every parameter: the rules are elementwise, so the halves
     # give the serial result, and a step's update is a pass over memory that one core
-    # alone does not saturate (Xeon, Adam over LSTM 256,1024's 5.3M values: 4.2 ms alone).
+    # alone saturates (Xeon, Adam over LSTM 256,1024's 5.3M values: 4.2 ms alone, 1.7
+    # shared).
     SHARED_UPDATE_MIN_VALUES = 65536
 
 
