@@ -124,47 +124,45 @@ def test_a_forked_child_gets_its_own_crew():
     assert result.stdout.strip() == "0"
 
 
+# A product large enough for the crew, in a new process: prints how many threads the process
+# gained during it and the product's sum. `confine` runs first.
+_PRODUCT_IN_A_NEW_PROCESS = """
+    import os
+    import numpy as np
+    import recur as rc
+    {confine}
+    a = rc.Tensor(np.random.default_rng(0).standard_normal((300, 300)))
+    before = len(os.listdir("/proc/self/task"))
+    product = np.asarray(a @ np.asarray(a))
+    print(len(os.listdir("/proc/self/task")) - before, float(product.sum()))
+"""
+
+
+def _product_in_a_new_process(env, confine="pass"):
+    """(threads the process gained, the product's sum), as printed."""
+    result = _run(_PRODUCT_IN_A_NEW_PROCESS.format(confine=confine), env)
+    assert result.returncode == 0, result.stderr
+    return tuple(result.stdout.split())
+
+
 def test_recur_num_threads_1_keeps_to_the_calling_thread():
-    code = """
-        import os
-        import numpy as np
-        import recur as rc
-        a = rc.Tensor(np.random.default_rng(0).standard_normal((300, 300)))
-        before = len(os.listdir("/proc/self/task"))
-        product = np.asarray(a @ np.asarray(a))
-        print(len(os.listdir("/proc/self/task")) - before, float(product.sum()))
-    """
     if not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2:
         pytest.skip("needs /proc and two CPUs")
     if not PANEL_KERNEL_BUILT:
         pytest.skip("a build without the panel kernel (RECUR_PORTABLE=1) runs no crew")
-    alone = _run(code, {"RECUR_NUM_THREADS": "1"})
-    shared = _run(code, {"RECUR_NUM_THREADS": ""})
-    assert alone.returncode == 0 and shared.returncode == 0, alone.stderr + shared.stderr
-    new_alone, sum_alone = alone.stdout.split()
-    new_shared, sum_shared = shared.stdout.split()
+    new_alone, sum_alone = _product_in_a_new_process({"RECUR_NUM_THREADS": "1"})
+    new_shared, sum_shared = _product_in_a_new_process({"RECUR_NUM_THREADS": ""})
     assert (new_alone, new_shared) == ("0", "1")
     assert sum_alone == sum_shared
 
 
 def test_a_process_allowed_one_cpu_keeps_to_the_calling_thread():
     # Two threads on one CPU would only take turns on it.
-    code = """
-        import os
-        import numpy as np
-        import recur as rc
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-        a = rc.Tensor(np.random.default_rng(0).standard_normal((300, 300)))
-        before = len(os.listdir("/proc/self/task"))
-        product = np.asarray(a @ np.asarray(a))
-        print(len(os.listdir("/proc/self/task")) - before, float(product.sum()))
-    """
     if (not os.path.isdir("/proc/self/task") or not hasattr(os, "sched_setaffinity")
             or len(os.sched_getaffinity(0)) < 2):
         pytest.skip("needs /proc and two CPUs this process may run on")
     if not PANEL_KERNEL_BUILT:
         pytest.skip("a build without the panel kernel (RECUR_PORTABLE=1) runs no crew")
-    confined = _run(code, {"RECUR_NUM_THREADS": ""})
-    assert confined.returncode == 0, confined.stderr
-    new_threads, _ = confined.stdout.split()
+    one_cpu = "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})"
+    new_threads, _ = _product_in_a_new_process({"RECUR_NUM_THREADS": ""}, confine=one_cpu)
     assert new_threads == "0"
