@@ -119,7 +119,9 @@ static inline void crew_keep_apart(int idle)
         crew_move_off(cpu);
         cpu = crew_cpu();
     }
-    atomic_store_explicit(&crew.helper_cpu, cpu, memory_order_relaxed);
+    /* Written only when it changed: the caller polls this cache line while it waits. */
+    if (cpu != atomic_load_explicit(&crew.helper_cpu, memory_order_relaxed))
+        atomic_store_explicit(&crew.helper_cpu, cpu, memory_order_relaxed);
 }
 
 static void* crew_helper(void* unused)
