@@ -28,6 +28,13 @@ cdef size_t packed_bytes(size_t itemsize, Py_ssize_t K, Py_ssize_t N) noexcept n
 cdef void pack(Py_ssize_t K, Py_ssize_t N, const floating* src, Py_ssize_t k_stride,
                Py_ssize_t n_stride, floating* packed) noexcept nogil
 
+# The same into rows [first_k, first_k + K) of panels `depth` deep, which hold several
+# operands stacked along k (packed_bytes(itemsize, depth, N) bytes in all): one product then
+# meets them all, as A Bmat over A's `depth` columns.
+cdef void pack_stacked(Py_ssize_t K, Py_ssize_t N, const floating* src, Py_ssize_t k_stride,
+                       Py_ssize_t n_stride, floating* packed, Py_ssize_t first_k,
+                       Py_ssize_t depth) noexcept nogil
+
 cdef void panel_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                         Py_ssize_t a_row, Py_ssize_t a_k, const floating* packed,
                         floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil

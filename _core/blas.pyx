@@ -18,11 +18,11 @@ cdef extern from "panel_gemm.h" nogil:
     size_t panel_size_f(Py_ssize_t K, Py_ssize_t N)
     size_t panel_size_d(Py_ssize_t K, Py_ssize_t N)
     void panel_pack_f(Py_ssize_t K, Py_ssize_t N, const float* src, Py_ssize_t k_stride,
-                      Py_ssize_t n_stride, float* packed, Py_ssize_t first_panel,
-                      Py_ssize_t end_panel)
+                      Py_ssize_t n_stride, float* packed, Py_ssize_t panel_stride,
+                      Py_ssize_t first_panel, Py_ssize_t end_panel)
     void panel_pack_d(Py_ssize_t K, Py_ssize_t N, const double* src, Py_ssize_t k_stride,
-                      Py_ssize_t n_stride, double* packed, Py_ssize_t first_panel,
-                      Py_ssize_t end_panel)
+                      Py_ssize_t n_stride, double* packed, Py_ssize_t panel_stride,
+                      Py_ssize_t first_panel, Py_ssize_t end_panel)
     void panel_gemm_f(Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t a_row,
                       Py_ssize_t a_k, const float* panels, Py_ssize_t b_row,
                       Py_ssize_t panel_stride, float* C, Py_ssize_t ldc, int accumulate,
@@ -156,10 +156,10 @@ cdef void pack_part(void* arg, int part, int parts) noexcept nogil:
     cdef Py_ssize_t first = p.panels * part // parts, end = p.panels * (part + 1) // parts
     if p.is_f64:
         panel_pack_d(p.K, p.N, <const double*>p.src, p.k_stride, p.n_stride,
-                     <double*>p.packed, first, end)
+                     <double*>p.packed, p.panel_stride, first, end)
     else:
         panel_pack_f(p.K, p.N, <const float*>p.src, p.k_stride, p.n_stride,
-                     <float*>p.packed, first, end)
+                     <float*>p.packed, p.panel_stride, first, end)
 
 
 cdef size_t packed_bytes(size_t itemsize, Py_ssize_t K, Py_ssize_t N) noexcept nogil:
@@ -178,9 +178,17 @@ cdef inline Py_ssize_t panel_count(bint is_f64, Py_ssize_t N) noexcept nogil:
 
 cdef void pack(Py_ssize_t K, Py_ssize_t N, const floating* src, Py_ssize_t k_stride,
                Py_ssize_t n_stride, floating* packed) noexcept nogil:
+    pack_stacked(K, N, src, k_stride, n_stride, packed, 0, K)
+
+
+cdef void pack_stacked(Py_ssize_t K, Py_ssize_t N, const floating* src, Py_ssize_t k_stride,
+                       Py_ssize_t n_stride, floating* packed, Py_ssize_t first_k,
+                       Py_ssize_t depth) noexcept nogil:
     cdef Product p
+    cdef Py_ssize_t width = panel_width(floating is double)
     p.is_f64 = floating is double
-    p.K, p.N, p.src, p.k_stride, p.n_stride, p.packed = K, N, src, k_stride, n_stride, packed
+    p.K, p.N, p.src, p.k_stride, p.n_stride = K, N, src, k_stride, n_stride
+    p.packed, p.panel_stride = packed + first_k * width, depth * width
     p.panels = panel_count(p.is_f64, N)
     crew_run(pack_part, &p, p.panels >= 2 and K * N >= SPLIT_MIN_PACKED)
 

@@ -4,12 +4,14 @@
 # `cell(state, x)` and `m(X)` share every line below. Forward, per step: the bias, one
 # product for the step's input and one for the recurrence (against weights packed once
 # per sequence, blas.pxd; a single step, or inference over weights past 8 MB, reads them
-# in place), one elementwise pass for the gates. Backward: per step in reverse, an
-# elementwise pass and one product into dh; after the loop, whole-sequence GEMMs for dWi,
-# dWh (against the states each step saw, h[t-1]; a short sequence's wait to join the next
-# steps') and dX, and db as a column sum. A single step's backward products run on the one
-# packing of its weights that every step of the pass shares (pack_cache.h). The two loops
-# run over a range of batch rows, which the crew of two threads splits.
+# in place), one elementwise pass for the gates. On packed weights the RNN and LSTM fold
+# the three into one product, [x_t, h_t-1, 1] against Wi, Wh and b stacked (`stacks`).
+# Backward: per step in reverse, an elementwise pass and one product into dh; after the
+# loop, whole-sequence GEMMs for dWi, dWh (against the states each step saw, h[t-1]; a
+# short sequence's wait to join the next steps') and dX, and db as a column sum. A single
+# step's backward products run on the one packing of its weights that every step of the
+# pass shares (pack_cache.h). The two loops run over a range of batch rows, which the crew
+# of two threads splits.
 #
 # Row-major layout, H = hidden size. Gate blocks of Wi and b: RNN [a], LSTM [i f g o],
 # GRU and GRUv3 [r z n]; Wh has the same blocks except GRUv3's [r z].
@@ -25,8 +27,8 @@ from recur._core.tape cimport (Node, Tape, index_t, recording_tape, constant, is
                                value_of)
 from recur._core.tape import alias
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
-                               panel_product, share, defer_product, packed_for_backward,
-                               keep_alone, wide_vectors)
+                               pack_stacked, panel_product, share, defer_product,
+                               packed_for_backward, keep_alone, wide_vectors)
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic, tanh_of, logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
@@ -77,7 +79,9 @@ ctypedef struct Buffers:
     void* tanh_c           # backward, LSTM: tanh(c_t) of the current step (B, H)
     void* d_reset          # backward, GRUv3: gradient of r ⊙ h (B, H)
     void* packed_wi        # with panels: Wiᵀ, Whᵀ and Wh_hᵀ packed for the forward products,
-    void* packed_wh        #   Wh and Wh_h for the backward ones
+    void* packed_wh        #   Wh and Wh_h for the backward ones; stacked (see `stacks`),
+                           #   packed_wi holds Wiᵀ, Whᵀ and b as one operand
+    void* stage            # stacked: each row's [x_t, h_t-1, 1], the A of that product
     void* packed_wh_h
     void* packed_wh_back
     void* packed_wh_h_back
@@ -89,6 +93,20 @@ cdef inline index_t input_blocks(int cell) noexcept nogil:
 
 cdef inline index_t hidden_blocks(int cell) noexcept nogil:
     return 1 if cell == CELL_RNN else 4 if cell == CELL_LSTM else 3 if cell == CELL_GRU else 2
+
+
+cdef inline bint stacks(const Dims* d) noexcept nogil:
+    # Whether a step's gates come from one product, [x_t, h_t-1, 1] against Wi, Wh and b
+    # stacked in one packing: the RNN's and LSTM's, where input and recurrence add up
+    # before any activation (the GRU's new-gate candidate keeps h Wh_nᵀ apart). Two
+    # products over the same gates would load and store them twice, and the input's, with
+    # K as short as 32, keeps the kernel from its pace (Zen 5, one thread, 16 x 512: K = 32
+    # 184 GFLOP/s, K = 128 232, K = 160 235).
+    return d.panels and (d.cell == CELL_RNN or d.cell == CELL_LSTM)
+
+
+cdef inline index_t stacked_depth(const Dims* d) noexcept nogil:
+    return d.n_in + d.H + 1
 
 
 cdef inline void* take(char* block, size_t* used, size_t nbytes) noexcept nogil:
@@ -119,7 +137,11 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     w.hidden_proj = take(block, &used, 3 * step if cell == CELL_GRU else 0)
     w.h0 = take(block, &used, step) if d.h_broadcast else h0
     w.c0 = take(block, &used, step) if d.c_broadcast else c0
-    if d.panels:
+    if stacks(d):
+        w.packed_wi = take(block, &used, packed_bytes(itemsize, stacked_depth(d),
+                                                      input_blocks(cell) * H))
+        w.stage = take(block, &used, itemsize * d.B * stacked_depth(d))
+    elif d.panels:
         w.packed_wi = take(block, &used,
                            packed_bytes(itemsize, d.n_in, input_blocks(cell) * H))
         w.packed_wh = take(block, &used, packed_bytes(itemsize, H, hidden_blocks(cell) * H))
@@ -484,7 +506,12 @@ cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording,
     cdef index_t T = d.T, B = d.B, H = d.H, BH = d.B * d.H
     cdef index_t GH = input_blocks(d.cell) * H
     cdef Recurrence job
-    if d.panels:
+    cdef index_t depth = stacked_depth(d)
+    if stacks(d):
+        pack_stacked(d.n_in, GH, Wi, 1, d.n_in, <floating*>w.packed_wi, 0, depth)
+        pack_stacked(H, GH, Wh, 1, H, <floating*>w.packed_wi, d.n_in, depth)
+        pack_stacked(1, GH, b, GH, 1, <floating*>w.packed_wi, d.n_in + H, depth)
+    elif d.panels:
         pack(d.n_in, GH, Wi, 1, d.n_in, <floating*>w.packed_wi)
         pack(H, hidden_blocks(d.cell) * H, Wh, 1, H, <floating*>w.packed_wh)
         if d.cell == CELL_GRUV3:
@@ -527,23 +554,40 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
     cdef const floating* pwh_h = <floating*>w.packed_wh_h
     cdef floating* gates_t
     cdef floating* y_t
-    cdef index_t t
+    cdef index_t t, r
+    cdef bint stacked = stacks(d)
+    cdef index_t depth = stacked_depth(d)
+    cdef floating* stage = <floating*>w.stage + r0 * depth
     X += r0 * d.n_in
     Y += r0 * H
+    if stacked:
+        for r in range(rows):
+            stage[r * depth + depth - 1] = 1
     for t in range(T):
-        # Each step's input projection on top of the bias, just before the step needs it:
-        # the gates stay in cache from here to the activations (projecting all steps in
-        # one GEMM first sent T steps of gates through memory and back).
         gates_t = gates + t * gates_stride
         y_t = Y + t * BH
-        copy_rows(rows, GH, b, gates_t)
-        step_product(d, rows, GH, d.n_in, X + t * B * d.n_in, d.n_in, Wi, True,
-                     <floating*>w.packed_wi, gates_t, GH, True)
+        if stacked:
+            # The step's pre-activations, bias included, in one product.
+            for r in range(rows):
+                memcpy(stage + r * depth, X + (t * B + r) * d.n_in, d.n_in * sizeof(floating))
+                memcpy(stage + r * depth + d.n_in, h_prev + r * H, H * sizeof(floating))
+            panel_product(rows, GH, depth, stage, depth, 1, <floating*>w.packed_wi,
+                          y_t if d.cell == CELL_RNN else gates_t, GH, False)
+        else:
+            # Each step's input projection on top of the bias, just before the step needs
+            # it: the gates stay in cache from here to the activations (projecting all
+            # steps in one GEMM first sent T steps of gates through memory and back).
+            copy_rows(rows, GH, b, gates_t)
+            step_product(d, rows, GH, d.n_in, X + t * B * d.n_in, d.n_in, Wi, True,
+                         <floating*>w.packed_wi, gates_t, GH, True)
         if d.cell == CELL_RNN:          # the gates are y_t itself
-            step_product(d, rows, H, H, h_prev, H, Wh, True, pwh, y_t, H, True)
+            if not stacked:
+                step_product(d, rows, H, H, h_prev, H, Wh, True, pwh, y_t, H, True)
             activate(d.act, rows * H, y_t)
         elif d.cell == CELL_LSTM:
-            step_product(d, rows, 4 * H, H, h_prev, H, Wh, True, pwh, gates_t, 4 * H, True)
+            if not stacked:
+                step_product(d, rows, 4 * H, H, h_prev, H, Wh, True, pwh, gates_t, 4 * H,
+                             True)
             step_elementwise(d, rows, gates_t, NULL, NULL, c_prev, cells + t * kept_stride,
                              y_t)
             c_prev = cells + t * kept_stride

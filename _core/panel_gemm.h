@@ -112,17 +112,20 @@ transpose_##suffix(vec_##suffix* rows)                                          
 }                                                                                           \
                                                                                             \
 /* Packs panels [first_panel, end_panel) of Bmat[k][n] = src[k * k_stride + n * n_stride] \
- * (k < K, n < N) into `packed`, which holds panel_size values. A transposed source (the   \
- * weights W of A Wᵀ: k_stride 1) is read a vector along k per column and turned around    \
- * by transpose, a tile of LANES x LANES at a time, where the compiler can. */               \
+ * (k < K, n < N) into `packed`, panel p starting panel_stride values after panel p - 1:   \
+ * K * PANEL for an operand of its own (panel_size values in all), more where operands     \
+ * stacked along k share each panel, each packed from its first row on. A transposed       \
+ * source (the weights W of A Wᵀ: k_stride 1) is read a vector along k per column and      \
+ * turned around by transpose, a tile of LANES x LANES at a time, where the compiler can. */ \
 static void panel_pack_##suffix(ptrdiff_t K, ptrdiff_t N, const scalar* src,               \
                                 ptrdiff_t k_stride, ptrdiff_t n_stride, scalar* packed,     \
-                                ptrdiff_t first_panel, ptrdiff_t end_panel)                 \
+                                ptrdiff_t panel_stride, ptrdiff_t first_panel,              \
+                                ptrdiff_t end_panel)                                        \
 {                                                                                           \
     for (ptrdiff_t p = first_panel; p < end_panel; p++) {                                   \
         ptrdiff_t n0 = p * PANEL_##suffix;                                                  \
         ptrdiff_t width = N - n0 < PANEL_##suffix ? N - n0 : PANEL_##suffix;                \
-        scalar* row = packed + p * K * PANEL_##suffix;                                      \
+        scalar* row = packed + p * panel_stride;                                            \
         const scalar* from = src + n0 * n_stride;                                           \
         ptrdiff_t k = 0;                                                                    \
         if (PANEL_TRANSPOSES && k_stride == 1 && width == PANEL_##suffix)                   \
