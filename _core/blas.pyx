@@ -39,7 +39,13 @@ cdef extern from "panel_gemm.h" nogil:
     void panel_gemm_transposed_d(Py_ssize_t M, Py_ssize_t K, const double* packed,
                                  const double* W, Py_ssize_t ldw, double* C, Py_ssize_t ldc,
                                  int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
-    int PANEL_f, PANEL_d, PANEL_ROWS, PANEL_GATHER_ROWS, VECTOR_BYTES
+    void few_columns_f(Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                       const float* W, Py_ssize_t ldw, float* C, Py_ssize_t ldc,
+                       int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
+    void few_columns_d(Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t lda,
+                       const double* W, Py_ssize_t ldw, double* C, Py_ssize_t ldc,
+                       int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
+    int PANEL_f, PANEL_d, PANEL_ROWS, PANEL_GATHER_ROWS, VECTOR_BYTES, FEW_COLUMNS
     bint PANEL_KERNEL
 
 cdef extern from "memory.h" nogil:
@@ -151,6 +157,18 @@ cdef void transposed_part(void* arg, int part, int parts) noexcept nogil:
                                 p.n_stride, <float*>p.C, p.ldc, p.accumulate, first, end)
 
 
+cdef void few_columns_part(void* arg, int part, int parts) noexcept nogil:
+    # A share of C's rows.
+    cdef Product* p = <Product*>arg
+    cdef Py_ssize_t first = p.M * part // parts, end = p.M * (part + 1) // parts
+    if p.is_f64:
+        few_columns_d(p.N, p.K, <const double*>p.A, p.a_row, <const double*>p.src,
+                      p.n_stride, <double*>p.C, p.ldc, p.accumulate, first, end)
+    else:
+        few_columns_f(p.N, p.K, <const float*>p.A, p.a_row, <const float*>p.src,
+                      p.n_stride, <float*>p.C, p.ldc, p.accumulate, first, end)
+
+
 cdef void pack_part(void* arg, int part, int parts) noexcept nogil:
     cdef Product* p = <Product*>arg
     cdef Py_ssize_t first = p.panels * part // parts, end = p.panels * (part + 1) // parts
@@ -255,6 +273,17 @@ cdef bint keep_alone(bint alone) noexcept nogil:
     return crew_keep_alone(alone)
 
 
+cdef void few_columns(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                      Py_ssize_t lda, const floating* W, Py_ssize_t ldw, floating* C,
+                      Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    # C [+]= A Wᵀ for a W of few rows (panel_gemm.h's few_columns), the crew sharing C's rows.
+    cdef Product p
+    p.is_f64 = floating is double
+    p.M, p.N, p.K, p.A, p.a_row, p.src, p.n_stride = M, N, K, A, lda, W, ldw
+    p.C, p.ldc, p.accumulate = C, ldc, accumulate
+    crew_run(few_columns_part, &p, M >= 2 and M * N * K >= SPLIT_MIN_MACS)
+
+
 cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                      Py_ssize_t a_row, Py_ssize_t a_k, const floating* W, Py_ssize_t ldw,
                      floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
@@ -283,6 +312,10 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
     cdef Py_ssize_t width = panel_width(floating is double)
     cdef Py_ssize_t whole = 0, a_row = 1 if trans_a else lda, a_k = lda if trans_a else 1
     if m <= 0 or n <= 0 or (k <= 0 and beta == 1):    # C stays as it is
+        return
+    if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and trans_b and not trans_a
+            and n <= FEW_COLUMNS and k * sizeof(floating) >= VECTOR_BYTES):
+        few_columns(m, n, k, a, lda, b, ldb, c, ldc, beta == 1)
         return
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and k > 0
             and <double>m * n * k > BLAS_MAX_MACS):

@@ -71,6 +71,37 @@ def test_dense_layer_on_the_panel_path_matches_numpy():
     _close(np.asarray(layer(x)), want, np.float64)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bias", [True, False])
+def test_products_with_few_columns_match_numpy(dtype, bias):
+    # A Wᵀ with at most 4 columns runs on its own kernel (panel_gemm.h's few_columns): a
+    # Dense head's forward, and a matmul's dA = dC Bᵀ when B has that few rows. The sizes
+    # cover k past whole vectors and below one, one row, and a product the crew splits.
+    # Each element is held to its dtype's rounding of the sums it adds, |A| |W|ᵀ: a single
+    # output can cancel to far below its terms.
+    rng = np.random.default_rng(7)
+    tol = 1e-13 if dtype == np.float64 else 1e-6
+
+    def close(got, want, scale):
+        assert np.all(np.abs(got - want) <= tol * scale + tol), np.max(np.abs(got - want) / scale)
+
+    for n_out in range(1, 6):
+        for n_in in (3, 16, 17, 33, 128, 200):
+            for rows in (1, 5, 300, 3000):
+                layer = rc.Dense(n_in, n_out, bias=bias, dtype=dtype, rng=rng)
+                x = rng.standard_normal((rows, n_in)).astype(dtype)
+                seed = rng.standard_normal((rows, n_out)).astype(dtype)
+                grads = rc.gradient(lambda: rc.sum(layer(x) * seed), rc.params(layer))
+                W = np.asarray(layer.W).astype(np.float64)
+                b = np.asarray(layer.b).astype(np.float64) if bias else 0
+                x64, seed64 = x.astype(np.float64), seed.astype(np.float64)
+                close(np.asarray(layer(x)), x64 @ W.T + b, np.abs(x64) @ np.abs(W).T + np.abs(b))
+                close(grads[layer.W], seed64.T @ x64, np.abs(seed64).T @ np.abs(x64))
+                a, b_mat = rc.param(seed), rc.param(W.astype(dtype))
+                dA = rc.gradient(lambda: rc.sum((a @ b_mat) * x), [a])[a]
+                close(dA, x64 @ W.T, np.abs(x64) @ np.abs(W).T)
+
+
 def _work(seed):
     """A large product's gradients and a whole LSTM sequence's, as arrays."""
     rng = np.random.default_rng(seed)
