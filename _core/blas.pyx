@@ -45,7 +45,13 @@ cdef extern from "panel_gemm.h" nogil:
     void few_columns_d(Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t lda,
                        const double* W, Py_ssize_t ldw, double* C, Py_ssize_t ldc,
                        int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
-    int PANEL_f, PANEL_d, PANEL_ROWS, PANEL_GATHER_ROWS, VECTOR_BYTES, FEW_COLUMNS
+    void few_inner_f(Py_ssize_t K, Py_ssize_t N, const float* A, Py_ssize_t a_row,
+                     Py_ssize_t a_k, const float* Bmat, Py_ssize_t ldb, float* C,
+                     Py_ssize_t ldc, int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
+    void few_inner_d(Py_ssize_t K, Py_ssize_t N, const double* A, Py_ssize_t a_row,
+                     Py_ssize_t a_k, const double* Bmat, Py_ssize_t ldb, double* C,
+                     Py_ssize_t ldc, int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
+    int PANEL_f, PANEL_d, PANEL_ROWS, PANEL_GATHER_ROWS, VECTOR_BYTES, FEW_COLUMNS, FEW_INNER
     bint PANEL_KERNEL
 
 cdef extern from "memory.h" nogil:
@@ -169,6 +175,18 @@ cdef void few_columns_part(void* arg, int part, int parts) noexcept nogil:
                       p.n_stride, <float*>p.C, p.ldc, p.accumulate, first, end)
 
 
+cdef void few_inner_part(void* arg, int part, int parts) noexcept nogil:
+    # A share of C's rows.
+    cdef Product* p = <Product*>arg
+    cdef Py_ssize_t first = p.M * part // parts, end = p.M * (part + 1) // parts
+    if p.is_f64:
+        few_inner_d(p.K, p.N, <const double*>p.A, p.a_row, p.a_k, <const double*>p.src,
+                    p.k_stride, <double*>p.C, p.ldc, p.accumulate, first, end)
+    else:
+        few_inner_f(p.K, p.N, <const float*>p.A, p.a_row, p.a_k, <const float*>p.src,
+                    p.k_stride, <float*>p.C, p.ldc, p.accumulate, first, end)
+
+
 cdef void pack_part(void* arg, int part, int parts) noexcept nogil:
     cdef Product* p = <Product*>arg
     cdef Py_ssize_t first = p.panels * part // parts, end = p.panels * (part + 1) // parts
@@ -284,6 +302,18 @@ cdef void few_columns(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* 
     crew_run(few_columns_part, &p, M >= 2 and M * N * K >= SPLIT_MIN_MACS)
 
 
+cdef void few_inner(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                    Py_ssize_t a_row, Py_ssize_t a_k, const floating* Bmat, Py_ssize_t ldb,
+                    floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    # C [+]= A Bmat over an inner size of at most FEW_INNER (panel_gemm.h's few_inner), the
+    # crew sharing C's rows.
+    cdef Product p
+    p.is_f64 = floating is double
+    p.M, p.N, p.K, p.A, p.a_row, p.a_k, p.src, p.k_stride = M, N, K, A, a_row, a_k, Bmat, ldb
+    p.C, p.ldc, p.accumulate = C, ldc, accumulate
+    crew_run(few_inner_part, &p, M >= 2 and M * N * K >= SPLIT_MIN_MACS)
+
+
 cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                      Py_ssize_t a_row, Py_ssize_t a_k, const floating* W, Py_ssize_t ldw,
                      floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
@@ -316,6 +346,10 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and trans_b and not trans_a
             and n <= FEW_COLUMNS and k * sizeof(floating) >= VECTOR_BYTES):
         few_columns(m, n, k, a, lda, b, ldb, c, ldc, beta == 1)
+        return
+    if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and not trans_b
+            and 0 < k <= FEW_INNER and n * sizeof(floating) >= VECTOR_BYTES):
+        few_inner(m, n, k, a, a_row, a_k, b, ldb, c, ldc, beta == 1)
         return
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and k > 0
             and <double>m * n * k > BLAS_MAX_MACS):

@@ -82,6 +82,13 @@
     case n: few_block_##suffix(n, K, A, lda, W, ldw, C, ldc, accumulate, first_row, end_row); \
             break;
 
+/* Products A Bmat of at most this inner size take few_inner. */
+#define FEW_INNER 4
+#define FEW_INNER_CASE(suffix, k)                                                           \
+    case k: few_inner_block_##suffix(k, N, A, a_row, a_k, Bmat, ldb, C, ldc, accumulate,    \
+                                     first_row, end_row);                                   \
+            break;
+
 /* lane_sum's quarter vectors, which must hold a double: with SSE (where the panels are not
  * used) the quarter is the half, and lane_sum halves once. */
 #define VECTOR_QUARTER_BYTES (VECTOR_BYTES / 4 >= 8 ? VECTOR_BYTES / 4 : 8)
@@ -344,8 +351,8 @@ few_block_##suffix(const int N, ptrdiff_t K, const scalar* A, ptrdiff_t lda,    
 /* C (M x N) [+]= A Wᵀ for a W of N <= FEW_COLUMNS rows (ldw apart) and K columns, on C's   \
  * rows [first_row, end_row): the product of a layer with few outputs, a Dense head of 1 to \
  * 4. A panel would be mostly zeros there, and so are the BLAS's blocks (Zen 5, one thread, \
- * float32, µs: 32 x 3 x 128 1.35 -> 0.43, 3200 x 3 x 128 97 -> 45, 32 x 1 x 32 ... ; at 8 \
- * columns in two blocks, 64 x 8 x 32 0.56 -> 1.2, the BLAS won). */                       \
+ * float32, µs: 32 x 3 x 128 1.35 -> 0.43, 32 x 1 x 128 0.81 -> 0.28, 3200 x 3 x 128 97 ->  \
+ * 45; at 8 columns, in two blocks, the BLAS won: 64 x 8 x 32 0.56 -> 1.2). */              \
 static void few_columns_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdiff_t lda,  \
                                  const scalar* W, ptrdiff_t ldw, scalar* C, ptrdiff_t ldc,  \
                                  int accumulate, ptrdiff_t first_row, ptrdiff_t end_row)    \
@@ -354,6 +361,49 @@ static void few_columns_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrd
     FEW_CASE(suffix, 1) FEW_CASE(suffix, 2) FEW_CASE(suffix, 3)                             \
     default: few_block_##suffix(FEW_COLUMNS, K, A, lda, W, ldw, C, ldc, accumulate,         \
                                 first_row, end_row);                                        \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* Rows [first_row, end_row) of C (M x N) [+]= A Bmat for an inner size K, a constant of at \
+ * most FEW_INNER: each row of C a vector of columns at a time, from the row's K values of   \
+ * A and K rows of Bmat (row-major, ldb apart). */                                          \
+static inline __attribute__((always_inline)) void                                           \
+few_inner_block_##suffix(const int K, ptrdiff_t N, const scalar* A, ptrdiff_t a_row,       \
+                         ptrdiff_t a_k, const scalar* Bmat, ptrdiff_t ldb, scalar* C,       \
+                         ptrdiff_t ldc, int accumulate, ptrdiff_t first_row,                \
+                         ptrdiff_t end_row)                                                 \
+{                                                                                           \
+    for (ptrdiff_t i = first_row; i < end_row; i++) {                                       \
+        scalar a[FEW_INNER];                                                                \
+        scalar* c = C + i * ldc;                                                            \
+        ptrdiff_t j = 0;                                                                    \
+        for (int k = 0; k < K; k++) a[k] = A[i * a_row + k * a_k];                          \
+        for (; j + LANES_##suffix <= N; j += LANES_##suffix) {                              \
+            vec_##suffix acc = accumulate ? *(vec_##suffix*)(c + j) : (vec_##suffix){0};    \
+            for (int k = 0; k < K; k++) acc += a[k] * *(const vec_##suffix*)(Bmat + k * ldb + j); \
+            *(vec_##suffix*)(c + j) = acc;                                                  \
+        }                                                                                   \
+        for (; j < N; j++) {                                                                \
+            scalar sum = accumulate ? c[j] : 0;                                             \
+            for (int k = 0; k < K; k++) sum += a[k] * Bmat[k * ldb + j];                    \
+            c[j] = sum;                                                                     \
+        }                                                                                   \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* C (M x N) [+]= A Bmat with an inner size K <= FEW_INNER, A[i][k] = A[i * a_row + k *    \
+ * a_k], on C's rows [first_row, end_row): a Dense head's dx = dz W. On the panels each    \
+ * block of C ran a loop of K steps between its load and its store (Zen 5, float32, one     \
+ * thread, 3200 x 3 x 128: 43 µs there, 32 here, where writing C sets the pace). */          \
+static void few_inner_##suffix(ptrdiff_t K, ptrdiff_t N, const scalar* A, ptrdiff_t a_row,  \
+                               ptrdiff_t a_k, const scalar* Bmat, ptrdiff_t ldb, scalar* C, \
+                               ptrdiff_t ldc, int accumulate, ptrdiff_t first_row,          \
+                               ptrdiff_t end_row)                                           \
+{                                                                                           \
+    switch (K) {                                                                            \
+    FEW_INNER_CASE(suffix, 1) FEW_INNER_CASE(suffix, 2) FEW_INNER_CASE(suffix, 3)           \
+    default: few_inner_block_##suffix(FEW_INNER, N, A, a_row, a_k, Bmat, ldb, C, ldc,       \
+                                      accumulate, first_row, end_row);                      \
     }                                                                                       \
 }                                                                                           \
                                                                                             \

@@ -102,6 +102,31 @@ def test_products_with_few_columns_match_numpy(dtype, bias):
                 close(dA, x64 @ W.T, np.abs(x64) @ np.abs(W).T)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_products_over_a_small_inner_size_match_numpy(dtype):
+    # A B with an inner size of at most 4 runs on its own kernel (panel_gemm.h's few_inner):
+    # `a @ b` forward for a of 1 to 4 columns, and its dB = Aᵀ dC, with Aᵀ read transposed,
+    # when a has that few rows. Column counts cover a partial vector and none whole.
+    rng = np.random.default_rng(11)
+    tol = 1e-13 if dtype == np.float64 else 1e-6
+    for inner in range(1, 6):
+        for n in (3, 15, 16, 17, 40, 128):
+            for m in (1, 2, 4, 7, 3000):
+                a = rng.standard_normal((m, inner)).astype(dtype)
+                b = rng.standard_normal((inner, n)).astype(dtype)
+                seed = rng.standard_normal((m, n)).astype(dtype)
+                A, B = rc.param(a), rc.param(b)
+                C = A @ B
+                grads = rc.gradient(lambda: rc.sum((A @ B) * seed), [A, B])
+                a64, b64, seed64 = (v.astype(np.float64) for v in (a, b, seed))
+                for got, want, scale in [
+                        (np.asarray(C), a64 @ b64, np.abs(a64) @ np.abs(b64)),
+                        (grads[A], seed64 @ b64.T, np.abs(seed64) @ np.abs(b64).T),
+                        (grads[B], a64.T @ seed64, np.abs(a64).T @ np.abs(seed64))]:
+                    assert got.dtype == dtype
+                    assert np.all(np.abs(got - want) <= tol * scale + tol), (inner, n, m)
+
+
 def _work(seed):
     """A large product's gradients and a whole LSTM sequence's, as arrays."""
     rng = np.random.default_rng(seed)
