@@ -1,6 +1,10 @@
-# Row-major GEMM, two ways.
+# Row-major GEMM, three ways.
 #
-# Small products (up to BLAS_SINGLE_THREAD_MACS multiply-adds, fewer with AVX2) go to scipy's BLAS, which is
+# Products with a side of at most 4, A Wᵀ over W's few rows (a Dense head's forward) or A B
+# over an inner size that small (its dx), run on panel_gemm.h's few_columns and few_inner,
+# which work along the long side where a BLAS or a panel block would be mostly empty.
+#
+# Other small products (up to BLAS_MAX_MACS multiply-adds) go to scipy's BLAS, which is
 # column-major: a row-major matrix is its column-major transpose, so row-major
 # C = op(A) op(B) is computed as the column-major Cᵀ = op(B)ᵀ op(A)ᵀ (swap the operands and
 # the sizes m and n, keep each operand's own transpose flag). OpenBLAS runs those in the
