@@ -38,11 +38,15 @@ cdef extern from "panel_gemm.h" nogil:
                       Py_ssize_t first_row, Py_ssize_t end_row, Py_ssize_t first_panel,
                       Py_ssize_t end_panel)
     void panel_gemm_transposed_f(Py_ssize_t M, Py_ssize_t K, const float* packed,
-                                 const float* W, Py_ssize_t ldw, float* C, Py_ssize_t ldc,
-                                 int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
+                                 const float* W, Py_ssize_t ldw, Py_ssize_t K2,
+                                 const float* packed2, const float* W2, Py_ssize_t ldw2,
+                                 const float* bias, float* C, Py_ssize_t ldc, int accumulate,
+                                 Py_ssize_t first_row, Py_ssize_t end_row)
     void panel_gemm_transposed_d(Py_ssize_t M, Py_ssize_t K, const double* packed,
-                                 const double* W, Py_ssize_t ldw, double* C, Py_ssize_t ldc,
-                                 int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
+                                 const double* W, Py_ssize_t ldw, Py_ssize_t K2,
+                                 const double* packed2, const double* W2, Py_ssize_t ldw2,
+                                 const double* bias, double* C, Py_ssize_t ldc, int accumulate,
+                                 Py_ssize_t first_row, Py_ssize_t end_row)
     void few_columns_f(Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                        const float* W, Py_ssize_t ldw, float* C, Py_ssize_t ldc,
                        int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
@@ -129,6 +133,11 @@ ctypedef struct Product:
     Py_ssize_t k_stride, n_stride
     void* C
     bint accumulate
+    # a transposed product's second operand (K2 = 0: none) and bias (NULL: none)
+    Py_ssize_t K2, n_stride2
+    const void* packed2
+    const void* src2
+    const void* bias
 
 
 cdef void product_part(void* arg, int part, int parts) noexcept nogil:
@@ -161,10 +170,14 @@ cdef void transposed_part(void* arg, int part, int parts) noexcept nogil:
     cdef Py_ssize_t end = min(p.N, blocks * (part + 1) // parts * PANEL_ROWS)
     if p.is_f64:
         panel_gemm_transposed_d(p.M, p.K, <const double*>p.packed, <const double*>p.src,
-                                p.n_stride, <double*>p.C, p.ldc, p.accumulate, first, end)
+                                p.n_stride, p.K2, <const double*>p.packed2,
+                                <const double*>p.src2, p.n_stride2, <const double*>p.bias,
+                                <double*>p.C, p.ldc, p.accumulate, first, end)
     else:
         panel_gemm_transposed_f(p.M, p.K, <const float*>p.packed, <const float*>p.src,
-                                p.n_stride, <float*>p.C, p.ldc, p.accumulate, first, end)
+                                p.n_stride, p.K2, <const float*>p.packed2,
+                                <const float*>p.src2, p.n_stride2, <const float*>p.bias,
+                                <float*>p.C, p.ldc, p.accumulate, first, end)
 
 
 cdef void few_columns_part(void* arg, int part, int parts) noexcept nogil:
@@ -333,7 +346,30 @@ cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A
     p.M, p.N, p.K, p.ldc = M, N, K, ldc
     p.src, p.n_stride = W, ldw
     p.C, p.accumulate = C, accumulate
+    p.K2, p.bias = 0, NULL
     crew_run(transposed_part, &p, N >= 2 * PANEL_ROWS and M * N * K >= SPLIT_MIN_MACS)
+    return True
+
+
+cdef bint gates_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                        Py_ssize_t lda, const floating* W, Py_ssize_t K2, const floating* A2,
+                        Py_ssize_t lda2, const floating* W2, const floating* bias,
+                        floating* C, Py_ssize_t ldc) noexcept nogil:
+    cdef Product p
+    cdef size_t first_bytes = packed_bytes(sizeof(floating), K, M)
+    if not PANEL_KERNEL or M >= PANEL_GATHER_ROWS or M * N * (K + K2) <= BLAS_MAX_MACS:
+        return False
+    p.packed = thread_buffer(BUFFER_PACKED, first_bytes + packed_bytes(sizeof(floating), K2, M))
+    if p.packed == NULL:
+        return False
+    p.packed2 = <char*>p.packed + first_bytes
+    pack(K, M, A, 1, lda, <floating*>p.packed)
+    pack(K2, M, A2, 1, lda2, <floating*>p.packed2)
+    p.is_f64 = floating is double
+    p.M, p.N, p.K, p.ldc = M, N, K, ldc
+    p.src, p.n_stride, p.K2, p.src2, p.n_stride2, p.bias = W, K, K2, W2, K2, bias
+    p.C, p.accumulate = C, False
+    crew_run(transposed_part, &p, N >= 2 * PANEL_ROWS and M * N * (K + K2) >= SPLIT_MIN_MACS)
     return True
 
 

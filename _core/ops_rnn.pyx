@@ -4,8 +4,9 @@
 # `cell(state, x)` and `m(X)` share every line below. Forward, per step: the bias, one
 # product for the step's input and one for the recurrence (against weights packed once
 # per sequence, blas.pxd; a single step, or inference over weights past 8 MB, reads them
-# in place), one elementwise pass for the gates. On packed weights the RNN and LSTM fold
-# the three into one product, [x_t, h_t-1, 1] against Wi, Wh and b stacked (`stacks`).
+# in place), one elementwise pass for the gates. The RNN and LSTM fold the three into one
+# kernel call: on packed weights [x_t, h_t-1, 1] against Wi, Wh and b stacked (`stacks`),
+# in place blas.gates_product.
 # Backward: per step in reverse, an elementwise pass and one product into dh; after the
 # loop, whole-sequence GEMMs for dWi, dWh (against the states each step saw, h[t-1]; a
 # short sequence's wait to join the next steps') and dX, and db as a column sum. A single
@@ -27,8 +28,8 @@ from recur._core.tape cimport (Node, Tape, index_t, recording_tape, constant, is
                                value_of)
 from recur._core.tape import alias
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
-                               pack_stacked, panel_product, share, defer_product,
-                               packed_for_backward, keep_alone, wide_vectors)
+                               pack_stacked, panel_product, gates_product, share,
+                               defer_product, packed_for_backward, keep_alone, wide_vectors)
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic, tanh_of, logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
@@ -556,6 +557,8 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
     cdef floating* y_t
     cdef index_t t, r
     cdef bint stacked = stacks(d)
+    cdef bint in_place_gates = not d.panels and (d.cell == CELL_RNN or d.cell == CELL_LSTM)
+    cdef bint fused
     cdef index_t depth = stacked_depth(d)
     cdef floating* stage = <floating*>w.stage + r0 * depth
     X += r0 * d.n_in
@@ -573,7 +576,12 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
                 memcpy(stage + r * depth + d.n_in, h_prev + r * H, H * sizeof(floating))
             panel_product(rows, GH, depth, stage, depth, 1, <floating*>w.packed_wi,
                           y_t if d.cell == CELL_RNN else gates_t, GH, False)
-        else:
+        # Likewise on weights read in place (a single step): both products and the bias
+        # meet in the kernel, and the gates are written once.
+        fused = stacked or (in_place_gates and gates_product(
+            rows, GH, d.n_in, X + t * B * d.n_in, d.n_in, Wi, H, h_prev, H, Wh, b,
+            y_t if d.cell == CELL_RNN else gates_t, GH))
+        if not fused:
             # Each step's input projection on top of the bias, just before the step needs
             # it: the gates stay in cache from here to the activations (projecting all
             # steps in one GEMM first sent T steps of gates through memory and back).
@@ -581,11 +589,11 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
             step_product(d, rows, GH, d.n_in, X + t * B * d.n_in, d.n_in, Wi, True,
                          <floating*>w.packed_wi, gates_t, GH, True)
         if d.cell == CELL_RNN:          # the gates are y_t itself
-            if not stacked:
+            if not fused:
                 step_product(d, rows, H, H, h_prev, H, Wh, True, pwh, y_t, H, True)
             activate(d.act, rows * H, y_t)
         elif d.cell == CELL_LSTM:
-            if not stacked:
+            if not fused:
                 step_product(d, rows, 4 * H, H, h_prev, H, Wh, True, pwh, gates_t, 4 * H,
                              True)
             step_elementwise(d, rows, gates_t, NULL, NULL, c_prev, cells + t * kept_stride,

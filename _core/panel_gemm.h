@@ -412,9 +412,15 @@ static void few_inner_##suffix(ptrdiff_t K, ptrdiff_t N, const scalar* A, ptrdif
  * a time, and only Aᵀ, K x M and small when A is a batch of rows, is packed (`packed`,      \
  * by panel_pack with k_stride 1). Each block of W (PANEL_ROWS x K) meets every panel of Aᵀ  \
  * while it is in cache, and the block of Cᵀ it gives is written into C's columns. Rows      \
- * [first_row, end_row) of W, which are C's columns. */                                       \
+ * [first_row, end_row) of W, which are C's columns. With K2 > 0 a second product A2 W2ᵀ     \
+ * (A2ᵀ in packed2, W2 of N rows and K2 columns) adds into the same block before it is       \
+ * written, and with `bias` (N values, or NULL) so does bias[n] on every row: a recurrent    \
+ * step's gates, x Wiᵀ + h Whᵀ + b, leave the kernel once rather than pass through C three \
+ * times. */                                                                                \
 static void panel_gemm_transposed_##suffix(ptrdiff_t M, ptrdiff_t K, const scalar* packed,  \
-                                           const scalar* W, ptrdiff_t ldw, scalar* C,        \
+                                           const scalar* W, ptrdiff_t ldw, ptrdiff_t K2,     \
+                                           const scalar* packed2, const scalar* W2,          \
+                                           ptrdiff_t ldw2, const scalar* bias, scalar* C,    \
                                            ptrdiff_t ldc, int accumulate,                    \
                                            ptrdiff_t first_row, ptrdiff_t end_row)           \
 {                                                                                           \
@@ -428,12 +434,25 @@ static void panel_gemm_transposed_##suffix(ptrdiff_t M, ptrdiff_t K, const scala
              * up to LANES rows) is computed on its first vector alone (AVX-512, Zen 5, one  \
              * thread: 16 x 256 x 96 99 -> 156 GFLOP/s; bench/ stepwise inference, medians of \
              * 6 alternate runs: GRU 32,64,16,50 0.69 -> 0.46 ms, LSTM 0.88 -> 0.73). */      \
-            if (width <= LANES_##suffix)                                                    \
+            if (width <= LANES_##suffix) {                                                  \
                 panel_rows_##suffix(rows, 1, K, W + i * ldw, ldw, 1, packed + m0 * K,        \
                                     PANEL_##suffix, tile, PANEL_##suffix, LANES_##suffix, 0); \
-            else                                                                            \
+                if (K2 > 0)                                                                 \
+                    panel_rows_##suffix(rows, 1, K2, W2 + i * ldw2, ldw2, 1,                \
+                                        packed2 + m0 * K2, PANEL_##suffix, tile,            \
+                                        PANEL_##suffix, LANES_##suffix, 1);                 \
+            } else {                                                                        \
                 panel_rows_##suffix(rows, 2, K, W + i * ldw, ldw, 1, packed + m0 * K,        \
                                     PANEL_##suffix, tile, PANEL_##suffix, PANEL_##suffix, 0); \
+                if (K2 > 0)                                                                 \
+                    panel_rows_##suffix(rows, 2, K2, W2 + i * ldw2, ldw2, 1,                \
+                                        packed2 + m0 * K2, PANEL_##suffix, tile,            \
+                                        PANEL_##suffix, PANEL_##suffix, 1);                 \
+            }                                                                               \
+            if (bias != NULL)                                                               \
+                for (ptrdiff_t r = 0; r < rows; r++)                                        \
+                    for (ptrdiff_t m = 0; m < width; m++)                                   \
+                        tile[r * PANEL_##suffix + m] += bias[i + r];                        \
             for (ptrdiff_t m = 0; m < width; m++) {                                         \
                 scalar* c = C + (m0 + m) * ldc + i;                                         \
                 if (accumulate)                                                             \

@@ -826,14 +826,16 @@ def test_packed_weights_are_forgotten_when_a_backward_pass_ends():
         _assert_close(got[p], want[q], rtol=1e-6, what=str(p.shape))
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRUv3"])
-def test_inference_over_large_weights_matches_the_recorded_forward(kind):
-    # Past 8 MB of weights inference reads them in place, step by step (ops_rnn.pyx),
-    # where a recorded forward packs them for its backward: the two agree.
+@pytest.mark.parametrize("kind,n_in,hidden", [("LSTM", 200, 800), ("GRUv3", 200, 800),
+                                               ("RNN", 1200, 1600)])
+def test_inference_over_large_weights_matches_the_recorded_forward(kind, n_in, hidden):
+    # Past 8 MB of weights inference reads them in place, step by step (ops_rnn.pyx; the
+    # RNN's and LSTM's input and recurrence in one call, blas.gates_product), where a
+    # recorded forward packs them for its backward: the two agree.
     rng = np.random.default_rng(13)
-    layer = {"LSTM": LSTM, "GRUv3": GRUv3}[kind](200, 800)
+    layer = {"LSTM": LSTM, "GRUv3": GRUv3, "RNN": RNN}[kind](n_in, hidden)
     assert sum(p.value.nbytes for p in rc.params(layer)) > 8 << 20
-    X = rng.standard_normal((3, 5, 200)).astype(np.float32)
+    X = rng.standard_normal((3, 5, n_in)).astype(np.float32)
     reset(layer)
     inferred = np.asarray(layer(X))
     recorded = {}
