@@ -364,7 +364,8 @@ cdef bint gates_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
         return False
     p.packed2 = <char*>p.packed + first_bytes
     pack(K, M, A, 1, lda, <floating*>p.packed)
-    pack(K2, M, A2, 1, lda2, <floating*>p.packed2)
+    if K2 > 0:
+        pack(K2, M, A2, 1, lda2, <floating*>p.packed2)
     p.is_f64 = floating is double
     p.M, p.N, p.K, p.ldc = M, N, K, ldc
     p.src, p.n_stride, p.K2, p.src2, p.n_stride2, p.bias = W, K, K2, W2, K2, bias

@@ -557,7 +557,8 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
     cdef floating* y_t
     cdef index_t t, r
     cdef bint stacked = stacks(d)
-    cdef bint in_place_gates = not d.panels and (d.cell == CELL_RNN or d.cell == CELL_LSTM)
+    # Whether the recurrence's product joins the input's (the GRUs keep h Whᵀ apart).
+    cdef bint adds_recurrence = d.cell == CELL_RNN or d.cell == CELL_LSTM
     cdef bint fused
     cdef index_t depth = stacked_depth(d)
     cdef floating* stage = <floating*>w.stage + r0 * depth
@@ -576,11 +577,11 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
                 memcpy(stage + r * depth + d.n_in, h_prev + r * H, H * sizeof(floating))
             panel_product(rows, GH, depth, stage, depth, 1, <floating*>w.packed_wi,
                           y_t if d.cell == CELL_RNN else gates_t, GH, False)
-        # Likewise on weights read in place (a single step): both products and the bias
+        # Likewise on weights read in place (a single step): the products and the bias
         # meet in the kernel, and the gates are written once.
-        fused = stacked or (in_place_gates and gates_product(
-            rows, GH, d.n_in, X + t * B * d.n_in, d.n_in, Wi, H, h_prev, H, Wh, b,
-            y_t if d.cell == CELL_RNN else gates_t, GH))
+        fused = stacked or (not d.panels and gates_product(
+            rows, GH, d.n_in, X + t * B * d.n_in, d.n_in, Wi, H if adds_recurrence else 0,
+            h_prev, H, Wh, b, y_t if d.cell == CELL_RNN else gates_t, GH))
         if not fused:
             # Each step's input projection on top of the bias, just before the step needs
             # it: the gates stay in cache from here to the activations (projecting all
