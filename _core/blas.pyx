@@ -186,10 +186,10 @@ cdef void few_columns_part(void* arg, int part, int parts) noexcept nogil:
     cdef Py_ssize_t first = p.M * part // parts, end = p.M * (part + 1) // parts
     if p.is_f64:
         few_columns_d(p.N, p.K, <const double*>p.A, p.a_row, <const double*>p.src,
-                      p.n_stride, <double*>p.C, p.ldc, p.accumulate, first, end)
+                      p.b_row, <double*>p.C, p.ldc, p.accumulate, first, end)
     else:
         few_columns_f(p.N, p.K, <const float*>p.A, p.a_row, <const float*>p.src,
-                      p.n_stride, <float*>p.C, p.ldc, p.accumulate, first, end)
+                      p.b_row, <float*>p.C, p.ldc, p.accumulate, first, end)
 
 
 cdef void few_inner_part(void* arg, int part, int parts) noexcept nogil:
@@ -198,10 +198,10 @@ cdef void few_inner_part(void* arg, int part, int parts) noexcept nogil:
     cdef Py_ssize_t first = p.M * part // parts, end = p.M * (part + 1) // parts
     if p.is_f64:
         few_inner_d(p.K, p.N, <const double*>p.A, p.a_row, p.a_k, <const double*>p.src,
-                    p.k_stride, <double*>p.C, p.ldc, p.accumulate, first, end)
+                    p.b_row, <double*>p.C, p.ldc, p.accumulate, first, end)
     else:
         few_inner_f(p.K, p.N, <const float*>p.A, p.a_row, p.a_k, <const float*>p.src,
-                    p.k_stride, <float*>p.C, p.ldc, p.accumulate, first, end)
+                    p.b_row, <float*>p.C, p.ldc, p.accumulate, first, end)
 
 
 cdef void pack_part(void* arg, int part, int parts) noexcept nogil:
@@ -308,27 +308,17 @@ cdef bint keep_alone(bint alone) noexcept nogil:
     return crew_keep_alone(alone)
 
 
-cdef void few_columns(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
-                      Py_ssize_t lda, const floating* W, Py_ssize_t ldw, floating* C,
-                      Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    # C [+]= A Wᵀ for a W of few rows (panel_gemm.h's few_columns), the crew sharing C's rows.
+cdef void by_rows_of_c(crew_task part, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                      const floating* A, Py_ssize_t a_row, Py_ssize_t a_k, const floating* B,
+                      Py_ssize_t b_row, floating* C, Py_ssize_t ldc,
+                      bint accumulate) noexcept nogil:
+    # A product on a kernel that works a row of C at a time (few_columns_part: B is W, N x K;
+    # few_inner_part: B is Bmat, K x N), the crew sharing C's rows.
     cdef Product p
     p.is_f64 = floating is double
-    p.M, p.N, p.K, p.A, p.a_row, p.src, p.n_stride = M, N, K, A, lda, W, ldw
+    p.M, p.N, p.K, p.A, p.a_row, p.a_k, p.src, p.b_row = M, N, K, A, a_row, a_k, B, b_row
     p.C, p.ldc, p.accumulate = C, ldc, accumulate
-    crew_run(few_columns_part, &p, M >= 2 and M * N * K >= SPLIT_MIN_MACS)
-
-
-cdef void few_inner(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
-                    Py_ssize_t a_row, Py_ssize_t a_k, const floating* Bmat, Py_ssize_t ldb,
-                    floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    # C [+]= A Bmat over an inner size of at most FEW_INNER (panel_gemm.h's few_inner), the
-    # crew sharing C's rows.
-    cdef Product p
-    p.is_f64 = floating is double
-    p.M, p.N, p.K, p.A, p.a_row, p.a_k, p.src, p.k_stride = M, N, K, A, a_row, a_k, Bmat, ldb
-    p.C, p.ldc, p.accumulate = C, ldc, accumulate
-    crew_run(few_inner_part, &p, M >= 2 and M * N * K >= SPLIT_MIN_MACS)
+    crew_run(part, &p, M >= 2 and M * N * K >= SPLIT_MIN_MACS)
 
 
 cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
@@ -386,11 +376,11 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
         return
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and trans_b and not trans_a
             and n <= FEW_COLUMNS and k * sizeof(floating) >= VECTOR_BYTES):
-        few_columns(m, n, k, a, lda, b, ldb, c, ldc, beta == 1)
+        by_rows_of_c(few_columns_part, m, n, k, a, lda, 1, b, ldb, c, ldc, beta == 1)
         return
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and not trans_b
             and 0 < k <= FEW_INNER and n * sizeof(floating) >= VECTOR_BYTES):
-        few_inner(m, n, k, a, a_row, a_k, b, ldb, c, ldc, beta == 1)
+        by_rows_of_c(few_inner_part, m, n, k, a, a_row, a_k, b, ldb, c, ldc, beta == 1)
         return
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and k > 0
             and <double>m * n * k > BLAS_MAX_MACS):
