@@ -332,7 +332,7 @@ few_block_##suffix(const int N, ptrdiff_t K, const scalar* A, ptrdiff_t lda,    
 {                                                                                           \
     for (ptrdiff_t i = first_row; i < end_row; i++) {                                       \
         const scalar* a = A + i * lda;                                                      \
-        vec_##suffix acc[FEW_COLUMNS];                                                \
+        vec_##suffix acc[FEW_COLUMNS];                                                      \
         ptrdiff_t k = 0;                                                                    \
         for (int j = 0; j < N; j++) acc[j] = (vec_##suffix){0};                            \
         for (; k + LANES_##suffix <= K; k += LANES_##suffix) {                              \
@@ -380,7 +380,8 @@ few_inner_block_##suffix(const int K, ptrdiff_t N, const scalar* A, ptrdiff_t a_
         for (int k = 0; k < K; k++) a[k] = A[i * a_row + k * a_k];                          \
         for (; j + LANES_##suffix <= N; j += LANES_##suffix) {                              \
             vec_##suffix acc = accumulate ? *(vec_##suffix*)(c + j) : (vec_##suffix){0};    \
-            for (int k = 0; k < K; k++) acc += a[k] * *(const vec_##suffix*)(Bmat + k * ldb + j); \
+            for (int k = 0; k < K; k++)                                                     \
+                acc += a[k] * *(const vec_##suffix*)(Bmat + k * ldb + j);                   \
             *(vec_##suffix*)(c + j) = acc;                                                  \
         }                                                                                   \
         for (; j < N; j++) {                                                                \
