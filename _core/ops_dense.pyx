@@ -139,7 +139,7 @@ def call(layer, x, prepare, activations):
         x, value = prepare(layer, x, W.dtype, n_in)
     act = activations.get(σ)
     y = dense(x, W_in, b_in, value, W, None if b_in is None else value_of(b_in),
-              0 if act is None else act, (<object>value).shape[:-1] + (W.shape[0],))
+              0 if act is None else act, (<object>value).shape[:value.ndim - 1] + (W.shape[0],))
     return y if act is not None else σ(y)
 
 
