@@ -4,6 +4,10 @@ from libc.math cimport tanh, exp, fabsf, copysignf
 from libc.string cimport memcpy
 from cython cimport floating
 
+cdef extern from "activations.h" nogil:
+    size_t logistic_vectors(size_t n, float* v)
+    size_t tanh_vectors(size_t n, float* v)
+
 # float32 exp, sigmoid and tanh to a few ulp, written without branches or calls so that
 # the loops applying them vectorise (libm's are scalar calls and cost as much as the
 # GEMMs). float64, the dtype of gradient checks, keeps libm's. Constants in float code are
@@ -52,13 +56,19 @@ cdef inline floating tanh_of(floating v) noexcept nogil:
         return tanh(v)
 
 
+# In place over an array: float32's whole vectors in activations.h (the same arithmetic,
+# with a cheaper clamp), the rest here.
 cdef inline void logistic_in_place(Py_ssize_t n, floating* v) noexcept nogil:
-    cdef Py_ssize_t k
-    for k in range(n):
+    cdef Py_ssize_t k = 0
+    if floating is float:
+        k = logistic_vectors(n, v)
+    for k in range(k, n):
         v[k] = logistic(v[k])
 
 
 cdef inline void tanh_in_place(Py_ssize_t n, floating* v) noexcept nogil:
-    cdef Py_ssize_t k
-    for k in range(n):
+    cdef Py_ssize_t k = 0
+    if floating is float:
+        k = tanh_vectors(n, v)
+    for k in range(k, n):
         v[k] = tanh_of(v[k])

@@ -31,7 +31,7 @@ from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, p
                                pack_stacked, panel_product, gates_product, share,
                                defer_product, packed_for_backward, keep_alone, wide_vectors)
 from recur._core.ops_dense cimport activate, activation_grad
-from recur._core.fastmath cimport logistic, tanh_of, logistic_in_place, tanh_in_place
+from recur._core.fastmath cimport logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
 
 cdef extern from "memory.h" nogil:
@@ -697,8 +697,10 @@ cdef void lstm_forward(index_t B, index_t H, floating* gates, const floating* c_
         logistic_in_place(H, o_gate)
         for j in range(H):
             c_row[j] = f_gate[j] * c_prev_row[j] + i_gate[j] * candidate[j]
+        memcpy(h_row, c_row, H * sizeof(floating))
+        tanh_in_place(H, h_row)
         for j in range(H):
-            h_row[j] = o_gate[j] * tanh_of(c_row[j])
+            h_row[j] *= o_gate[j]
 
 
 cdef void gru_forward(index_t B, index_t H, floating* gates, const floating* hidden_proj,

@@ -736,6 +736,30 @@ def test_float32_gates_are_accurate_and_propagate_nan():
         assert np.isnan(np.asarray(cell32(state, x)[1])[3]).all()
 
 
+@pytest.mark.parametrize("σ, exact", [(rc.sigmoid, lambda v: 1 / (1 + np.exp(-v))),
+                                       (rc.tanh, np.tanh)])
+def test_float32_activation_over_a_long_row_matches_float64_everywhere(σ, exact):
+    """Long float32 rows take the whole-vector loops (activations.h) and their last values
+    the scalar ones: both within a few ulps of float64, including past the exp clamp, with
+    NaN kept, infinities saturated and tanh's zero signed."""
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 87.5, -87.5, 88.5,
+                        -88.5, 200.0, -200.0, 1e-30, -1e-30, 44.0, -44.0])
+    rng = np.random.default_rng(5)
+    spread = np.concatenate([rng.standard_normal(100) * scale for scale in (1e-4, 1, 10)])
+    values = np.concatenate([special, spread, special]).astype(np.float32)    # 332 values
+    # x = 0 against W = 1 gives exactly b: the row is the values themselves.
+    layer = rc.Dense.from_weights(np.ones((values.size, 1), np.float32), values, σ)
+    got = np.asarray(layer(np.zeros((1, 1), np.float32)))[0].astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = exact(values.astype(np.float64))
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    finite = ~np.isnan(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=2e-6, atol=2e-7)
+    if σ is rc.tanh:        # (x W + b turns b's -0 into +0, so zeros are left out)
+        signed = finite & (values != 0)
+        np.testing.assert_array_equal(np.signbit(got[signed]), np.signbit(values[signed]))
+
+
 def test_truncate_right_after_reset_keeps_state0():
     m = rc.LSTM(4, 5)
     rc.reset(m)

@@ -1,0 +1,97 @@
+/* float32 logistic and tanh over arrays, in place, a vector at a time: the gate activations
+ * of the recurrent cells and Dense (fastmath.pxd, which finishes the last values of an
+ * array and keeps the definitions these loops follow step for step).
+ *
+ * Written on vectors for one instruction pair. Both functions first clamp their argument
+ * of exp to [-87, 88], so that 2ⁿ stays a normal float. As scalar selects, GCC vectorised
+ * the clamp into three compares and three blends; min and max do it in two instructions,
+ * and the compares and blends share AVX2's two FMA ports with the arithmetic that follows
+ * (Zen 3, one thread, logistic over 8192 floats: 0.55 -> 0.42 ns a value). The operand
+ * order of min and max passes a NaN through, as the selects did: with a NaN in either
+ * operand, x86's min and max return the second. Everything else is the scalar code's
+ * expression, contracted into FMAs alike, so both give the same values. */
+#ifndef RECUR_ACTIVATIONS_H
+#define RECUR_ACTIVATIONS_H
+
+#include <stddef.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define ACTIVATION_BYTES 64
+typedef __m512 activation_native;
+#define activation_max _mm512_max_ps
+#define activation_min _mm512_min_ps
+#elif defined(__AVX__)
+#include <immintrin.h>
+#define ACTIVATION_BYTES 32
+typedef __m256 activation_native;
+#define activation_max _mm256_max_ps
+#define activation_min _mm256_min_ps
+#endif
+
+#ifdef ACTIVATION_BYTES
+typedef float activation_vec __attribute__((vector_size(ACTIVATION_BYTES), aligned(4)));
+typedef unsigned int activation_bits __attribute__((vector_size(ACTIVATION_BYTES)));
+enum { ACTIVATION_LANES = ACTIVATION_BYTES / sizeof(float) };
+
+/* fastmath's exp_parts: eˣ = 2ⁿ (1 + q), returns q and sets *scale = 2ⁿ. */
+static inline __attribute__((always_inline)) activation_vec
+activation_exp_parts(activation_vec x, activation_vec* scale)
+{
+    const float log2e = 1.4426950408889634f, ln2_hi = 0.693145751953125f;
+    const float ln2_lo = 1.4286068203094173e-06f, shifter = 12582912.0f;     /* 1.5·2²³ */
+    const activation_vec lowest = (activation_vec){0} - 87.0f;
+    const activation_vec highest = (activation_vec){0} + 88.0f;
+    activation_vec clamped = (activation_vec)activation_min(
+        (activation_native)highest,
+        activation_max((activation_native)lowest, (activation_native)x));
+    activation_vec shifted = clamped * log2e + shifter;
+    activation_vec n = shifted - shifter;
+    activation_vec r = clamped - n * ln2_hi - n * ln2_lo;
+    activation_bits bits = ((activation_bits)shifted - 0x4B400000u + 127u) << 23;
+    *scale = (activation_vec)bits;
+    return r * (1.0f + r * ((float)(1 / 2.) + r * ((float)(1 / 6.) + r * ((float)(1 / 24.)
+                + r * ((float)(1 / 120.) + r * ((float)(1 / 720.) + r * (float)(1 / 5040.)))))));
+}
+#endif
+
+/* logistic over v[0, n) in whole vectors; returns how many values it did (none without
+ * AVX), fastmath.pxd doing the rest. */
+static size_t logistic_vectors(size_t n, float* v)
+{
+#ifdef ACTIVATION_BYTES
+    size_t k = 0;
+    for (; k + ACTIVATION_LANES <= n; k += ACTIVATION_LANES) {
+        activation_vec scale, q = activation_exp_parts(-*(activation_vec*)(v + k), &scale);
+        *(activation_vec*)(v + k) = 1.0f / (1.0f + (scale + scale * q));
+    }
+    return k;
+#else
+    (void)n; (void)v;
+    return 0;
+#endif
+}
+
+/* tanh likewise: tanh|v| = -u / (2 + u) with u = e^(-2|v|) - 1, then v's sign. */
+static size_t tanh_vectors(size_t n, float* v)
+{
+#ifdef ACTIVATION_BYTES
+    const activation_bits sign = (activation_bits){0} + 0x80000000u;
+    size_t k = 0;
+    for (; k + ACTIVATION_LANES <= n; k += ACTIVATION_LANES) {
+        activation_vec x = *(activation_vec*)(v + k);
+        activation_vec magnitude = (activation_vec)((activation_bits)x & ~sign);
+        activation_vec scale, q = activation_exp_parts(-2.0f * magnitude, &scale);
+        activation_vec u = scale * q + (scale - 1.0f);
+        activation_vec t = -u / (2.0f + u);
+        *(activation_vec*)(v + k) = (activation_vec)(((activation_bits)t & ~sign)
+                                                     | ((activation_bits)x & sign));
+    }
+    return k;
+#else
+    (void)n; (void)v;
+    return 0;
+#endif
+}
+
+#endif
