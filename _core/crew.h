@@ -252,4 +252,47 @@ static void crew_run(crew_task task, void* arg, int split)
     atomic_store(&crew.busy, 0);
 }
 
+/* Units of work [0, n) that a task's parts claim as they go rather than split in halves
+ * up front. The two cores of a virtual machine rarely run at one speed: each drifts by up
+ * to a third, independently, over tens of milliseconds (other guests share the physical
+ * cores), so a task halved in advance ends when the slower half does. Part 0 claims from
+ * the front and part 1 from the back, so a part keeps working on the same end of the data
+ * from one call to the next, and only the units where they meet go to whichever part gets
+ * there first (Zen 3 EPYC, 2 vCPUs, float32 1024³ on the panels, medians of 100
+ * alternating runs in one process: halves 117-124 GFLOP/s, the slower half taking
+ * 1.19-1.29 times the faster one's time on average; 32 claimed units of rows 132-143).
+ * Both ends live in one word, so a claim is one compare-and-swap. */
+typedef struct {
+    _Atomic unsigned long long ends;   /* back << 32 | front: units [front, back) are free */
+} crew_claims;
+
+static inline void crew_claims_reset(crew_claims* claims, long units)
+{
+    atomic_store_explicit(&claims->ends, (unsigned long long)units << 32,
+                          memory_order_relaxed);
+}
+
+/* The next unit for `part` (0 takes the lowest free one, any other part the highest), or
+ * -1 once none is left. */
+static inline long crew_claim(crew_claims* claims, int part)
+{
+    unsigned long long ends = atomic_load_explicit(&claims->ends, memory_order_relaxed);
+    for (;;) {
+        unsigned long long front = ends & 0xffffffffULL, back = ends >> 32;
+        unsigned long long claimed;
+        long unit;
+        if (front >= back) return -1;
+        if (part == 0) {
+            claimed = ends + 1;
+            unit = (long)front;
+        } else {
+            claimed = ends - (1ULL << 32);
+            unit = (long)back - 1;
+        }
+        if (atomic_compare_exchange_weak_explicit(&claims->ends, &ends, claimed,
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return unit;
+    }
+}
+
 #endif

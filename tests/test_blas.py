@@ -222,3 +222,40 @@ def test_a_process_allowed_one_cpu_keeps_to_the_calling_thread():
     one_cpu = "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})"
     new_threads, _ = _product_in_a_new_process({"RECUR_NUM_THREADS": ""}, confine=one_cpu)
     assert new_threads == "0"
+
+
+# Products whose shared parts claim units of work as they go (crew.h: crew_claims): a tall
+# A in units of rows, a short one in units of panels, A Wᵀ over W read in place in units of
+# W's rows, a weight gradient Aᵀ B, and an LSTM's forward split by columns step by step.
+# Each repetition may cut the work between the threads elsewhere; prints one digest a case
+# per repetition.
+_CLAIMED_UNITS = """
+    import hashlib
+    import numpy as np
+    import recur as rc
+    rng = np.random.default_rng(5)
+    tall, short = rng.standard_normal((700, 300)), rng.standard_normal((40, 300))
+    b, seed = rng.standard_normal((300, 1000)), rng.standard_normal((700, 1000))
+    dense = rc.Dense(300, 900, rng=rng, dtype=np.float64)
+    lstm = rc.LSTM(32, 384, rng=rng)
+    X = rng.standard_normal((4, 16, 32)).astype(np.float32)
+    A = rc.param(tall)
+    cases = [lambda: rc.Tensor(tall) @ b, lambda: rc.Tensor(short) @ b,
+             lambda: dense(short), lambda: rc.gradient(lambda: rc.sum((A @ b) * seed), [A])[A],
+             lambda: (rc.reset(lstm), lstm(X))[1]]
+    for _ in range(20):
+        print(" ".join(hashlib.sha1(np.ascontiguousarray(np.asarray(case())).tobytes())
+                       .hexdigest()[:16] for case in cases))
+"""
+
+
+def test_units_claimed_by_two_threads_give_one_threads_results_exactly():
+    if not PANEL_KERNEL_BUILT:
+        pytest.skip("a build without the panel kernel (RECUR_PORTABLE=1) runs no crew")
+    alone = _run(_CLAIMED_UNITS, {"RECUR_NUM_THREADS": "1"})
+    shared = _run(_CLAIMED_UNITS, {"RECUR_NUM_THREADS": ""})
+    assert alone.returncode == 0, alone.stderr
+    assert shared.returncode == 0, shared.stderr
+    alone_lines, shared_lines = alone.stdout.split("\n"), shared.stdout.split("\n")
+    assert len(set(alone_lines[:20])) == 1 and len(alone_lines[0].split()) == 5
+    assert shared_lines == alone_lines
