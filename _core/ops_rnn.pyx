@@ -822,17 +822,14 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
         memcpy(dc, dY + T * BH, rows * H * sizeof(floating))     # the gradient of c_T
     for t in range(T - 1, -1, -1):
         h_prev = Y + (t - 1) * BH if t > 0 else h0
-        # h_t is both this step's output and the next step's state.
-        add_to(rows * H, dY + t * BH, dh)
-        if d.cell == CELL_RNN:
-            activation_grad(d.act, rows * H, Y + t * BH, dh, d_gates + t * B * GH)
-        elif d.cell == CELL_LSTM:
-            lstm_backward(rows, H, gates + t * B * GH, cells + (t - 1) * BH if t > 0 else c0,
-                          cells + t * BH, tanh_c, dh, dc, d_gates + t * B * GH)
-        elif d.cell == CELL_GRU:
-            gru_backward(rows, H, gates + t * B * GH, hidden + t * BH, h_prev, dh,
-                         d_gates + t * B * GH, d_hidden + t * B * ld_hidden)
+        if d.cell != CELL_GRUV3:
+            step_backward_elementwise(d, rows, dY + t * BH, Y + t * BH, gates + t * B * GH,
+                                      cells + (t - 1) * BH if t > 0 else c0, cells + t * BH,
+                                      hidden + t * BH, h_prev, tanh_c, dh, dc,
+                                      d_gates + t * B * GH, d_hidden + t * B * ld_hidden)
         else:
+            # h_t is both this step's output and the next step's state.
+            add_to(rows * H, dY + t * BH, dh)
             gruv3_output_backward(rows, H, gates + t * B * GH, h_prev, dh,
                                   d_gates + t * B * GH)
             step_product(d, rows, H, H, d_gates + t * B * GH + 2 * H, 3 * H, Wh_h, False,
@@ -917,6 +914,76 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
         else:
             gemm(False, False, T * B, n_in, GH, 1, d_gates, GH, Wi, n_in,
                  1, <floating*>nodes[inputs[IN_X]].grad, n_in)
+
+
+# A step's elementwise backward over its rows, split between the crew's two threads when
+# the pass was not split already (a sequence whose products the crew shares by columns) and
+# is large enough to pay for the hand-over, as step_elementwise does forward. Every row
+# has its own values in every buffer, so the parts give the serial result.
+ctypedef struct StepBackward:
+    bint is_f64
+    const Dims* d
+    index_t rows
+    const void* dY             # this step's output gradient
+    const void* y              # RNN: the step's output
+    const void* gates
+    const void* c_prev         # LSTM
+    const void* c
+    const void* hidden         # GRU: h Wh_nᵀ
+    const void* h_prev         # GRU
+    void* tanh_c               # LSTM: scratch
+    void* dh
+    void* dc                   # LSTM
+    void* d_gates
+    void* d_hidden             # GRU: gradient of h Whᵀ
+
+
+cdef void step_backward_elementwise(const Dims* d, index_t rows, const floating* dY,
+                                    const floating* y, const floating* gates,
+                                    const floating* c_prev, const floating* c,
+                                    const floating* hidden, const floating* h_prev,
+                                    floating* tanh_c, floating* dh, floating* dc,
+                                    floating* d_gates, floating* d_hidden) noexcept nogil:
+    cdef StepBackward job
+    job.is_f64 = floating is double
+    job.d, job.rows, job.dY, job.y, job.gates = d, rows, dY, y, gates
+    job.c_prev, job.c, job.hidden, job.h_prev = c_prev, c, hidden, h_prev
+    job.tanh_c, job.dh, job.dc, job.d_gates, job.d_hidden = tanh_c, dh, dc, d_gates, d_hidden
+    share(backward_elementwise_part, &job,
+          rows >= 2 and rows * d.H >= (ELEMENTWISE_SPLIT_MIN_WIDE if wide_vectors()
+                                       else ELEMENTWISE_SPLIT_MIN_NARROW))
+
+
+cdef void backward_elementwise_part(void* arg, int part, int parts) noexcept nogil:
+    cdef StepBackward* job = <StepBackward*>arg
+    cdef index_t r0 = job.rows * part // parts, r1 = job.rows * (part + 1) // parts
+    if job.is_f64:
+        backward_elementwise_rows(job, <double*>job.dh, r0, r1)
+    else:
+        backward_elementwise_rows(job, <float*>job.dh, r0, r1)
+
+
+cdef void backward_elementwise_rows(const StepBackward* job, floating* dh, index_t r0,
+                                    index_t r1) noexcept nogil:
+    cdef const Dims* d = job.d
+    cdef index_t H = d.H, rows = r1 - r0, GH = input_blocks(d.cell) * d.H
+    dh += r0 * H
+    # h_t is both this step's output and the next step's state.
+    add_to(rows * H, <const floating*>job.dY + r0 * H, dh)
+    if d.cell == CELL_RNN:
+        activation_grad(d.act, rows * H, <const floating*>job.y + r0 * H, dh,
+                        <floating*>job.d_gates + r0 * GH)
+    elif d.cell == CELL_LSTM:
+        lstm_backward(rows, H, <const floating*>job.gates + r0 * GH,
+                      <const floating*>job.c_prev + r0 * H, <const floating*>job.c + r0 * H,
+                      <floating*>job.tanh_c + r0 * H, dh, <floating*>job.dc + r0 * H,
+                      <floating*>job.d_gates + r0 * GH)
+    else:
+        gru_backward(rows, H, <const floating*>job.gates + r0 * GH,
+                     <const floating*>job.hidden + r0 * H,
+                     <const floating*>job.h_prev + r0 * H, dh,
+                     <floating*>job.d_gates + r0 * GH,
+                     <floating*>job.d_hidden + r0 * 3 * H)
 
 
 # The activations' derivatives from their outputs, which is what the gates keep.
