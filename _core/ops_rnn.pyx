@@ -627,23 +627,30 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
         h_prev = y_t
 
 
-# A step's elementwise pass over its rows, split between the crew's two threads when the
-# step was not split already (a single step, or a sequence whose products the crew splits
-# by columns) and the pass is large enough to pay for the hand-over; otherwise the helper
-# waits through it. Rows are independent, so the parts give the serial result. bench/,
-# stepwise inference, A/B in alternate processes: LSTM 128,512 36.9-37.6 -> 33.4-35.5 ms,
-# GRU 64,256 18.1 -> 16.7-17.9. (The RNN's one activation is too cheap to share: it
-# stays in forward_rows.)
+# A step's elementwise pass over its rows, forward or backward, split between the crew's
+# two threads when the step was not split already (a single step, or a sequence whose
+# products the crew splits by columns) and the pass is large enough to pay for the
+# hand-over; otherwise the helper waits through it. Rows are independent, so the parts
+# give the serial result. bench/, stepwise inference, A/B in alternate processes: LSTM
+# 128,512 36.9-37.6 -> 33.4-35.5 ms, GRU 64,256 18.1 -> 16.7-17.9. (The RNN's one
+# activation forward is too cheap to share: it stays in forward_rows.)
 ctypedef struct StepElementwise:
     bint is_f64
+    bint backward
     const Dims* d
     index_t rows
-    void* gates                # the step's gates; for the GRU its input projection
-    const void* hidden_proj    # GRU: h Whᵀ
+    void* gates                # the step's gates; forward, for the GRU its input projection
+    const void* hidden_proj    # forward, GRU: h Whᵀ
     const void* h_prev         # GRU
     const void* c_prev         # LSTM
-    void* kept                 # LSTM: c; GRU: h Wh_nᵀ
-    void* y
+    void* kept                 # LSTM: c; GRU: h Wh_nᵀ (written forward, read backward)
+    void* y                    # the step's output (read backward by the RNN)
+    const void* dY             # backward: the step's output gradient
+    void* tanh_c               # backward, LSTM: scratch
+    void* dh                   # backward
+    void* dc                   # backward, LSTM
+    void* d_gates              # backward
+    void* d_hidden             # backward, GRU: gradient of h Whᵀ
 
 
 cdef enum:
@@ -655,16 +662,20 @@ cdef enum:
     ELEMENTWISE_SPLIT_MIN_NARROW = 2048
 
 
+cdef inline bint elementwise_pays(const Dims* d, index_t rows) noexcept nogil:
+    # Whether a step's elementwise pass, forward or backward, is worth a hand-over.
+    return rows >= 2 and rows * d.H >= (ELEMENTWISE_SPLIT_MIN_WIDE if wide_vectors()
+                                        else ELEMENTWISE_SPLIT_MIN_NARROW)
+
+
 cdef void step_elementwise(const Dims* d, index_t rows, floating* gates,
                            const floating* hidden_proj, const floating* h_prev,
                            const floating* c_prev, floating* kept, floating* y) noexcept nogil:
     cdef StepElementwise job
-    job.is_f64 = floating is double
+    job.is_f64, job.backward = floating is double, False
     job.d, job.rows, job.gates, job.hidden_proj = d, rows, gates, hidden_proj
     job.h_prev, job.c_prev, job.kept, job.y = h_prev, c_prev, kept, y
-    share(elementwise_part, &job,
-          rows >= 2 and rows * d.H >= (ELEMENTWISE_SPLIT_MIN_WIDE if wide_vectors()
-                                       else ELEMENTWISE_SPLIT_MIN_NARROW))
+    share(elementwise_part, &job, elementwise_pays(d, rows))
 
 
 cdef void elementwise_part(void* arg, int part, int parts) noexcept nogil:
@@ -680,6 +691,9 @@ cdef void elementwise_rows(const StepElementwise* job, floating* y, index_t r0,
                            index_t r1) noexcept nogil:
     cdef const Dims* d = job.d
     cdef index_t H = d.H, rows = r1 - r0, GH = input_blocks(d.cell) * d.H
+    if job.backward:
+        backward_elementwise_rows(job, y, r0, r1)
+        return
     y += r0 * H
     if d.cell == CELL_LSTM:
         lstm_forward(rows, H, <floating*>job.gates + r0 * GH,
@@ -824,9 +838,10 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
         h_prev = Y + (t - 1) * BH if t > 0 else h0
         if d.cell != CELL_GRUV3:
             step_backward_elementwise(d, rows, dY + t * BH, Y + t * BH, gates + t * B * GH,
-                                      cells + (t - 1) * BH if t > 0 else c0, cells + t * BH,
-                                      hidden + t * BH, h_prev, tanh_c, dh, dc,
-                                      d_gates + t * B * GH, d_hidden + t * B * ld_hidden)
+                                      cells + (t - 1) * BH if t > 0 else c0,
+                                      cells + t * BH if d.cell == CELL_LSTM else hidden + t * BH,
+                                      h_prev, tanh_c, dh, dc, d_gates + t * B * GH,
+                                      d_hidden + t * B * ld_hidden)
         else:
             # h_t is both this step's output and the next step's state.
             add_to(rows * H, dY + t * BH, dh)
@@ -916,71 +931,40 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
                  1, <floating*>nodes[inputs[IN_X]].grad, n_in)
 
 
-# A step's elementwise backward over its rows, split between the crew's two threads when
-# the pass was not split already (a sequence whose products the crew shares by columns) and
-# is large enough to pay for the hand-over, as step_elementwise does forward. Every row
-# has its own values in every buffer, so the parts give the serial result.
-ctypedef struct StepBackward:
-    bint is_f64
-    const Dims* d
-    index_t rows
-    const void* dY             # this step's output gradient
-    const void* y              # RNN: the step's output
-    const void* gates
-    const void* c_prev         # LSTM
-    const void* c
-    const void* hidden         # GRU: h Wh_nᵀ
-    const void* h_prev         # GRU
-    void* tanh_c               # LSTM: scratch
-    void* dh
-    void* dc                   # LSTM
-    void* d_gates
-    void* d_hidden             # GRU: gradient of h Whᵀ
-
-
+# A step's elementwise backward over its rows (StepElementwise, backward), shared like the
+# forward's: where the step was not split already (a sequence whose products the crew
+# shares by columns) and the pass pays for the hand-over.
 cdef void step_backward_elementwise(const Dims* d, index_t rows, const floating* dY,
                                     const floating* y, const floating* gates,
-                                    const floating* c_prev, const floating* c,
-                                    const floating* hidden, const floating* h_prev,
-                                    floating* tanh_c, floating* dh, floating* dc,
-                                    floating* d_gates, floating* d_hidden) noexcept nogil:
-    cdef StepBackward job
-    job.is_f64 = floating is double
-    job.d, job.rows, job.dY, job.y, job.gates = d, rows, dY, y, gates
-    job.c_prev, job.c, job.hidden, job.h_prev = c_prev, c, hidden, h_prev
+                                    const floating* c_prev, const floating* kept,
+                                    const floating* h_prev, floating* tanh_c, floating* dh,
+                                    floating* dc, floating* d_gates,
+                                    floating* d_hidden) noexcept nogil:
+    cdef StepElementwise job
+    job.is_f64, job.backward = floating is double, True
+    job.d, job.rows, job.dY, job.y, job.gates = d, rows, dY, <void*>y, <void*>gates
+    job.c_prev, job.kept, job.h_prev = c_prev, <void*>kept, h_prev
     job.tanh_c, job.dh, job.dc, job.d_gates, job.d_hidden = tanh_c, dh, dc, d_gates, d_hidden
-    share(backward_elementwise_part, &job,
-          rows >= 2 and rows * d.H >= (ELEMENTWISE_SPLIT_MIN_WIDE if wide_vectors()
-                                       else ELEMENTWISE_SPLIT_MIN_NARROW))
+    share(elementwise_part, &job, elementwise_pays(d, rows))
 
 
-cdef void backward_elementwise_part(void* arg, int part, int parts) noexcept nogil:
-    cdef StepBackward* job = <StepBackward*>arg
-    cdef index_t r0 = job.rows * part // parts, r1 = job.rows * (part + 1) // parts
-    if job.is_f64:
-        backward_elementwise_rows(job, <double*>job.dh, r0, r1)
-    else:
-        backward_elementwise_rows(job, <float*>job.dh, r0, r1)
-
-
-cdef void backward_elementwise_rows(const StepBackward* job, floating* dh, index_t r0,
+cdef void backward_elementwise_rows(const StepElementwise* job, const floating* y, index_t r0,
                                     index_t r1) noexcept nogil:
     cdef const Dims* d = job.d
     cdef index_t H = d.H, rows = r1 - r0, GH = input_blocks(d.cell) * d.H
-    dh += r0 * H
+    cdef floating* dh = <floating*>job.dh + r0 * H
     # h_t is both this step's output and the next step's state.
     add_to(rows * H, <const floating*>job.dY + r0 * H, dh)
     if d.cell == CELL_RNN:
-        activation_grad(d.act, rows * H, <const floating*>job.y + r0 * H, dh,
-                        <floating*>job.d_gates + r0 * GH)
+        activation_grad(d.act, rows * H, y + r0 * H, dh, <floating*>job.d_gates + r0 * GH)
     elif d.cell == CELL_LSTM:
         lstm_backward(rows, H, <const floating*>job.gates + r0 * GH,
-                      <const floating*>job.c_prev + r0 * H, <const floating*>job.c + r0 * H,
-                      <floating*>job.tanh_c + r0 * H, dh, <floating*>job.dc + r0 * H,
-                      <floating*>job.d_gates + r0 * GH)
+                      <const floating*>job.c_prev + r0 * H,
+                      <const floating*>job.kept + r0 * H, <floating*>job.tanh_c + r0 * H, dh,
+                      <floating*>job.dc + r0 * H, <floating*>job.d_gates + r0 * GH)
     else:
         gru_backward(rows, H, <const floating*>job.gates + r0 * GH,
-                     <const floating*>job.hidden + r0 * H,
+                     <const floating*>job.kept + r0 * H,
                      <const floating*>job.h_prev + r0 * H, dh,
                      <floating*>job.d_gates + r0 * GH,
                      <floating*>job.d_hidden + r0 * 3 * H)
