@@ -440,13 +440,14 @@ cdef enum:
     # 46 by rows; 128,512,64,50, 5 MB, trains in 126 ms by rows and 142 by columns).
     ROW_SPLIT_MAX_WEIGHT_BYTES = 8 << 20
     # The LSTM's forward over a sequence splits by columns from a smaller size: its
-    # elementwise pass is shared too (step_elementwise), and the column units are claimed
-    # (blas.pxd), so neither core waits for the other's half. Past the L2 cache it wins
-    # (Zen 3, 2 vCPUs, medians of alternate runs in one process: 128,512,64,50 with 5 MB
-    # inference 7-10% faster, training 3%; 64,256,64,100 with 1.3 MB inference 2% faster,
-    # training 1% slower), below it the row split keeps each core's weights in its own
-    # L2. The RNN's activation stays in the calling thread (forward_rows), and the GRU's
-    # two products per step each hand over: both lost by columns (RNN 128,512 8%).
+    # elementwise pass is shared too (step_elementwise), and the products' units are
+    # claimed (crew.h: crew_claims), so neither core waits for the other's half (Zen 3,
+    # 2 vCPUs, medians of alternate runs in one process: 128,512,64,50 with 5 MB inference
+    # 7-11% faster, training 3-5%). At 64,256,64,100 with 1.3 MB it came out even
+    # (inference 2% faster, training 1% slower); smaller, the row split keeps each core's
+    # weights in its own L2. The RNN's activation stays in the calling thread
+    # (forward_rows), and the GRU's two products per step each hand over: both lost by
+    # columns (RNN 128,512 8%).
     LSTM_FORWARD_ROW_SPLIT_MAX_WEIGHT_BYTES = 2 << 20
     # A single step (a stepwise loop's) of fewer multiply-adds runs in the calling thread
     # alone; from here on its batch rows are split like a sequence's, each part packing
