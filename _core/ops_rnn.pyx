@@ -690,11 +690,11 @@ cdef void elementwise_part(void* arg, int part, int parts) noexcept nogil:
 
 cdef void elementwise_rows(const StepElementwise* job, floating* y, index_t r0,
                            index_t r1) noexcept nogil:
-    cdef const Dims* d = job.d
-    cdef index_t H = d.H, rows = r1 - r0, GH = input_blocks(d.cell) * d.H
     if job.backward:
         backward_elementwise_rows(job, y, r0, r1)
         return
+    cdef const Dims* d = job.d
+    cdef index_t H = d.H, rows = r1 - r0, GH = input_blocks(d.cell) * d.H
     y += r0 * H
     if d.cell == CELL_LSTM:
         lstm_forward(rows, H, <floating*>job.gates + r0 * GH,
