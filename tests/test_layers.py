@@ -47,6 +47,32 @@ def test_dense_with_an_unfused_activation_and_without_bias():
     assert repr(d) == "Dense(3 => 2, softplus, bias=False)"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_weight_gradients_of_many_small_steps_match_one_call_over_them_all(dtype):
+    # Applied a step at a time, each node's dW = dzᵀ x waits to join the next steps' in one
+    # product (deferred.h), run once 256 rows have gathered or before anything reads the
+    # gradient: the second layer's weights are computed (P / 2), so their node reads the
+    # gradient mid-pass, and its tanh takes dz from the node's own scratch.
+    rng = np.random.default_rng(23)
+    first, second = rc.Dense(6, 9, dtype=dtype), rc.Dense(9, 3, rc.tanh, dtype=dtype)
+    P = rc.param(2 * second.W.value)
+    X = rng.standard_normal((70, 5, 6)).astype(dtype)
+    seed = rng.standard_normal((70, 5, 3)).astype(dtype)
+    ps = [P, first.W, first.b, second.b]
+    results = {}
+    for path in ("whole", "steps"):
+        def loss():
+            second.W = P / 2
+            Y = second(first(X)) if path == "whole" else rc.stack([second(first(x)) for x in X])
+            return rc.sum(Y * seed)
+
+        results[path] = rc.gradient(loss, ps)
+    rtol = 1e-4 if dtype == np.float32 else 1e-11
+    for p in ps:
+        np.testing.assert_allclose(results["steps"][p], results["whole"][p], rtol=rtol,
+                                   atol=rtol, err_msg=str(p.shape))
+
+
 def test_chain_is_a_sequence_of_callables():
     m = rc.Chain(rc.Dense(2, 4, rc.relu), rc.Dense(4, 3), rc.softmax, lambda y: y * 2)
     assert len(m) == 4 and isinstance(m[0], rc.Dense) and len(list(m)) == 4
