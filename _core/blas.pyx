@@ -28,12 +28,14 @@ cdef extern from "panel_gemm.h" nogil:
                       Py_ssize_t n_stride, double* packed, Py_ssize_t panel_stride,
                       Py_ssize_t first_panel, Py_ssize_t end_panel)
     void panel_gemm_f(Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t a_row,
-                      Py_ssize_t a_k, const float* panels, Py_ssize_t b_row,
+                      Py_ssize_t a_k, const float* const* a_columns, const float* panels,
+                      Py_ssize_t b_row,
                       Py_ssize_t panel_stride, float* C, Py_ssize_t ldc, int accumulate,
                       Py_ssize_t first_row, Py_ssize_t end_row, Py_ssize_t first_panel,
                       Py_ssize_t end_panel)
     void panel_gemm_d(Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t a_row,
-                      Py_ssize_t a_k, const double* panels, Py_ssize_t b_row,
+                      Py_ssize_t a_k, const double* const* a_columns, const double* panels,
+                      Py_ssize_t b_row,
                       Py_ssize_t panel_stride, double* C, Py_ssize_t ldc, int accumulate,
                       Py_ssize_t first_row, Py_ssize_t end_row, Py_ssize_t first_panel,
                       Py_ssize_t end_panel)
@@ -110,6 +112,8 @@ cdef enum:
     # A deferred weight-gradient product runs once its steps reach this depth (deferred.h):
     # deep enough that reading and writing the gradient is a small part of the product.
     DEFER_DEPTH = 256
+    # Its depth at most: below DEFER_DEPTH before the last segment, which is shallower.
+    DEFERRED_MAX_DEPTH = 2 * DEFER_DEPTH
     # Products past this many multiply-adds run on the panels rather than the BLAS, which
     # packs both operands on every call (for a recurrent step's weights, every step). Where
     # the BLAS has AVX-512 kernels it was as fast up to its single-thread limit of 262144
@@ -134,6 +138,7 @@ ctypedef struct Product:
     bint is_f64
     Py_ssize_t M, N, K, a_row, a_k, ldc, panels
     const void* A
+    const void* const* a_columns    # or A's columns wherever they lie (panel_gemm.h)
     # Bmat's panels; for a packing its destination, for a transposed product Aᵀ's panels
     void* packed
     Py_ssize_t b_row, panel_stride
@@ -177,13 +182,15 @@ cdef void product_part(void* arg, int part, int parts) noexcept nogil:
 cdef inline void product_range(Product* p, Py_ssize_t first_row, Py_ssize_t end_row,
                                Py_ssize_t first_panel, Py_ssize_t end_panel) noexcept nogil:
     if p.is_f64:
-        panel_gemm_d(p.N, p.K, <const double*>p.A, p.a_row, p.a_k, <const double*>p.packed,
-                     p.b_row, p.panel_stride, <double*>p.C, p.ldc, p.accumulate, first_row,
-                     end_row, first_panel, end_panel)
+        panel_gemm_d(p.N, p.K, <const double*>p.A, p.a_row, p.a_k,
+                     <const double* const*>p.a_columns, <const double*>p.packed, p.b_row,
+                     p.panel_stride, <double*>p.C, p.ldc, p.accumulate, first_row, end_row,
+                     first_panel, end_panel)
     else:
-        panel_gemm_f(p.N, p.K, <const float*>p.A, p.a_row, p.a_k, <const float*>p.packed,
-                     p.b_row, p.panel_stride, <float*>p.C, p.ldc, p.accumulate, first_row,
-                     end_row, first_panel, end_panel)
+        panel_gemm_f(p.N, p.K, <const float*>p.A, p.a_row, p.a_k,
+                     <const float* const*>p.a_columns, <const float*>p.packed, p.b_row,
+                     p.panel_stride, <float*>p.C, p.ldc, p.accumulate, first_row, end_row,
+                     first_panel, end_panel)
 
 
 cdef void transposed_part(void* arg, int part, int parts) noexcept nogil:
@@ -289,13 +296,14 @@ cdef void pack_stacked(Py_ssize_t K, Py_ssize_t N, const floating* src, Py_ssize
 
 
 cdef void product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
-                  Py_ssize_t a_row, Py_ssize_t a_k, const floating* panels, Py_ssize_t b_row,
-                  Py_ssize_t panel_stride, floating* C, Py_ssize_t ldc,
-                  bint accumulate) noexcept nogil:
+                  Py_ssize_t a_row, Py_ssize_t a_k, const floating* const* a_columns,
+                  const floating* panels, Py_ssize_t b_row, Py_ssize_t panel_stride,
+                  floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
     cdef Product p
     cdef Py_ssize_t row_blocks
     p.is_f64 = floating is double
     p.M, p.N, p.K, p.a_row, p.a_k, p.ldc = M, N, K, a_row, a_k, ldc
+    p.a_columns = <const void* const*>a_columns
     p.panels = panel_count(p.is_f64, N)
     p.A, p.packed, p.b_row, p.panel_stride = A, <void*>panels, b_row, panel_stride
     p.C, p.accumulate = C, accumulate
@@ -304,7 +312,8 @@ cdef void product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
     # have 22 blocks of rows: 9% slower in units of one panel). Where A is read in place,
     # units of panels.
     row_blocks = (M + PANEL_ROWS - 1) // PANEL_ROWS
-    p.by_rows = (a_k != 1 or M >= PANEL_GATHER_ROWS) and row_blocks >= 2 or p.panels < 2
+    p.by_rows = ((a_k != 1 or a_columns != NULL or M >= PANEL_GATHER_ROWS) and row_blocks >= 2
+                 or p.panels < 2)
     if p.by_rows:
         p.unit = (row_blocks + PRODUCT_UNITS - 1) // PRODUCT_UNITS * PANEL_ROWS
         crew_claims_reset(&p.claims, (M + p.unit - 1) // p.unit)
@@ -319,7 +328,7 @@ cdef void panel_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
                         Py_ssize_t a_row, Py_ssize_t a_k, const floating* packed,
                         floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
     cdef Py_ssize_t width = panel_width(floating is double)
-    product(M, N, K, A, a_row, a_k, packed, width, K * width, C, ldc, accumulate)
+    product(M, N, K, A, a_row, a_k, NULL, packed, width, K * width, C, ldc, accumulate)
 
 
 cdef const floating* packed_for_backward(Py_ssize_t K, Py_ssize_t N, const floating* src,
@@ -457,7 +466,8 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
             else:
                 whole = n // width * width
                 if whole > 0:
-                    product(m, whole, k, a, a_row, a_k, b, ldb, width, c, ldc, beta == 1)
+                    product(m, whole, k, a, a_row, a_k, NULL, b, ldb, width, c, ldc,
+                            beta == 1)
                 if whole == n:
                     return
         packed = <floating*>thread_buffer(BUFFER_PACKED,
@@ -521,13 +531,18 @@ cdef void defer_product(bint is_f64, int M, int N, int K, const void* A, int lda
 
 
 cdef void run_deferred(Deferrals* d, int i) noexcept nogil:
-    # One product over every segment stacked, or one per segment without staging memory.
+    # One product over every segment: on the panels straight from the segments, else on
+    # the BLAS with the segments stacked, else (without staging memory) one per segment.
     cdef DeferredProduct p
     cdef const DeferredSegment* segment
     cdef void* A
     cdef void* B
     cdef int s
     deferred_take(d, i, &p)
+    if p.n_segments > 1 and PANEL_KERNEL and <double>p.M * p.N * p.K > BLAS_MAX_MACS:
+        if (segments_product(&p, <double*>p.C) if p.is_f64
+                else segments_product(&p, <float*>p.C)):
+            return
     if p.n_segments > 1 and deferred_stage(&p, &A, &B) == 0:
         transposed_product(p.is_f64, p.M, p.N, p.K, A, p.M, B, p.N, p.C, p.ldc)
         return
@@ -535,6 +550,35 @@ cdef void run_deferred(Deferrals* d, int i) noexcept nogil:
         segment = deferred_segment(&p, s)
         transposed_product(p.is_f64, p.M, p.N, segment.K, segment.A, segment.lda, segment.B,
                            segment.ldb, p.C, p.ldc)
+
+
+cdef bint segments_product(const DeferredProduct* p, floating* C) noexcept nogil:
+    # C += Σ Aᵀ B over p's segments with none of them copied first: B's rows are packed
+    # from each segment in turn, and the kernel gathers Aᵀ's blocks from the segments' rows
+    # where they lie (panel_gemm.h: a_columns), as it gathers a single Aᵀ's. Stacked into one
+    # array first, the segments went through memory twice (GRU 32,128,32,100 stepwise
+    # training, two threads: 8% of the wall time in the calling thread's copies, the
+    # helper waiting). False, with nothing done, without memory for the packing.
+    cdef const floating* columns[DEFERRED_MAX_DEPTH]
+    cdef const DeferredSegment* segment
+    cdef Py_ssize_t width = panel_width(floating is double), k = 0, j
+    cdef floating* packed
+    cdef int s
+    if p.K > DEFERRED_MAX_DEPTH:
+        return False
+    packed = <floating*>thread_buffer(BUFFER_PACKED, packed_bytes(sizeof(floating), p.K, p.N))
+    if packed == NULL:
+        return False
+    for s in range(p.n_segments):
+        segment = deferred_segment(p, s)
+        pack_stacked(segment.K, p.N, <const floating*>segment.B, segment.ldb, 1, packed, k,
+                     p.K)
+        for j in range(segment.K):
+            columns[k + j] = <const floating*>segment.A + j * segment.lda
+        k += segment.K
+    product(p.M, p.N, p.K, columns[0], 1, 0, columns, packed, width, p.K * width, C, p.ldc,
+            True)
+    return True
 
 
 cdef void flush_deferred(const void* start, size_t nbytes) noexcept nogil:
@@ -548,3 +592,4 @@ cdef void flush_deferred(const void* start, size_t nbytes) noexcept nogil:
         if i < 0:
             return
         run_deferred(d, i)
+

@@ -271,13 +271,16 @@ panel_rows_##suffix(ptrdiff_t M, const int vectors, ptrdiff_t K, const scalar* A
 }                                                                                           \
                                                                                             \
 /* C [+]= A Bmat on C's rows [first_row, end_row) and columns of the panels [first_panel,  \
- * end_panel), with A[i][k] = A[i * a_row + k * a_k]. Panel p of Bmat starts at            \
- * panels + p * panel_stride, its row k b_row values further: packed by panel_pack that is \
- * PANEL and K * PANEL; a row-major Bmat whose panels are all whole can be read in place,  \
- * with its row stride and PANEL. Workers sharing a product take disjoint ranges, so no    \
- * two write the same element. */                                                          \
+ * end_panel), with A[i][k] = A[i * a_row + k * a_k], or, where `a_columns` is not NULL,    \
+ * A[i][k] = a_columns[k][i]: a transposed A whose columns lie wherever they are (a         \
+ * deferred weight gradient's steps, each its own buffer), gathered from there as from one  \
+ * array. Panel p of Bmat starts at panels + p * panel_stride, its row k b_row values       \
+ * further: packed by panel_pack that is PANEL and K * PANEL; a row-major Bmat whose panels \
+ * are all whole can be read in place, with its row stride and PANEL. Workers sharing a     \
+ * product take disjoint ranges, so no two write the same element. */                     \
 static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdiff_t a_row, \
-                                ptrdiff_t a_k, const scalar* panels, ptrdiff_t b_row,       \
+                                ptrdiff_t a_k, const scalar* const* a_columns,              \
+                                const scalar* panels, ptrdiff_t b_row,                      \
                                 ptrdiff_t panel_stride, scalar* C, ptrdiff_t ldc,           \
                                 int accumulate, ptrdiff_t first_row, ptrdiff_t end_row,     \
                                 ptrdiff_t first_panel, ptrdiff_t end_panel)                 \
@@ -287,7 +290,8 @@ static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdi
      * block of rows, fetched again for every panel. Such blocks are first gathered into    \
      * `gathered`, k-major, and meet every panel from there; a short untransposed A (a      \
      * recurrent step's rows) is read in place, where copying would cost more than it saves. */ \
-    const int in_place = a_k == 1 && end_row - first_row < PANEL_GATHER_ROWS;               \
+    const int in_place = a_columns == NULL && a_k == 1                                      \
+                         && end_row - first_row < PANEL_GATHER_ROWS;                        \
     scalar gathered[PANEL_DEPTH * PANEL_ROWS];                                              \
     ptrdiff_t M = end_row - first_row;                                                      \
     A += first_row * a_row;                                                                 \
@@ -308,7 +312,13 @@ static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdi
         for (ptrdiff_t i = 0; i < M; i += PANEL_ROWS) {                                     \
             ptrdiff_t rows = M - i < PANEL_ROWS ? M - i : PANEL_ROWS;                       \
             const scalar* from = A + i * a_row + k0 * a_k;                                  \
-            if (rows == PANEL_ROWS && a_row == 1)   /* a transposed A's whole block */      \
+            if (a_columns != NULL)                                                          \
+                for (ptrdiff_t k = 0; k < depth; k++) {                                     \
+                    const scalar* column = a_columns[k0 + k] + first_row + i;               \
+                    for (ptrdiff_t r = 0; r < rows; r++)                                    \
+                        gathered[k * PANEL_ROWS + r] = column[r];                           \
+                }                                                                           \
+            else if (rows == PANEL_ROWS && a_row == 1)   /* a transposed A's whole block */ \
                 for (ptrdiff_t k = 0; k < depth; k++, from += a_k)                          \
                     memcpy(gathered + k * PANEL_ROWS, from, sizeof(scalar) * PANEL_ROWS);   \
             else                                                                            \

@@ -52,19 +52,24 @@ def test_dense_weight_gradients_of_many_small_steps_match_one_call_over_them_all
     # Applied a step at a time, each node's dW = dzᵀ x waits to join the next steps' in one
     # product (deferred.h), run once 256 rows have gathered or before anything reads the
     # gradient: the second layer's weights are computed (P / 2), so their node reads the
-    # gradient mid-pass, and its tanh takes dz from the node's own scratch.
+    # gradient mid-pass, and its tanh takes dz from the node's own scratch. The gradients'
+    # rows, 300 and 3, take the panel kernel's two ways of gathering the steps' dz from
+    # where they lie (blas.pyx: segments_product), and 9 x 6 the BLAS's over a stacked copy.
     rng = np.random.default_rng(23)
-    first, second = rc.Dense(6, 9, dtype=dtype), rc.Dense(9, 3, rc.tanh, dtype=dtype)
+    first, second = rc.Dense(6, 300, dtype=dtype), rc.Dense(300, 3, rc.tanh, dtype=dtype)
+    small = rc.Dense(6, 9, dtype=dtype)
     P = rc.param(2 * second.W.value)
     X = rng.standard_normal((70, 5, 6)).astype(dtype)
     seed = rng.standard_normal((70, 5, 3)).astype(dtype)
-    ps = [P, first.W, first.b, second.b]
+    ps = [P, first.W, first.b, second.b, small.W]
     results = {}
     for path in ("whole", "steps"):
         def loss():
             second.W = P / 2
-            Y = second(first(X)) if path == "whole" else rc.stack([second(first(x)) for x in X])
-            return rc.sum(Y * seed)
+            model = rc.Chain(first, second)
+            Y = model(X) if path == "whole" else rc.stack([model(x) for x in X])
+            Z = small(X) if path == "whole" else rc.stack([small(x) for x in X])
+            return rc.sum(Y * seed) + rc.sum(Z[..., :3] * seed)
 
         results[path] = rc.gradient(loss, ps)
     rtol = 1e-4 if dtype == np.float32 else 1e-11
