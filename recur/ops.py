@@ -7,6 +7,7 @@ import numbers
 import numpy as np
 
 from recur._core import ops_dense
+from recur._core.ops_elementwise import same_shape_arithmetic
 from recur._core.registry import CODES
 from recur._core.tape import alias, is_recorded, record, record_many
 from recur.tensor import Param, Tensor, as_array, result_dtype
@@ -98,15 +99,18 @@ def _binary(op, ufunc, a, b):
 
 
 def add(a, b):
-    return _binary(OP["ADD"], np.add, a, b)
+    out = same_shape_arithmetic(OP["ADD"], a, b)
+    return _binary(OP["ADD"], np.add, a, b) if out is None else out
 
 
 def sub(a, b):
-    return _binary(OP["SUB"], np.subtract, a, b)
+    out = same_shape_arithmetic(OP["SUB"], a, b)
+    return _binary(OP["SUB"], np.subtract, a, b) if out is None else out
 
 
 def mul(a, b):
-    return _binary(OP["MUL"], np.multiply, a, b)
+    out = same_shape_arithmetic(OP["MUL"], a, b)
+    return _binary(OP["MUL"], np.multiply, a, b) if out is None else out
 
 
 def div(a, b):

@@ -47,6 +47,9 @@ TARGET = randn(3, 4)
 # name -> (function of Params, input arrays)
 CASES = {
     "add same shape": (lambda a, b: a + b, [randn(3, 4), randn(3, 4)]),
+    "add 0-d pair": (lambda a, b: a + b, [randn(), randn()]),
+    "sub same shape": (lambda a, b: a - b, [randn(2, 3), randn(2, 3)]),
+    "mul same shape": (lambda a, b: a * b, [randn(4), randn(4)]),
     "add broadcast rows/cols": (lambda a, b: a + b, [randn(3, 1), randn(1, 4)]),
     "add trailing vector": (lambda a, b: a + b, [randn(2, 3, 4), randn(4)]),
     "add 0-d": (lambda a, b: a + b, [randn(), randn(2, 3)]),
@@ -239,6 +242,23 @@ def test_mixed_dtypes_promote_like_numpy():
     assert rc.tanh(np.arange(3)).dtype == np.float32           # float32 by default
     gs = rc.gradient(lambda: rc.sum(a32 * b64), [a32, b64])
     assert gs[a32].dtype == np.float32 and gs[b64].dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_same_shape_arithmetic_gives_numpys_values_recorded_or_not(dtype):
+    # Two Tensors of one dtype and shape take one C call (ops_elementwise.pyx); its values
+    # are numpy's to the bit, on the tape or off it, and mixed dtypes still promote.
+    x, y = randn(3, 5).astype(dtype), randn(3, 5).astype(dtype)
+    a, b = rc.param(x, dtype), rc.param(y, dtype)
+    for op in (np.add, np.subtract, np.multiply):
+        np.testing.assert_array_equal(op(rc.Tensor(x), rc.Tensor(y)).value, op(x, y))
+        recorded = {}
+        rc.gradient(lambda: (recorded.setdefault("v", op(a, b)), rc.sum(recorded["v"]))[1],
+                    [a, b])
+        assert recorded["v"].dtype == dtype and not recorded["v"].value.flags.writeable
+        np.testing.assert_array_equal(recorded["v"].value, op(x, y))
+    other = np.float64 if dtype == np.float32 else np.float32
+    assert (a + rc.param(y, other)).dtype == np.float64
 
 
 def test_values_match_numpy():
