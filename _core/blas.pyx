@@ -29,16 +29,14 @@ cdef extern from "panel_gemm.h" nogil:
                       Py_ssize_t first_panel, Py_ssize_t end_panel)
     void panel_gemm_f(Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t a_row,
                       Py_ssize_t a_k, const float* const* a_columns, const float* panels,
-                      Py_ssize_t b_row,
-                      Py_ssize_t panel_stride, float* C, Py_ssize_t ldc, int accumulate,
-                      Py_ssize_t first_row, Py_ssize_t end_row, Py_ssize_t first_panel,
-                      Py_ssize_t end_panel)
+                      Py_ssize_t b_row, Py_ssize_t panel_stride, float* C, Py_ssize_t ldc,
+                      int accumulate, Py_ssize_t first_row, Py_ssize_t end_row,
+                      Py_ssize_t first_panel, Py_ssize_t end_panel)
     void panel_gemm_d(Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t a_row,
                       Py_ssize_t a_k, const double* const* a_columns, const double* panels,
-                      Py_ssize_t b_row,
-                      Py_ssize_t panel_stride, double* C, Py_ssize_t ldc, int accumulate,
-                      Py_ssize_t first_row, Py_ssize_t end_row, Py_ssize_t first_panel,
-                      Py_ssize_t end_panel)
+                      Py_ssize_t b_row, Py_ssize_t panel_stride, double* C, Py_ssize_t ldc,
+                      int accumulate, Py_ssize_t first_row, Py_ssize_t end_row,
+                      Py_ssize_t first_panel, Py_ssize_t end_panel)
     void panel_gemm_transposed_f(Py_ssize_t M, Py_ssize_t K, const float* packed,
                                  const float* W, Py_ssize_t ldw, Py_ssize_t K2,
                                  const float* packed2, const float* W2, Py_ssize_t ldw2,
@@ -112,7 +110,8 @@ cdef enum:
     # A deferred weight-gradient product runs once its steps reach this depth (deferred.h):
     # deep enough that reading and writing the gradient is a small part of the product.
     DEFER_DEPTH = 256
-    # Its depth at most: below DEFER_DEPTH before the last segment, which is shallower.
+    # Its depth at most: short of DEFER_DEPTH before its last segment, and that segment,
+    # deferred only because it was shallower than DEFER_DEPTH, adds less than as much again.
     DEFERRED_MAX_DEPTH = 2 * DEFER_DEPTH
     # Products past this many multiply-adds run on the panels rather than the BLAS, which
     # packs both operands on every call (for a recurrent step's weights, every step). Where
