@@ -10,7 +10,7 @@
 from libc.math cimport tanh, exp, log, sqrt, fabs, pow
 from cython cimport floating
 cimport numpy as cnp
-from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant, is_tensor
+from recur._core.tape cimport Node, index_t, is_tensor, record_pair
 from recur._core.registry cimport *
 from recur._core.strided cimport next_row
 
@@ -27,9 +27,8 @@ def same_shape_arithmetic(int op, object a, object b):
     for any other operands, which that path takes. The same IEEE operations as numpy's,
     so the same values."""
     cdef cnp.ndarray x, y, out
-    cdef Tape tape
     cdef Node* node
-    cdef index_t id_a, id_b, n
+    cdef index_t n
     if not (is_tensor(a) and is_tensor(b)):
         return None
     x, y = a._value, b._value
@@ -46,18 +45,11 @@ def same_shape_arithmetic(int op, object a, object b):
     else:
         arithmetic_forward(op, n, <float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(y),
                            <float*>cnp.PyArray_DATA(out))
-    tape = recording_tape()
-    if tape is None:
-        return constant(out)
-    id_a, id_b = tape.node_of(a), tape.node_of(b)
-    if id_a < 0 and id_b < 0:
-        return constant(out)
-    node = tape.append(op, out, 2, 4, 0, 0)
-    tape.set_input(node, 0, id_a, x)
-    tape.set_input(node, 1, id_b, y)
-    # binary_backward's layout of one flat axis, both inputs read with stride 1
-    node.ints[0], node.ints[1], node.ints[2], node.ints[3] = 1, n, 1, 1
-    return tape.tensor(out, tape.n_nodes - 1)
+    result = record_pair(op, out, a, x, b, y, 4, &node)
+    if node != NULL:
+        # binary_backward's layout of one flat axis, both inputs read with stride 1
+        node.ints[0], node.ints[1], node.ints[2], node.ints[3] = 1, n, 1, 1
+    return result
 
 
 cdef void arithmetic_forward(int op, index_t n, const floating* a, const floating* b,

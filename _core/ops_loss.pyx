@@ -12,7 +12,7 @@
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
-from recur._core.tape cimport Node, Tape, index_t, recording_tape, constant
+from recur._core.tape cimport Node, index_t, record_pair
 from recur._core.registry cimport OP_SQUARED_ERROR
 
 cnp.import_array()
@@ -26,9 +26,7 @@ def squared_error_mean(prediction, target, cnp.ndarray ŷ, cnp.ndarray y):
     cdef bint is_f64 = cnp.PyArray_TYPE(ŷ) == cnp.NPY_DOUBLE
     cdef cnp.ndarray value = cnp.PyArray_EMPTY(0, NULL, cnp.PyArray_TYPE(ŷ), 0)
     cdef double total
-    cdef Tape tape
     cdef Node* node
-    cdef index_t id_prediction, id_target
     if is_f64:
         total = sum_of_squared_differences[double](n, <double*>cnp.PyArray_DATA(ŷ),
                                                    <double*>cnp.PyArray_DATA(y))
@@ -37,17 +35,10 @@ def squared_error_mean(prediction, target, cnp.ndarray ŷ, cnp.ndarray y):
         total = sum_of_squared_differences[float](n, <float*>cnp.PyArray_DATA(ŷ),
                                                   <float*>cnp.PyArray_DATA(y))
         (<float*>cnp.PyArray_DATA(value))[0] = <float>(total / n) if n else np.nan
-    tape = recording_tape()
-    if tape is None:
-        return constant(value)
-    id_prediction, id_target = tape.node_of(prediction), tape.node_of(target)
-    if id_prediction < 0 and id_target < 0:
-        return constant(value)
-    node = tape.append(OP_SQUARED_ERROR, value, 2, 1, 0, 0)
-    tape.set_input(node, 0, id_prediction, ŷ)
-    tape.set_input(node, 1, id_target, y)
-    node.ints[0] = n
-    return tape.tensor(value, tape.n_nodes - 1)
+    result = record_pair(OP_SQUARED_ERROR, value, prediction, ŷ, target, y, 1, &node)
+    if node != NULL:
+        node.ints[0] = n
+    return result
 
 
 cdef double sum_of_squared_differences(index_t n, const floating* ŷ,

@@ -74,6 +74,13 @@ cpdef Tape recording_tape()
 # Wraps an array as a constant (unrecorded) Tensor.
 cdef object constant(object value)
 
+# `value` as the Tensor of op(a, b), given each input's C-contiguous value in the op's dtype:
+# recorded when this thread records and a or b is on its tape, with *node set to the new node
+# for the caller to fill its n_ints attributes (valid until the next append); else a constant,
+# with *node NULL. The fused C entries' one way of recording two inputs.
+cdef object record_pair(int op, object value, object a, object a_value, object b,
+                        object b_value, index_t n_ints, Node** node)
+
 # Whether x is a Tensor (Params included).
 cdef bint is_tensor(object x)
 

@@ -115,6 +115,22 @@ cdef object constant(object value):
     return make_tensor(value, None, 0, -1)
 
 
+cdef object record_pair(int op, object value, object a, object a_value, object b,
+                        object b_value, index_t n_ints, Node** node):
+    cdef Tape tape = recording_tape()
+    cdef index_t id_a, id_b
+    node[0] = NULL
+    if tape is None:
+        return constant(value)
+    id_a, id_b = tape.node_of(a), tape.node_of(b)
+    if id_a < 0 and id_b < 0:
+        return constant(value)
+    node[0] = tape.append(op, value, 2, n_ints, 0, 0)
+    tape.set_input(node[0], 0, id_a, a_value)
+    tape.set_input(node[0], 1, id_b, b_value)
+    return tape.tensor(value, tape.n_nodes - 1)
+
+
 # ---------------------------------------------------------------- the tape
 
 cdef long recording_count = 0     # tapes recording in any thread (guarded by the GIL)
