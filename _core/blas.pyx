@@ -591,4 +591,3 @@ cdef void flush_deferred(const void* start, size_t nbytes) noexcept nogil:
         if i < 0:
             return
         run_deferred(d, i)
-
