@@ -98,19 +98,22 @@ def _binary(op, ufunc, a, b):
     return record(op, out, (a, b), (a_value, b_value), layout)
 
 
+def _arithmetic(op, ufunc, a, b):
+    """`_binary` for +, - and *, where two Tensors of one dtype and shape take one C call."""
+    out = same_shape_arithmetic(op, a, b)
+    return _binary(op, ufunc, a, b) if out is None else out
+
+
 def add(a, b):
-    out = same_shape_arithmetic(OP["ADD"], a, b)
-    return _binary(OP["ADD"], np.add, a, b) if out is None else out
+    return _arithmetic(OP["ADD"], np.add, a, b)
 
 
 def sub(a, b):
-    out = same_shape_arithmetic(OP["SUB"], a, b)
-    return _binary(OP["SUB"], np.subtract, a, b) if out is None else out
+    return _arithmetic(OP["SUB"], np.subtract, a, b)
 
 
 def mul(a, b):
-    out = same_shape_arithmetic(OP["MUL"], a, b)
-    return _binary(OP["MUL"], np.multiply, a, b) if out is None else out
+    return _arithmetic(OP["MUL"], np.multiply, a, b)
 
 
 def div(a, b):
