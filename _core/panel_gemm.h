@@ -51,7 +51,8 @@
  * taken, and GCC warns about their accumulators past the array's end. */
 #define PANEL_TAIL(suffix, rows)                                                            \
     case rows: panel_block_##suffix(rows, vectors, K, A + i * a_row, a_row, a_k, panel,     \
-                                    b_row, C + i * ldc, ldc, width, accumulate); break;
+                                    b_row, prefetch_end, C + i * ldc, ldc, width,           \
+                                    accumulate); break;
 #if PANEL_ROWS > 6
 #define PANEL_WIDE_TAILS(suffix)                                                            \
     PANEL_TAIL(suffix, 11) PANEL_TAIL(suffix, 10) PANEL_TAIL(suffix, 9)                     \
@@ -71,6 +72,12 @@
  * than the arithmetic (Zen 5 EPYC, one thread, 32 x 4096 x 1024 on packed panels:
  * 160-187 -> 213-232 GFLOP/s; products whose panels stay in cache, and AVX2, unchanged). */
 #define PANEL_PREFETCH_ROWS 64
+/* The prefetch stops at the end of the packed operand (`prefetch_end`). Past it lie other
+ * buffers, such as the rows a row split's other thread writes on every step (ops_rnn's
+ * stage, carved right after the stacked panels): asking for those lines took them from
+ * that core, whose next write then had to take them back. bench/, alternate runs in one
+ * process (Xeon with AVX-512, 2 vCPUs): RNN 32,64,16,50 inference 0.139 -> 0.080 ms,
+ * LSTM 0.314 -> 0.231; RNN 32,128,32,100 0.86 -> 0.66, LSTM 2.53 -> 2.28. */
 
 /* __builtin_shuffle, for transpose, is GCC's; elsewhere packing stays scalar (and a
  * stand-in lets the transpose, never called there, compile). */
@@ -203,7 +210,8 @@ static void panel_pack_##suffix(ptrdiff_t K, ptrdiff_t N, const scalar* src,    
 static inline __attribute__((always_inline)) void                                           \
 panel_block_##suffix(const int rows, const int vectors, ptrdiff_t K, const scalar* A,      \
                      ptrdiff_t a_row, ptrdiff_t a_k, const scalar* panel, ptrdiff_t b_row,  \
-                     scalar* C, ptrdiff_t ldc, ptrdiff_t width, int accumulate)             \
+                     const scalar* prefetch_end, scalar* C, ptrdiff_t ldc, ptrdiff_t width, \
+                     int accumulate)                                                        \
 {                                                                                           \
     vec_##suffix acc[PANEL_ROWS][2];                                                        \
     /* A whole panel's columns of C load into the accumulators before the k loop, where   \
@@ -219,8 +227,10 @@ panel_block_##suffix(const int rows, const int vectors, ptrdiff_t K, const scala
     const scalar* p_end = panel + K * b_row;                                                \
     const ptrdiff_t ahead = PANEL_PREFETCH_ROWS * b_row;                                    \
     for (const scalar* p = panel; p < p_end; p += b_row, A += a_k) {                        \
-        __builtin_prefetch(p + ahead, 0, 2);                                                \
-        if (vectors == 2) __builtin_prefetch(p + ahead + LANES_##suffix, 0, 2);            \
+        if (p + ahead < prefetch_end) {                                                     \
+            __builtin_prefetch(p + ahead, 0, 2);                                            \
+            if (vectors == 2) __builtin_prefetch(p + ahead + LANES_##suffix, 0, 2);        \
+        }                                                                                   \
         vec_##suffix p0 = ((const vec_##suffix*)p)[0];                                      \
         vec_##suffix p1 = vectors == 2 ? ((const vec_##suffix*)p)[1] : p0;                  \
         PANEL_IN_REGISTERS(p0, p1);                                                         \
@@ -254,7 +264,8 @@ panel_block_##suffix(const int rows, const int vectors, ptrdiff_t K, const scala
 static inline __attribute__((always_inline)) void                                           \
 panel_rows_##suffix(ptrdiff_t M, const int vectors, ptrdiff_t K, const scalar* A,          \
                     ptrdiff_t a_row, ptrdiff_t a_k, const scalar* panel, ptrdiff_t b_row,   \
-                    scalar* C, ptrdiff_t ldc, ptrdiff_t width, int accumulate)              \
+                    const scalar* prefetch_end, scalar* C, ptrdiff_t ldc, ptrdiff_t width,  \
+                    int accumulate)                                                         \
 {                                                                                           \
     for (ptrdiff_t i = 0, rows; i < M; i += rows) {                                         \
         ptrdiff_t blocks = (M - i + PANEL_ROWS - 1) / PANEL_ROWS;                           \
@@ -265,7 +276,7 @@ panel_rows_##suffix(ptrdiff_t M, const int vectors, ptrdiff_t K, const scalar* A
         PANEL_TAIL(suffix, 2) PANEL_TAIL(suffix, 1)                                         \
         default:                                                                            \
             panel_block_##suffix(PANEL_ROWS, vectors, K, A + i * a_row, a_row, a_k, panel,  \
-                                 b_row, C + i * ldc, ldc, width, accumulate);               \
+                                 b_row, prefetch_end, C + i * ldc, ldc, width, accumulate); \
         }                                                                                   \
     }                                                                                       \
 }                                                                                           \
@@ -294,6 +305,10 @@ static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdi
                          && end_row - first_row < PANEL_GATHER_ROWS;                        \
     scalar gathered[PANEL_DEPTH * PANEL_ROWS];                                              \
     ptrdiff_t M = end_row - first_row;                                                      \
+    /* The end of Bmat's last panel, past which nothing is prefetched. */                  \
+    const scalar* panels_end = panels                                                       \
+        + ((N + PANEL_##suffix - 1) / PANEL_##suffix - 1) * panel_stride                    \
+        + (K - 1) * b_row + PANEL_##suffix;                                                 \
     A += first_row * a_row;                                                                 \
     C += first_row * ldc;                                                                   \
     for (ptrdiff_t k0 = 0; k0 < K; k0 += PANEL_DEPTH) {                                     \
@@ -304,8 +319,8 @@ static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdi
                 ptrdiff_t n0 = p * PANEL_##suffix;                                          \
                 ptrdiff_t width = N - n0 < PANEL_##suffix ? N - n0 : PANEL_##suffix;        \
                 panel_rows_##suffix(M, 2, depth, A + k0, a_row, 1,                          \
-                                    panels + p * panel_stride + k0 * b_row, b_row, C + n0,  \
-                                    ldc, width, add);                                       \
+                                    panels + p * panel_stride + k0 * b_row, b_row,          \
+                                    panels_end, C + n0, ldc, width, add);                   \
             }                                                                               \
             continue;                                                                       \
         }                                                                                   \
@@ -330,7 +345,7 @@ static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdi
                 ptrdiff_t width = N - n0 < PANEL_##suffix ? N - n0 : PANEL_##suffix;        \
                 panel_rows_##suffix(rows, 2, depth, gathered, 1, PANEL_ROWS,                \
                                     panels + p * panel_stride + k0 * b_row, b_row,          \
-                                    C + i * ldc + n0, ldc, width, add);                     \
+                                    panels_end, C + i * ldc + n0, ldc, width, add);         \
             }                                                                               \
         }                                                                                   \
     }                                                                                       \
@@ -465,6 +480,8 @@ static void panel_gemm_transposed_##suffix(ptrdiff_t M, ptrdiff_t K, const scala
 {                                                                                           \
     scalar tile[PANEL_ROWS * PANEL_##suffix]                                                \
         __attribute__((aligned(VECTOR_BYTES)));                                             \
+    const scalar* packed_end = packed + panel_size_##suffix(K, M);                          \
+    const scalar* packed2_end = K2 > 0 ? packed2 + panel_size_##suffix(K2, M) : packed2;     \
     for (ptrdiff_t i = first_row; i < end_row; i += PANEL_ROWS) {                           \
         ptrdiff_t rows = end_row - i < PANEL_ROWS ? end_row - i : PANEL_ROWS;               \
         for (ptrdiff_t m0 = 0; m0 < M; m0 += PANEL_##suffix) {                              \
@@ -475,18 +492,20 @@ static void panel_gemm_transposed_##suffix(ptrdiff_t M, ptrdiff_t K, const scala
              * 6 alternate runs: GRU 32,64,16,50 0.69 -> 0.46 ms, LSTM 0.88 -> 0.73). */      \
             if (width <= LANES_##suffix) {                                                  \
                 panel_rows_##suffix(rows, 1, K, W + i * ldw, ldw, 1, packed + m0 * K,        \
-                                    PANEL_##suffix, tile, PANEL_##suffix, LANES_##suffix, 0); \
+                                    PANEL_##suffix, packed_end, tile, PANEL_##suffix,       \
+                                    LANES_##suffix, 0);                                     \
                 if (K2 > 0)                                                                 \
                     panel_rows_##suffix(rows, 1, K2, W2 + i * ldw2, ldw2, 1,                \
-                                        packed2 + m0 * K2, PANEL_##suffix, tile,            \
-                                        PANEL_##suffix, LANES_##suffix, 1);                 \
+                                        packed2 + m0 * K2, PANEL_##suffix, packed2_end,     \
+                                        tile, PANEL_##suffix, LANES_##suffix, 1);           \
             } else {                                                                        \
                 panel_rows_##suffix(rows, 2, K, W + i * ldw, ldw, 1, packed + m0 * K,        \
-                                    PANEL_##suffix, tile, PANEL_##suffix, PANEL_##suffix, 0); \
+                                    PANEL_##suffix, packed_end, tile, PANEL_##suffix,       \
+                                    PANEL_##suffix, 0);                                     \
                 if (K2 > 0)                                                                 \
                     panel_rows_##suffix(rows, 2, K2, W2 + i * ldw2, ldw2, 1,                \
-                                        packed2 + m0 * K2, PANEL_##suffix, tile,            \
-                                        PANEL_##suffix, PANEL_##suffix, 1);                 \
+                                        packed2 + m0 * K2, PANEL_##suffix, packed2_end,     \
+                                        tile, PANEL_##suffix, PANEL_##suffix, 1);           \
             }                                                                               \
             if (bias != NULL)                                                               \
                 for (ptrdiff_t r = 0; r < rows; r++)                                        \
