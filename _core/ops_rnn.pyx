@@ -110,6 +110,14 @@ cdef inline index_t stacked_depth(const Dims* d) noexcept nogil:
     return d.n_in + d.H + 1
 
 
+cdef inline index_t stage_stride(const Dims* d, size_t itemsize) noexcept nogil:
+    # Values from one row of `stage` to the next: the stacked depth rounded up to whole
+    # cache lines, so that the rows of a part of a row split (forward_rows), which its
+    # thread writes every step, share no line with the other part's.
+    cdef index_t per_line = 64 // itemsize
+    return (stacked_depth(d) + per_line - 1) // per_line * per_line
+
+
 cdef inline void* take(char* block, size_t* used, size_t nbytes) noexcept nogil:
     cdef void* p = NULL
     if nbytes > 0:
@@ -141,7 +149,7 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     if stacks(d):
         w.packed_wi = take(block, &used, packed_bytes(itemsize, stacked_depth(d),
                                                       input_blocks(cell) * H))
-        w.stage = take(block, &used, itemsize * d.B * stacked_depth(d))
+        w.stage = take(block, &used, itemsize * d.B * stage_stride(d, itemsize))
     elif d.panels:
         w.packed_wi = take(block, &used,
                            packed_bytes(itemsize, d.n_in, input_blocks(cell) * H))
@@ -574,22 +582,23 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
     # Whether the recurrence's product joins the input's (the GRUs keep h Whᵀ apart).
     cdef bint adds_recurrence = d.cell == CELL_RNN or d.cell == CELL_LSTM
     cdef bint fused
-    cdef index_t depth = stacked_depth(d)
-    cdef floating* stage = <floating*>w.stage + r0 * depth
+    cdef index_t depth = stacked_depth(d), stride = stage_stride(d, sizeof(floating))
+    cdef floating* stage = <floating*>w.stage + r0 * stride
     X += r0 * d.n_in
     Y += r0 * H
     if stacked:
         for r in range(rows):
-            stage[r * depth + depth - 1] = 1
+            stage[r * stride + depth - 1] = 1
     for t in range(T):
         gates_t = gates + t * gates_stride
         y_t = Y + t * BH
         if stacked:
             # The step's pre-activations, bias included, in one product.
             for r in range(rows):
-                memcpy(stage + r * depth, X + (t * B + r) * d.n_in, d.n_in * sizeof(floating))
-                memcpy(stage + r * depth + d.n_in, h_prev + r * H, H * sizeof(floating))
-            panel_product(rows, GH, depth, stage, depth, 1, <floating*>w.packed_wi,
+                memcpy(stage + r * stride, X + (t * B + r) * d.n_in,
+                       d.n_in * sizeof(floating))
+                memcpy(stage + r * stride + d.n_in, h_prev + r * H, H * sizeof(floating))
+            panel_product(rows, GH, depth, stage, stride, 1, <floating*>w.packed_wi,
                           y_t if d.cell == CELL_RNN else gates_t, GH, False)
         # Likewise on weights read in place (a single step): the products and the bias
         # meet in the kernel, and the gates are written once.
