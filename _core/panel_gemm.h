@@ -198,9 +198,13 @@ static void panel_pack_##suffix(ptrdiff_t K, ptrdiff_t N, const scalar* src,    
         scalar* row = packed + p * panel_stride;                                            \
         const scalar* from = src + n0 * n_stride;                                           \
         ptrdiff_t k = 0;                                                                    \
-        if (PANEL_TRANSPOSES && k_stride == 1 && width == PANEL_##suffix)                   \
+        /* A half panel (a batch of LANES rows, or a row split's part of them) likewise,   \
+         * its second half zero (Xeon AVX-512: Aᵀ of a 16-row step, 96 x 16 values,         \
+         * 0.8 -> 0.2 µs). */                                                               \
+        if (PANEL_TRANSPOSES && k_stride == 1                                               \
+                && (width == PANEL_##suffix || width == LANES_##suffix))                    \
             for (; k + LANES_##suffix <= K; k += LANES_##suffix) {                          \
-                for (int half = 0; half < 2; half++) {                                      \
+                for (int half = 0; half < width / LANES_##suffix; half++) {                 \
                     vec_##suffix tile[LANES_##suffix];                                      \
                     for (int j = 0; j < LANES_##suffix; j++)                                \
                         tile[j] = *(const vec_##suffix*)                                    \
@@ -210,6 +214,10 @@ static void panel_pack_##suffix(ptrdiff_t K, ptrdiff_t N, const scalar* src,    
                         memcpy(row + (k + j) * PANEL_##suffix + half * LANES_##suffix,      \
                                &tile[j], sizeof(tile[j]));                                  \
                 }                                                                           \
+                if (width == LANES_##suffix)                                                \
+                    for (int j = 0; j < LANES_##suffix; j++)                                \
+                        memset(row + (k + j) * PANEL_##suffix + LANES_##suffix, 0,          \
+                               sizeof(vec_##suffix));                                       \
             }                                                                               \
         for (; k < K; k++) {                                                                \
             scalar* out = row + k * PANEL_##suffix;                                         \
