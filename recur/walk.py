@@ -55,17 +55,19 @@ def children(obj):
 
 
 def walk(obj, _seen=None):
-    """Every object reachable from `obj`, each once, parents before children."""
+    """Every object reachable from `obj`, each once, parents before children (a list)."""
     seen = set() if _seen is None else _seen
+    found = []
     pending = [obj]
     while pending:
         obj = pending.pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        yield obj
+        found.append(obj)
         for _, child in reversed(children(obj)):
             pending.append(child)
+    return found
 
 
 def named_walk(obj, prefix="", _seen=None):
