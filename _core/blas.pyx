@@ -124,6 +124,14 @@ cdef enum:
     BLAS_MAX_MACS = 16384
     # Below this much work (a few microseconds) a split costs more in hand-over than it saves.
     SPLIT_MIN_MACS = 65536
+    # Except A Wᵀ onto a few columns, a head after a recurrent layer: the crew computed
+    # that layer's step by halves of the batch rows, so each thread holds its half of A,
+    # and one thread alone would pull the other's rows across. Split like the step, each
+    # reads its own (bench/ stepwise inference, A/B alternating in one process: RNN
+    # 32,128,32,100 1.73 -> 1.53 ms, RNN 64,256 7.00 -> 6.17, LSTM and GRU 32,128 -3%;
+    # at 2048, 32,64,16's 3072 lost 15-34%: its steps run on one thread). The head's
+    # backward (few_inner_part) gained nothing so split: stepwise training 32,128 0-1% slower.
+    FEW_COLUMNS_SPLIT_MIN_MACS = 8192
     SPLIT_MIN_PACKED = 65536
     # Units a shared product is cut into for its parts to claim (crew.h: crew_claims):
     # enough that the faster core's extra units even out the cores' speeds, few enough
@@ -374,14 +382,14 @@ cdef bint keep_alone(bint alone) noexcept nogil:
 cdef void by_rows_of_c(crew_task part, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                       const floating* A, Py_ssize_t a_row, Py_ssize_t a_k, const floating* B,
                       Py_ssize_t b_row, floating* C, Py_ssize_t ldc,
-                      bint accumulate) noexcept nogil:
+                      bint accumulate, Py_ssize_t split_min_macs) noexcept nogil:
     # A product on a kernel that works a row of C at a time (few_columns_part: B is W, N x K;
-    # few_inner_part: B is Bmat, K x N), the crew sharing C's rows.
+    # few_inner_part: B is Bmat, K x N), the crew sharing C's rows from `split_min_macs` on.
     cdef Product p
     p.is_f64 = floating is double
     p.M, p.N, p.K, p.A, p.a_row, p.a_k, p.src, p.b_row = M, N, K, A, a_row, a_k, B, b_row
     p.C, p.ldc, p.accumulate = C, ldc, accumulate
-    crew_run(part, &p, M >= 2 and M * N * K >= SPLIT_MIN_MACS)
+    crew_run(part, &p, M >= 2 and M * N * K >= split_min_macs)
 
 
 cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
@@ -441,11 +449,13 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
         return
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and trans_b and not trans_a
             and n <= FEW_COLUMNS and k * sizeof(floating) >= VECTOR_BYTES):
-        by_rows_of_c(few_columns_part, m, n, k, a, lda, 1, b, ldb, c, ldc, beta == 1)
+        by_rows_of_c(few_columns_part, m, n, k, a, lda, 1, b, ldb, c, ldc, beta == 1,
+                     FEW_COLUMNS_SPLIT_MIN_MACS)
         return
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and not trans_b
             and 0 < k <= FEW_INNER and n * sizeof(floating) >= VECTOR_BYTES):
-        by_rows_of_c(few_inner_part, m, n, k, a, a_row, a_k, b, ldb, c, ldc, beta == 1)
+        by_rows_of_c(few_inner_part, m, n, k, a, a_row, a_k, b, ldb, c, ldc, beta == 1,
+                     SPLIT_MIN_MACS)
         return
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and k > 0
             and <double>m * n * k > BLAS_MAX_MACS):
