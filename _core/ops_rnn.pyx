@@ -447,6 +447,14 @@ cdef enum:
     # (bench/: LSTM 256,1024,32,25, 21 MB of weights, infers in 37 ms split by columns and
     # 46 by rows; 128,512,64,50, 5 MB, trains in 126 ms by rows and 142 by columns).
     ROW_SPLIT_MAX_WEIGHT_BYTES = 8 << 20
+    # Below that, per row of a part: the fewer rows a part has, the fewer multiply-adds
+    # each weight streamed in serves (Xeon with AVX-512, medians of alternate runs in one
+    # process, by columns against by rows: RNN 256,1024,32,25 with 5.2 MB, 16 rows a part,
+    # training 30.1 -> 29.0 ms and inference 10.0 -> 9.3; with 32 rows a part, 128,512,64,50,
+    # RNN training (1.3 MB) 25.9 -> 28.9, GRU (3.9 MB) 81 -> 83, inference 24.5 -> 26.7).
+    # A stepwise loop's single steps at 256,1024,32 gain too: training 35.6 -> 31.2 ms,
+    # inference 12.3 -> 10.5.
+    ROW_SPLIT_MAX_WEIGHT_BYTES_PER_ROW = 256 << 10
     # The LSTM's forward over a sequence splits by columns from a smaller size: its
     # elementwise pass is shared too (step_elementwise), and the products' units are
     # claimed (crew.h: crew_claims), so neither core waits for the other's half (Zen 3,
@@ -500,6 +508,7 @@ cdef void run_recurrence(Recurrence* job, bint backward) noexcept nogil:
     cdef size_t limit = (LSTM_FORWARD_ROW_SPLIT_MAX_WEIGHT_BYTES
                          if d.cell == CELL_LSTM and d.T >= 2 and not backward
                          else ROW_SPLIT_MAX_WEIGHT_BYTES)
+    limit = min(limit, <size_t>(d.B // 2) * ROW_SPLIT_MAX_WEIGHT_BYTES_PER_ROW)
     cdef bint split = ((d.panels or (d.T == 1 and not backward))
                        and d.B >= 2 * SPLIT_MIN_ROWS
                        and weight_bytes(d, sizeof(double) if job.is_f64 else sizeof(float))
