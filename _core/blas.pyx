@@ -128,7 +128,7 @@ cdef enum:
     # that layer's step by halves of the batch rows, so each thread holds its half of A,
     # and one thread alone would pull the other's rows across. Split like the step, each
     # reads its own (bench/ stepwise inference, A/B alternating in one process: RNN
-    # 32,128,32,100 1.73 -> 1.53 ms, RNN 64,256 7.00 -> 6.17, LSTM and GRU 32,128 -3%;
+    # 32,128,32,100 1.73 -> 1.53 ms, RNN 64,256 7.00 -> 6.17, LSTM and GRU 32,128 3% faster;
     # at 2048, 32,64,16's 3072 lost 15-34%: its steps run on one thread). The head's
     # backward (few_inner_part) gained nothing so split: stepwise training 32,128 0-1% slower.
     FEW_COLUMNS_SPLIT_MIN_MACS = 8192

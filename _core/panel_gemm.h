@@ -61,9 +61,10 @@
 #define PANEL_WIDE_TAILS(suffix)
 #endif
 
-/* Values of k per pass over the panels, so that a chunk of A stays in cache while every
- * panel meets it. Measured on the products of bench/: 512 beat 128, 256 and 1024 (a step's
- * 32 x 2048 x 640 product ran 10% faster than at 256, none ran slower). */
+/* Values of k per pass over the panels for a gathered A, so that its block stays in cache
+ * while every panel meets it. Measured on the products of bench/ when every A went this
+ * way (Zen 3 EPYC): 512 beat 128, 256 and 1024 (a step's 32 x 2048 x 640 product ran 10%
+ * faster than at 256, none ran slower). */
 #define PANEL_DEPTH 512
 /* Bytes of a pass's panels that all of a gathered A's blocks meet before the next panels:
  * within the L2 cache, each block after the first finds them there. Meeting all the
@@ -265,9 +266,11 @@ panel_block_##suffix(const int rows, const int vectors, ptrdiff_t K, const scala
     const int whole = width == vectors * LANES_##suffix;                                    \
     for (int i = 0; i < rows; i++) {                                                        \
         acc[i][0] = acc[i][1] = (vec_##suffix){0};                                         \
-        if (accumulate)                                                                     \
-            memcpy(acc[i], C + i * ldc,                                                     \
-                   whole ? vectors * sizeof(acc[i][0]) : (size_t)width * sizeof(scalar));   \
+        if (accumulate && whole)                                                            \
+            memcpy(acc[i], C + i * ldc, vectors * sizeof(acc[i][0]));                       \
+        else if (accumulate)                                                                \
+            for (ptrdiff_t j = 0; j < width; j++)                                           \
+                acc[i][j / LANES_##suffix][j % LANES_##suffix] = C[i * ldc + j];            \
     }                                                                                       \
     /* Pointers step through k rather than indexes multiplying: with -fwrapv (Python's  \
      * flags) the compiler may not rewrite products of indexes into steps itself. */        \
