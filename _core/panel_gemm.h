@@ -266,11 +266,9 @@ panel_block_##suffix(const int rows, const int vectors, ptrdiff_t K, const scala
     const int whole = width == vectors * LANES_##suffix;                                    \
     for (int i = 0; i < rows; i++) {                                                        \
         acc[i][0] = acc[i][1] = (vec_##suffix){0};                                         \
-        if (accumulate && whole)                                                            \
-            memcpy(acc[i], C + i * ldc, vectors * sizeof(acc[i][0]));                       \
-        else if (accumulate)                                                                \
-            for (ptrdiff_t j = 0; j < width; j++)                                           \
-                acc[i][j / LANES_##suffix][j % LANES_##suffix] = C[i * ldc + j];            \
+        if (accumulate)                                                                     \
+            memcpy(acc[i], C + i * ldc,                                                     \
+                   whole ? vectors * sizeof(acc[i][0]) : (size_t)width * sizeof(scalar));   \
     }                                                                                       \
     /* Pointers step through k rather than indexes multiplying: with -fwrapv (Python's  \
      * flags) the compiler may not rewrite products of indexes into steps itself. */        \
