@@ -142,7 +142,7 @@
 /* panel_block's loop over k, from p up to `stop`, prefetching or not (`fetching`, a
  * constant). */
 #define PANEL_K_LOOP(scalar, suffix, stop, fetching)                                        \
-    for (; p < (stop); p += b_row, A += a_k) {                                              \
+    for (; p < (stop); p += b_row, A += a_k, A4 += a_k, A8 += a_k) {                       \
         if (fetching) {                                                                     \
             __builtin_prefetch(p + ahead, 0, 2);                                            \
             if (vectors == 2) __builtin_prefetch(p + ahead + LANES_##suffix, 0, 2);        \
@@ -151,7 +151,10 @@
         vec_##suffix p1 = vectors == 2 ? ((const vec_##suffix*)p)[1] : p0;                  \
         PANEL_IN_REGISTERS(p0, p1);                                                         \
         for (int i = 0; i < rows; i++) {                                                    \
-            scalar a = A[i * a_row];                                                        \
+            const scalar* base = i < 4 ? A : i < 8 ? A4 : A8;                               \
+            const int in_four = i % 4;                                                      \
+            scalar a = in_four == 0 ? base[0] : in_four == 1 ? base[a_row]                  \
+                       : in_four == 2 ? base[2 * a_row] : base[a_row_3];                    \
             acc[i][0] += a * p0;                                                            \
             if (vectors == 2) acc[i][1] += a * p1;                                          \
         }                                                                                   \
@@ -275,6 +278,17 @@ panel_block_##suffix(const int rows, const int vectors, ptrdiff_t K, const scala
     const scalar* p_end = panel + K * b_row;                                                \
     const ptrdiff_t ahead = PANEL_PREFETCH_ROWS * b_row;                                    \
     const scalar* p = panel;                                                                \
+    /* A's rows by 4 from three pointers, each row at 0, 1, 2 or 3 strides past one: x86     \
+     * addresses those as pointer + stride * {4, 8} or + (3 * stride) * 4, in 5 registers. An \
+     * address of its own per row (A + i * a_row) took 12, and with the accumulators GCC kept \
+     * them on the stack, reloading 12 offsets per k: with the broadcasts and the panel's     \
+     * vectors that made 26 loads for 24 FMAs, more than the two load ports issue in the     \
+     * FMAs' 12 cycles (Xeon AVX-512, one thread, GFLOP/s: 12 x 32 x 256 170 -> 199, 64 x    \
+     * 1024 x 641 159-169 -> 172-181, 64 x 1536 x 128 171-179 -> 184-187). A gathered A,    \
+     * whose a_row is the constant 1, compiles to constant offsets either way. */           \
+    const scalar* A4 = rows > 4 ? A + 4 * a_row : A;     /* (only where the rows exist) */  \
+    const scalar* A8 = rows > 8 ? A + 8 * a_row : A;                                        \
+    const ptrdiff_t a_row_3 = 3 * a_row;                                                    \
     /* Rows before `fetching_end` prefetch, those within `ahead` of prefetch_end do not: two \
      * loops rather than a test in one, whose branch took slots of an FMA port (bench/,     \
      * alternate runs in one process, Xeon AVX-512, stepwise inference 32,128,32,100: a test \
