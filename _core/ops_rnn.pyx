@@ -445,7 +445,11 @@ cdef enum:
     # from L3 rather than L2 and the stream, not the arithmetic, sets the pace; the two
     # threads then do better sharing each step's product by columns, each streaming half
     # (bench/: LSTM 256,1024,32,25, 21 MB of weights, infers in 37 ms split by columns and
-    # 46 by rows; 128,512,64,50, 5 MB, trains in 126 ms by rows and 142 by columns).
+    # 46 by rows; 128,512,64,50, 5 MB, trains in 126 ms by rows and 142 by columns). The
+    # LSTM's forward once went by columns from 2 MB, where a Zen 3 EPYC inferred 128,512
+    # 7-11% faster so; on the Xeon with AVX-512, once the kernel stopped reloading its row
+    # offsets (panel_gemm.h), rows won there (medians of alternate processes: inference
+    # 30.8 -> 29.3 ms, training 99.1 -> 95.6).
     ROW_SPLIT_MAX_WEIGHT_BYTES = 8 << 20
     # Below that, per row of a part: the fewer rows a part has, the fewer multiply-adds
     # each weight streamed in serves (Xeon with AVX-512, medians of alternate runs in one
@@ -455,16 +459,6 @@ cdef enum:
     # A stepwise loop's single steps at 256,1024,32 gain too: training 35.6 -> 31.2 ms,
     # inference 12.3 -> 10.5.
     ROW_SPLIT_MAX_WEIGHT_BYTES_PER_ROW = 256 << 10
-    # The LSTM's forward over a sequence splits by columns from a smaller size: its
-    # elementwise pass is shared too (step_elementwise), and the products' units are
-    # claimed (crew.h: crew_claims), so neither core waits for the other's half (Zen 3,
-    # 2 vCPUs, medians of alternate runs in one process: 128,512,64,50 with 5 MB inference
-    # 7-11% faster, training 3-5%). At 64,256,64,100 with 1.3 MB it came out even
-    # (inference 2% faster, training 1% slower); smaller, the row split keeps each core's
-    # weights in its own L2. The RNN's activation stays in the calling thread
-    # (forward_rows), and the GRU's two products per step each hand over: both lost by
-    # columns (RNN 128,512 8%).
-    LSTM_FORWARD_ROW_SPLIT_MAX_WEIGHT_BYTES = 2 << 20
     # A single step (a stepwise loop's) of fewer multiply-adds runs in the calling thread
     # alone; from here on its batch rows are split like a sequence's, each part packing
     # its own rows' activations against the weights read in place. Split, a step of 16
@@ -502,13 +496,11 @@ cdef inline size_t weight_bytes(const Dims* d, size_t itemsize) noexcept nogil:
 cdef void run_recurrence(Recurrence* job, bint backward) noexcept nogil:
     # By rows where the weights are packed, and for a single step's forward, whose parts
     # each pack their own rows (blas.pxd's transposed product); a sequence reading its
-    # weights in place, or an LSTM's forward over weights past the L2 cache, shares each
-    # step's products by columns instead.
+    # weights in place, or over weights past the limits below, shares each step's
+    # products by columns instead.
     cdef const Dims* d = job.d
-    cdef size_t limit = (LSTM_FORWARD_ROW_SPLIT_MAX_WEIGHT_BYTES
-                         if d.cell == CELL_LSTM and d.T >= 2 and not backward
-                         else ROW_SPLIT_MAX_WEIGHT_BYTES)
-    limit = min(limit, <size_t>(d.B // 2) * ROW_SPLIT_MAX_WEIGHT_BYTES_PER_ROW)
+    cdef size_t limit = min(<size_t>ROW_SPLIT_MAX_WEIGHT_BYTES,
+                            <size_t>(d.B // 2) * ROW_SPLIT_MAX_WEIGHT_BYTES_PER_ROW)
     cdef bint split = ((d.panels or (d.T == 1 and not backward))
                        and d.B >= 2 * SPLIT_MIN_ROWS
                        and weight_bytes(d, sizeof(double) if job.is_f64 else sizeof(float))
