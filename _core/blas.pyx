@@ -64,6 +64,7 @@ cdef extern from "panel_gemm.h" nogil:
 
 cdef extern from "memory.h" nogil:
     int BUFFER_PACKED
+    int BUFFER_TRANSPOSED
     void* thread_buffer(int purpose, size_t nbytes)
 
 cdef extern from "deferred.h" nogil:
@@ -138,6 +139,21 @@ cdef enum:
     # that each still fills the kernel (Zen 3, 1024³: 16, 32 and 64 units of rows within
     # 3% of each other, 32 units of 2 panels 25% slower, A gathered again for each).
     PRODUCT_UNITS = 32
+    # A weight gradient Aᵀ B whose rows of A (K x m) take at most this many bytes runs as its
+    # transpose Bᵀ A (gradient_as_transpose): A's panels read in place, a pass's depth of
+    # all of them within PANEL_GROUP_BYTES. Wider, each of Bᵀ's blocks would stream A's
+    # panels from memory again (Xeon AVX-512, one thread, GFLOP/s, C [+]= Aᵀ B as m x n x K,
+    # Aᵀ gathered and B packed -> transposed: 384 x 32 x 3200 93.7 -> 136.0, 128 x 128 x
+    # 3168 114.1 -> 130.6, 512 x 128 x 3168 127.0 -> 129.2, 768 x 256 x 6336 124.0 -> 127.5;
+    # 1024 x 256 x 6336 115.2 -> 94.3, 2048 x 512 x 3136 134.3 -> 87.1).
+    TRANSPOSED_GRADIENT_MAX_ROW_BYTES = 2048
+    # Shared, such a product goes in this many units of A's panels, all of Bᵀ's rows each.
+    # In units of rows, as a gathered A usually goes, each unit streamed all of A's panels
+    # (a GRU 32,128,32,100's dWh: 4.9 MB) from L3 again; in halves each thread streams its
+    # own once and gathers Bᵀ once (bench/, A/B in alternate processes against gathering
+    # Aᵀ, two threads, training, ms: GRU 32,128,32,100 by rows 6.65 -> 6.95, in halves
+    # 6.78 -> 6.35, in quarters 6.73 -> 6.43).
+    GRADIENT_PANEL_UNITS = 2
 
 
 # One product (or one packing) as the crew sees it: each part takes its own share.
@@ -305,7 +321,8 @@ cdef void pack_stacked(Py_ssize_t K, Py_ssize_t N, const floating* src, Py_ssize
 cdef void product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                   Py_ssize_t a_row, Py_ssize_t a_k, const floating* const* a_columns,
                   const floating* panels, Py_ssize_t b_row, Py_ssize_t panel_stride,
-                  floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+                  floating* C, Py_ssize_t ldc, bint accumulate,
+                  Py_ssize_t panel_units=0) noexcept nogil:
     cdef Product p
     cdef Py_ssize_t row_blocks
     p.is_f64 = floating is double
@@ -317,15 +334,18 @@ cdef void product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
     # Units of rows where the kernel gathers blocks of A (panel_gemm): a unit of panels
     # would gather all of A again (RNN 32,128,32,100 training, whose weight gradients
     # have 22 blocks of rows: 9% slower in units of one panel). Where A is read in place,
-    # units of panels.
+    # units of panels; `panel_units` units of them where the caller says.
     row_blocks = (M + PANEL_ROWS - 1) // PANEL_ROWS
-    p.by_rows = ((a_k != 1 or a_columns != NULL or M >= PANEL_GATHER_ROWS) and row_blocks >= 2
+    p.by_rows = (panel_units == 0 and ((a_k != 1 or a_columns != NULL
+                                        or M >= PANEL_GATHER_ROWS) and row_blocks >= 2)
                  or p.panels < 2)
     if p.by_rows:
         p.unit = (row_blocks + PRODUCT_UNITS - 1) // PRODUCT_UNITS * PANEL_ROWS
         crew_claims_reset(&p.claims, (M + p.unit - 1) // p.unit)
     else:
-        p.unit = (p.panels + PRODUCT_UNITS - 1) // PRODUCT_UNITS
+        if panel_units == 0:
+            panel_units = PRODUCT_UNITS
+        p.unit = (p.panels + panel_units - 1) // panel_units
         crew_claims_reset(&p.claims, (p.panels + p.unit - 1) // p.unit)
     crew_run(product_part, &p, (p.panels >= 2 or M >= 2 * PANEL_ROWS)
              and M * N * K >= SPLIT_MIN_MACS)
@@ -459,7 +479,11 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
         return
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and k > 0
             and <double>m * n * k > BLAS_MAX_MACS):
-        # A transposed A (a weight gradient, Aᵀ B over every step's rows) is gathered a
+        if (trans_a and not trans_b and m > FEW_COLUMNS
+                and m * sizeof(floating) <= TRANSPOSED_GRADIENT_MAX_ROW_BYTES
+                and gradient_as_transpose(m, n, k, a, lda, b, ldb, c, ldc, beta == 1)):
+            return
+        # A wider weight gradient's transposed A (Aᵀ B over every step's rows) is gathered a
         # block of rows at a time, and from 4 blocks on B pays for its packing: read in
         # place, its rows a power of two apart, a chunk of its panels shares a few cache
         # sets (Zen 3, one thread, Aᵀ B for M x 3200 x 128: M = 48 58.7 -> 73.8 GFLOP/s,
@@ -498,6 +522,44 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
         sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
     else:
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+
+
+cdef bint gradient_as_transpose(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                               Py_ssize_t lda, const floating* b, Py_ssize_t ldb, floating* c,
+                               Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    # C (m x n) [+]= Aᵀ B for A (k x m) and B (k x n), a weight gradient over many rows, as
+    # the transpose of Bᵀ A: A's rows are already panels of Bᵀ A's right operand, read where
+    # they lie, so only Bᵀ's blocks are gathered, and neither operand is packed. The
+    # product goes to a buffer of its own, n x m, then into C's columns. False (nothing
+    # done) without memory for it.
+    cdef Py_ssize_t width = panel_width(floating is double), whole = m // width * width
+    cdef Py_ssize_t i, j
+    cdef floating* result = <floating*>thread_buffer(BUFFER_TRANSPOSED,
+                                                     n * m * sizeof(floating))
+    cdef floating* packed = NULL
+    cdef const floating* column
+    cdef floating* row
+    if result == NULL:
+        return False
+    if whole < m:      # A's last columns, short of a panel, packed (zero past m)
+        packed = <floating*>thread_buffer(BUFFER_PACKED,
+                                          packed_bytes(sizeof(floating), k, m - whole))
+        if packed == NULL:
+            return False
+        pack(k, m - whole, a + whole, lda, 1, packed)
+        panel_product(n, m - whole, k, b, 1, ldb, packed, result + whole, m, False)
+    if whole > 0:
+        product(n, whole, k, b, 1, ldb, NULL, a, lda, width, result, m, False,
+                GRADIENT_PANEL_UNITS)
+    for i in range(m):
+        row, column = c + i * ldc, result + i
+        if accumulate:
+            for j in range(n):
+                row[j] += column[j * m]
+        else:
+            for j in range(n):
+                row[j] = column[j * m]
+    return True
 
 
 cdef int blas_int(Py_ssize_t n) except -1:

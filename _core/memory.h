@@ -41,6 +41,7 @@ static void* aligned_block(size_t nbytes)
 enum {
     BUFFER_PACKED,             /* an operand packed for one product (blas.pyx) */
     BUFFER_STAGED,             /* deferred products' operands stacked (deferred.h) */
+    BUFFER_TRANSPOSED,         /* a weight gradient's transpose before it is added (blas.pyx) */
     BUFFER_LAYER,              /* a recurrent layer's working memory in inference (ops_rnn) */
     THREAD_BUFFERS
 };

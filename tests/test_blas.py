@@ -228,7 +228,9 @@ def test_a_process_allowed_one_cpu_keeps_to_the_calling_thread():
 # A in units of rows, a short one in units of panels, A Wᵀ over W read in place in units of
 # W's rows, a weight gradient Aᵀ B, an LSTM's forward split by columns step by step, and
 # the gradients of a GRU and an LSTM over weights past 8 MB, whose backward shares each
-# step by columns and its elementwise pass by rows. Each repetition may cut the work
+# step by columns and its elementwise pass by rows. Weight gradients Aᵀ B of at most 512
+# rows run as (Bᵀ A)ᵀ in halves of the panels (blas.pyx: gradient_as_transpose): a
+# matmul's dB, and a small GRU's weights. Each repetition may cut the work
 # between the threads elsewhere; prints one digest a case per repetition.
 _CLAIMED_UNITS = """
     import hashlib
@@ -240,17 +242,20 @@ _CLAIMED_UNITS = """
     dense = rc.Dense(300, 900, rng=rng, dtype=np.float64)
     lstm = rc.LSTM(32, 384, rng=rng)
     X = rng.standard_normal((4, 16, 32)).astype(np.float32)
-    A = rc.param(tall)
+    A, B = rc.param(tall), rc.param(b)
 
     def gradients(layer):
         grads = rc.gradient(lambda: (rc.reset(layer), rc.sum(layer(X) ** 2))[1], layer)
         return np.concatenate([grads[p].ravel() for p in rc.params(layer)])
 
     big_gru, big_lstm = rc.GRU(32, 960, rng=rng), rc.LSTM(32, 768, rng=rng)
+    small_gru = rc.GRU(32, 128, rng=rng)
     cases = [lambda: rc.Tensor(tall) @ b, lambda: rc.Tensor(short) @ b,
              lambda: dense(short), lambda: rc.gradient(lambda: rc.sum((A @ b) * seed), [A])[A],
              lambda: (rc.reset(lstm), lstm(X))[1], lambda: gradients(big_gru),
-             lambda: gradients(big_lstm)]
+             lambda: gradients(big_lstm),
+             lambda: rc.gradient(lambda: rc.sum((rc.Tensor(tall) @ B) * seed), [B])[B],
+             lambda: gradients(small_gru)]
     for _ in range(20):
         print(" ".join(hashlib.sha1(np.ascontiguousarray(np.asarray(case())).tobytes())
                        .hexdigest()[:16] for case in cases))
@@ -265,5 +270,5 @@ def test_units_claimed_by_two_threads_give_one_threads_results_exactly():
     assert alone.returncode == 0, alone.stderr
     assert shared.returncode == 0, shared.stderr
     alone_lines, shared_lines = alone.stdout.split("\n"), shared.stdout.split("\n")
-    assert len(set(alone_lines[:20])) == 1 and len(alone_lines[0].split()) == 7
+    assert len(set(alone_lines[:20])) == 1 and len(alone_lines[0].split()) == 9
     assert shared_lines == alone_lines
