@@ -509,14 +509,8 @@ cdef void run_recurrence(Recurrence* job, bint backward) noexcept nogil:
 
 
 cdef void forward_part(void* arg, int part, int parts) noexcept nogil:
-    # A part of a shared recurrence runs its rows' products and elementwise passes alone:
-    # the crew is busy with this very task, and asking for it anyway (crew_run's
-    # compare-and-swap on the word both threads ask at every step) moved that cache line
-    # between the cores twice a step (bench/, alternate processes, two threads: LSTM
-    # 32,64,16,50 inference 0.271 -> 0.258 ms; RNN and GRU within noise).
     cdef Recurrence* job = <Recurrence*>arg
     cdef index_t r0 = job.d.B * part // parts, r1 = job.d.B * (part + 1) // parts
-    cdef bint was_alone = keep_alone(True) if parts > 1 else False
     if job.is_f64:
         forward_rows[double](job.d, job.w, job.recording, <const double*>job.X,
                              <const double*>job.Wi, <const double*>job.Wh,
@@ -527,8 +521,6 @@ cdef void forward_part(void* arg, int part, int parts) noexcept nogil:
                             <const float*>job.Wi, <const float*>job.Wh,
                             <const float*>job.b, <const float*>job.Wh_h, <float*>job.Y,
                             r0, r1)
-    if parts > 1:
-        keep_alone(was_alone)
 
 
 cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording,
@@ -818,16 +810,12 @@ cdef Dims dims_of(const Node* node) noexcept nogil:
 
 
 cdef void backward_part(void* arg, int part, int parts) noexcept nogil:
-    # Alone within a shared recurrence, as forward_part.
     cdef Recurrence* job = <Recurrence*>arg
     cdef index_t r0 = job.d.B * part // parts, r1 = job.d.B * (part + 1) // parts
-    cdef bint was_alone = keep_alone(True) if parts > 1 else False
     if job.is_f64:
         backward_rows[double](job.node, job.d, job.w, <const double*>job.dY, r0, r1)
     else:
         backward_rows[float](job.node, job.d, job.w, <const float*>job.dY, r0, r1)
-    if parts > 1:
-        keep_alone(was_alone)
 
 
 cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const floating* dY,
