@@ -211,7 +211,6 @@ static int crew_start(void)
     return ok;
 }
 
-
 /* Declines (or accepts again) the helper for this thread's tasks; returns the previous
  * setting. A task's parts share its data between two cores' caches; for a small task that
  * is shared anew on every call, moving it costs more than the second core saves. */
