@@ -151,8 +151,9 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
                                               itemsize * d.B * input_blocks(d.cell) * d.H
                                               + gap)
     w.cells = take(block, &used, kept + kept_gap if cell == CELL_LSTM else 0)
-    w.hidden = take(block, &used, kept + kept_gap if cell == CELL_GRU or cell == CELL_GRUV3
-                    else 0)
+    # The GRU keeps h Wh_nᵀ for backward; GRUv3 needs r ⊙ h in inference too.
+    w.hidden = take(block, &used, kept + kept_gap if (cell == CELL_GRU and recording)
+                    or cell == CELL_GRUV3 else 0)
     w.hidden_proj = take(block, &used, 3 * step + gap if cell == CELL_GRU else 0)
     w.h0 = take(block, &used, step) if d.h_broadcast else h0
     w.c0 = take(block, &used, step) if d.c_broadcast else c0
@@ -618,6 +619,7 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
     # Whether the recurrence's product joins the input's (the GRUs keep h Whᵀ apart).
     cdef bint adds_recurrence = d.cell == CELL_RNN or d.cell == CELL_LSTM
     cdef bint fused
+    cdef const floating* late_bias     # GRU: b, where the gates do not hold it yet
     cdef index_t depth = stacked_depth(d), stride = stage_stride(d, sizeof(floating))
     cdef floating* stage = <floating*>part_rows(w, w.stage, r0, stride, itemsize)
     X += r0 * d.n_in
@@ -641,13 +643,19 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
         fused = stacked or (not d.panels and gates_product(
             rows, GH, d.n_in, X + t * B * d.n_in, d.n_in, Wi, H if adds_recurrence else 0,
             h_prev, H, Wh, b, y_t if d.cell == CELL_RNN else gates_t, GH))
+        late_bias = NULL
         if not fused:
             # Each step's input projection on top of the bias, just before the step needs
             # it: the gates stay in cache from here to the activations (projecting all
-            # steps in one GEMM first sent T steps of gates through memory and back).
-            copy_rows(rows, GH, b, gates_t)
+            # steps in one GEMM first sent T steps of gates through memory and back). The
+            # GRU's elementwise pass adds the bias as it adds h Whᵀ, which spares a pass
+            # writing it into the gates first.
+            if d.cell != CELL_GRU:
+                copy_rows(rows, GH, b, gates_t)
+            else:
+                late_bias = b
             step_product(d, rows, GH, d.n_in, X + t * B * d.n_in, d.n_in, Wi, True,
-                         <floating*>w.packed_wi, gates_t, GH, True)
+                         <floating*>w.packed_wi, gates_t, GH, d.cell != CELL_GRU)
         if d.cell == CELL_RNN:          # the gates are y_t itself
             if not fused:
                 step_product(d, rows, H, H, h_prev, H, Wh, True, pwh, y_t, H, True)
@@ -657,13 +665,14 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
                 step_product(d, rows, 4 * H, H, h_prev, H, Wh, True, pwh, gates_t, 4 * H,
                              True)
             step_elementwise(d, rows, gates_t, NULL, NULL, c_prev, cells + t * kept_stride,
-                             y_t)
+                             y_t, NULL)
             c_prev = cells + t * kept_stride
         elif d.cell == CELL_GRU:
             step_product(d, rows, 3 * H, H, h_prev, H, Wh, True, pwh, hidden_proj, 3 * H,
                          False)
             step_elementwise(d, rows, gates_t, hidden_proj, h_prev, NULL,
-                             hidden + t * kept_stride, y_t)
+                             hidden + t * kept_stride if recording else NULL, y_t,
+                             late_bias)
         else:
             step_product(d, rows, 2 * H, H, h_prev, H, Wh, True, pwh, gates_t, 3 * H, True)
             gruv3_reset_forward(rows, H, gates_t, h_prev, hidden + t * kept_stride)
@@ -691,7 +700,9 @@ ctypedef struct StepElementwise:
     const void* hidden_proj    # forward, GRU: h Whᵀ
     const void* h_prev         # GRU
     const void* c_prev         # LSTM
-    void* kept                 # LSTM: c; GRU: h Wh_nᵀ (written forward, read backward)
+    void* kept                 # LSTM: c; GRU: h Wh_nᵀ (written forward, read backward;
+                               #   NULL in inference)
+    const void* bias           # forward, GRU: b where the gates lack it, else NULL
     void* y                    # the step's output (read backward by the RNN)
     const void* dY             # backward: the step's output gradient
     void* tanh_c               # backward, LSTM: scratch
@@ -718,11 +729,12 @@ cdef inline bint elementwise_pays(const Dims* d, index_t rows) noexcept nogil:
 
 cdef void step_elementwise(const Dims* d, index_t rows, floating* gates,
                            const floating* hidden_proj, const floating* h_prev,
-                           const floating* c_prev, floating* kept, floating* y) noexcept nogil:
+                           const floating* c_prev, floating* kept, floating* y,
+                           const floating* bias) noexcept nogil:
     cdef StepElementwise job
     job.is_f64, job.backward = floating is double, False
     job.d, job.rows, job.gates, job.hidden_proj = d, rows, gates, hidden_proj
-    job.h_prev, job.c_prev, job.kept, job.y = h_prev, c_prev, kept, y
+    job.h_prev, job.c_prev, job.kept, job.y, job.bias = h_prev, c_prev, kept, y, bias
     share(elementwise_part, &job, elementwise_pays(d, rows))
 
 
@@ -749,7 +761,9 @@ cdef void elementwise_rows(const StepElementwise* job, floating* y, index_t r0,
     else:
         gru_forward(rows, H, <floating*>job.gates + r0 * GH,
                     <const floating*>job.hidden_proj + r0 * 3 * H,
-                    <const floating*>job.h_prev + r0 * H, <floating*>job.kept + r0 * H, y)
+                    <const floating*>job.h_prev + r0 * H,
+                    <floating*>job.kept + r0 * H if job.kept != NULL else NULL, y,
+                    <const floating*>job.bias)
 
 
 cdef void lstm_forward(index_t B, index_t H, floating* gates, const floating* c_prev,
@@ -779,24 +793,39 @@ cdef void lstm_forward(index_t B, index_t H, floating* gates, const floating* c_
 
 
 cdef void gru_forward(index_t B, index_t H, floating* gates, const floating* hidden_proj,
-                      const floating* h_prev, floating* hidden_n, floating* h) noexcept nogil:
-    # r, z = s(x part + h part),  n = tanh(x Wi_nᵀ + b_n + r ⊙ (h Wh_nᵀ)),
-    # h' = (1 - z) n + z h = n + z (h - n). Backward needs h Wh_nᵀ: kept in hidden_n.
+                      const floating* h_prev, floating* hidden_n, floating* h,
+                      const floating* bias) noexcept nogil:
+    # r, z = s(x part + b + h part),  n = tanh(x Wi_nᵀ + b_n + r ⊙ (h Wh_nᵀ)),
+    # h' = (1 - z) n + z h = n + z (h - n), with b already in the gates where `bias` is
+    # NULL. Backward needs h Wh_nᵀ: kept in hidden_n (unless NULL).
     cdef index_t r, j
     cdef floating* reset
     cdef floating* update
     cdef floating* candidate
     cdef const floating* p
+    cdef const floating* p_candidate
+    cdef const floating* b_candidate
     for r in range(B):
         reset = gates + r * 3 * H
         update, candidate = reset + H, reset + 2 * H
         p = hidden_proj + r * 3 * H
-        for j in range(2 * H):
-            reset[j] += p[j]
+        p_candidate = p + 2 * H
+        if bias != NULL:
+            for j in range(2 * H):
+                reset[j] += bias[j] + p[j]
+        else:
+            for j in range(2 * H):
+                reset[j] += p[j]
         logistic_in_place(2 * H, reset)
-        memcpy(hidden_n + r * H, p + 2 * H, H * sizeof(floating))
-        for j in range(H):
-            candidate[j] += reset[j] * p[2 * H + j]
+        if hidden_n != NULL:
+            memcpy(hidden_n + r * H, p_candidate, H * sizeof(floating))
+        if bias != NULL:
+            b_candidate = bias + 2 * H
+            for j in range(H):
+                candidate[j] += b_candidate[j] + reset[j] * p_candidate[j]
+        else:
+            for j in range(H):
+                candidate[j] += reset[j] * p_candidate[j]
         tanh_in_place(H, candidate)
         for j in range(H):
             h[r * H + j] = candidate[j] + update[j] * (h_prev[r * H + j] - candidate[j])
