@@ -535,10 +535,11 @@ cdef inline void* part_rows(const Buffers* w, void* buffer, index_t r0, index_t 
                             size_t itemsize) noexcept nogil:
     # Where rows [r0, ...) of a part lie in a buffer of one step: the second part's
     # w.split_gap bytes past the first's end (carve leaves the room). A part that starts
-    # at row 0 (the first, or the only one) begins at the buffer's start.
-    if buffer == NULL or r0 == 0:
-        return <char*>buffer + r0 * row_values * itemsize
-    return <char*>buffer + r0 * row_values * itemsize + w.split_gap
+    # at row 0 (the first, or the only one) begins at the buffer's start. A buffer the
+    # cell lacks stays NULL.
+    if buffer == NULL:
+        return NULL
+    return <char*>buffer + r0 * row_values * itemsize + (w.split_gap if r0 > 0 else 0)
 
 
 cdef void forward_part(void* arg, int part, int parts) noexcept nogil:
