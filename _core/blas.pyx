@@ -59,7 +59,14 @@ cdef extern from "panel_gemm.h" nogil:
     void few_inner_d(Py_ssize_t K, Py_ssize_t N, const double* A, Py_ssize_t a_row,
                      Py_ssize_t a_k, const double* Bmat, Py_ssize_t ldb, double* C,
                      Py_ssize_t ldc, int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
+    void few_rows_f(Py_ssize_t M, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                    const float* Bmat, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
+                    int accumulate, Py_ssize_t first_column, Py_ssize_t end_column)
+    void few_rows_d(Py_ssize_t M, Py_ssize_t K, const double* A, Py_ssize_t lda,
+                    const double* Bmat, Py_ssize_t ldb, double* C, Py_ssize_t ldc,
+                    int accumulate, Py_ssize_t first_column, Py_ssize_t end_column)
     int PANEL_f, PANEL_d, PANEL_ROWS, PANEL_GATHER_ROWS, VECTOR_BYTES, FEW_COLUMNS, FEW_INNER
+    int FEW_ROWS
     bint PANEL_KERNEL
 
 cdef extern from "memory.h" nogil:
@@ -276,6 +283,26 @@ cdef void few_inner_part(void* arg, int part, int parts) noexcept nogil:
                     p.b_row, <float*>p.C, p.ldc, p.accumulate, first, end)
 
 
+cdef void few_rows_part(void* arg, int part, int parts) noexcept nogil:
+    # A share of C's columns, in whole vectors.
+    cdef Product* p = <Product*>arg
+    cdef Py_ssize_t lanes = VECTOR_BYTES // (sizeof(double) if p.is_f64 else sizeof(float))
+    cdef Py_ssize_t vectors = (p.N + lanes - 1) // lanes
+    cdef Py_ssize_t first = min(p.N, vectors * part // parts * lanes)
+    cdef Py_ssize_t end = min(p.N, vectors * (part + 1) // parts * lanes)
+    if p.is_f64:
+        few_rows_d(p.M, p.K, <const double*>p.A, p.a_k, <const double*>p.src, p.b_row,
+                   <double*>p.C, p.ldc, p.accumulate, first, end)
+    else:
+        few_rows_f(p.M, p.K, <const float*>p.A, p.a_k, <const float*>p.src, p.b_row,
+                   <float*>p.C, p.ldc, p.accumulate, first, end)
+
+
+cdef inline bint takes_few_rows(Py_ssize_t m, Py_ssize_t n, size_t itemsize) noexcept nogil:
+    # Whether C (m x n) [+]= Aᵀ B goes to few_rows.
+    return PANEL_KERNEL and m <= FEW_ROWS and n * itemsize >= VECTOR_BYTES
+
+
 cdef void pack_part(void* arg, int part, int parts) noexcept nogil:
     cdef Product* p = <Product*>arg
     cdef Py_ssize_t first = p.panels * part // parts, end = p.panels * (part + 1) // parts
@@ -412,6 +439,19 @@ cdef void by_rows_of_c(crew_task part, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     crew_run(part, &p, M >= 2 and M * N * K >= split_min_macs)
 
 
+cdef void few_rows_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                           Py_ssize_t lda, const floating* B, Py_ssize_t ldb, floating* C,
+                           Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    # C (M x N) [+]= Aᵀ B for A (K x M) with M <= FEW_ROWS, on few_rows: the crew sharing
+    # C's columns from SPLIT_MIN_MACS on.
+    cdef Product p
+    p.is_f64 = floating is double
+    p.M, p.N, p.K, p.A, p.a_k, p.src, p.b_row = M, N, K, A, lda, B, ldb
+    p.C, p.ldc, p.accumulate = C, ldc, accumulate
+    crew_run(few_rows_part, &p, N * sizeof(floating) >= 2 * VECTOR_BYTES
+             and M * N * K >= SPLIT_MIN_MACS)
+
+
 cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                      Py_ssize_t a_row, Py_ssize_t a_k, const floating* W, Py_ssize_t ldw,
                      floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
@@ -476,6 +516,10 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
             and 0 < k <= FEW_INNER and n * sizeof(floating) >= VECTOR_BYTES):
         by_rows_of_c(few_inner_part, m, n, k, a, a_row, a_k, b, ldb, c, ldc, beta == 1,
                      SPLIT_MIN_MACS)
+        return
+    if (alpha == 1 and (beta == 0 or beta == 1) and trans_a and not trans_b
+            and takes_few_rows(m, n, sizeof(floating))):
+        few_rows_product(m, n, k, a, lda, b, ldb, c, ldc, beta == 1)
         return
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and k > 0
             and <double>m * n * k > BLAS_MAX_MACS):
@@ -588,7 +632,9 @@ cdef void defer_product(bint is_f64, int M, int N, int K, const void* A, int lda
     cdef int i = -1
     if K <= 0 or M <= 0 or N <= 0:
         return
-    if K < DEFER_DEPTH:
+    # Onto a few rows of C (a head's gradient) the product at once costs no more than
+    # keeping it, since neither operand gets packed (few_rows).
+    if K < DEFER_DEPTH and not takes_few_rows(M, N, sizeof(double) if is_f64 else sizeof(float)):
         d = thread_deferrals()
         if d != NULL:
             i = deferred_slot(d, C, M, N, ldc, is_f64)

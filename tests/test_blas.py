@@ -75,8 +75,9 @@ def test_dense_layer_on_the_panel_path_matches_numpy():
 @pytest.mark.parametrize("bias", [True, False])
 def test_products_with_few_columns_match_numpy(dtype, bias):
     # A Wᵀ with at most 4 columns runs on its own kernel (panel_gemm.h's few_columns): a
-    # Dense head's forward, and a matmul's dA = dC Bᵀ when B has that few rows. The sizes
-    # cover k past whole vectors and below one, one row, and a product the crew splits.
+    # Dense head's forward, and a matmul's dA = dC Bᵀ when B has that few rows. The head's
+    # dW = dzᵀ x, onto as few rows, runs on another (few_rows). The sizes cover k past
+    # whole vectors and below one, one row, and products the crew splits.
     # Each element is held to its dtype's rounding of the sums it adds, |A| |W|ᵀ: a single
     # output can cancel to far below its terms.
     rng = np.random.default_rng(7)
@@ -106,7 +107,8 @@ def test_products_with_few_columns_match_numpy(dtype, bias):
 def test_products_over_a_small_inner_size_match_numpy(dtype):
     # A B with an inner size of at most 4 runs on its own kernel (panel_gemm.h's few_inner):
     # `a @ b` forward for a of 1 to 4 columns, and its dB = Aᵀ dC, with Aᵀ read transposed,
-    # when a has that few rows. Column counts cover a partial vector and none whole.
+    # when a has that few rows. dB = Aᵀ dC for a of 1 to 4 columns runs on few_rows. Column
+    # counts cover a partial vector and none whole.
     rng = np.random.default_rng(11)
     tol = 1e-13 if dtype == np.float64 else 1e-6
     for inner in range(1, 6):
