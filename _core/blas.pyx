@@ -16,6 +16,7 @@
 # second core through every following recurrent step. Keeping every large product on the
 # crew keeps one pool in the process; the kernel outruns OpenBLAS too (bench/RESULTS.md: a
 # float32 1024³ product at 210-300 GFLOP/s on 2 cores, where OpenBLAS gave 110-165).
+from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 cdef extern from "panel_gemm.h" nogil:
@@ -82,7 +83,7 @@ cdef extern from "deferred.h" nogil:
         int lda, ldb, K
     ctypedef struct DeferredProduct:
         void* C
-        int M, N, ldc, is_f64, K, n_segments
+        int M, N, ldc, is_f64, K, n_segments, background
     ctypedef struct Deferrals:
         int n_products
     Deferrals* thread_deferrals()
@@ -94,6 +95,19 @@ cdef extern from "deferred.h" nogil:
                          int K)
     void deferred_take(Deferrals* d, int i, DeferredProduct* out)
     int deferred_stage(const DeferredProduct* p, void** A, void** B)
+    int DEFER_QUEUE
+    ctypedef struct DeferredQueue:
+        pass
+    DeferredQueue* deferred_queue()
+    DeferredProduct* queued_job(DeferredQueue* q, long n)
+    long deferred_claim(DeferredQueue* q)
+    long deferred_claim_upto(DeferredQueue* q, long last)
+    long deferred_queued(DeferredQueue* q)
+    void deferred_publish(DeferredQueue* q)
+    int deferred_draining(DeferredQueue* q)
+    void deferred_set_draining(DeferredQueue* q, int draining)
+    int deferred_done(DeferredQueue* q, long n)
+    void deferred_mark_done(DeferredQueue* q, long n)
 
 cdef extern from "pack_cache.h" nogil:
     ctypedef struct PackCache:
@@ -109,6 +123,12 @@ cdef extern from "crew.h" nogil:
     ctypedef struct crew_claims:
         pass
     void crew_run(crew_task task, void* arg, int split)
+    int crew_hold()
+    int crew_holds()
+    int crew_helper_idle()
+    int crew_post(crew_task task, void* arg)
+    void crew_release()
+    void crew_pause(unsigned long spins)
     void crew_claims_reset(crew_claims* claims, long units)
     long crew_claim(crew_claims* claims, int part)
     int crew_keep_alone(int alone)
@@ -626,7 +646,8 @@ cdef void transposed_product(bint is_f64, int M, int N, int K, const void* A, in
 
 
 cdef void defer_product(bint is_f64, int M, int N, int K, const void* A, int lda,
-                        const void* B, int ldb, void* C, int ldc) noexcept nogil:
+                        const void* B, int ldb, void* C, int ldc,
+                        bint background=False) noexcept nogil:
     cdef Deferrals* d = NULL
     cdef DeferredProduct* p
     cdef int i = -1
@@ -639,34 +660,148 @@ cdef void defer_product(bint is_f64, int M, int N, int K, const void* A, int lda
         if d != NULL:
             i = deferred_slot(d, C, M, N, ldc, is_f64)
     if i < 0:
+        settle_deferred(C, ((<size_t>M - 1) * ldc + N)
+                        * (sizeof(double) if is_f64 else sizeof(float)))
         transposed_product(is_f64, M, N, K, A, lda, B, ldb, C, ldc)
         return
     p = deferred_product(d, i)
+    p.background = background
     deferred_append(p, A, lda, B, ldb, K)
     if p.K >= DEFER_DEPTH or p.n_segments == DEFER_SEGMENTS:
-        run_deferred(d, i)
+        run_deferred(d, i, True)
 
 
-cdef void run_deferred(Deferrals* d, int i) noexcept nogil:
+cdef void run_deferred(Deferrals* d, int i, bint background) noexcept nogil:
+    # Product i, handed to the crew's helper where it can take it (`background`), else now,
+    # once the products of the same gradient running in the background are done.
+    cdef DeferredProduct p
+    deferred_take(d, i, &p)
+    if not (background and p.background and queue_product(&p)):
+        settle_deferred(p.C, extent_bytes(&p))
+        run_product(&p)
+
+
+cdef void run_product(const DeferredProduct* p) noexcept nogil:
     # One product over every segment: on the panels straight from the segments, else on
     # the BLAS with the segments stacked, else (without staging memory) one per segment.
-    cdef DeferredProduct p
     cdef const DeferredSegment* segment
     cdef void* A
     cdef void* B
     cdef int s
-    deferred_take(d, i, &p)
     if p.n_segments > 1 and PANEL_KERNEL and <double>p.M * p.N * p.K > BLAS_MAX_MACS:
-        if (segments_product(&p, <double*>p.C) if p.is_f64
-                else segments_product(&p, <float*>p.C)):
+        if (segments_product(p, <double*>p.C) if p.is_f64
+                else segments_product(p, <float*>p.C)):
             return
-    if p.n_segments > 1 and deferred_stage(&p, &A, &B) == 0:
+    if p.n_segments > 1 and deferred_stage(p, &A, &B) == 0:
         transposed_product(p.is_f64, p.M, p.N, p.K, A, p.M, B, p.N, p.C, p.ldc)
         return
     for s in range(p.n_segments):
-        segment = deferred_segment(&p, s)
+        segment = deferred_segment(p, s)
         transposed_product(p.is_f64, p.M, p.N, segment.K, segment.A, segment.lda, segment.B,
                            segment.ldb, p.C, p.ldc)
+
+
+# ---------------------------------------------------------------- in the background
+#
+# A step-by-step recurrence's backward pass is a chain: each step needs the gradient the
+# step after it passed back, and its products are too small to share well between two
+# cores, so the helper mostly waits. The steps' weight gradients are off that chain: once
+# deferred products fill up, the helper runs them (drain_queue) while the calling thread
+# goes on down the chain, splitting its own steps with the helper whenever the helper is
+# idle (crew.h: crew_post). The calling thread holds the crew from its first such product
+# until the pass ends (flush_deferred). Before anything else writes or reads a gradient a
+# queued product writes, it waits for that product (settle_deferred); before the pass
+# ends, for all of them.
+
+# Jobs of the queue below this number are known to be done (only the thread holding the
+# crew reads or writes it).
+cdef long queue_retired = 0
+
+
+cdef void drain_queue(void* arg, int part, int parts) noexcept nogil:
+    # The helper's background task: every queued job, in order, until none waits. Before
+    # it ends it says so and looks once more, so that a job queued meanwhile is not left.
+    cdef DeferredQueue* q = deferred_queue()
+    cdef long n
+    while True:
+        n = deferred_claim(q)
+        if n < 0:
+            deferred_set_draining(q, 0)
+            n = deferred_claim(q)
+            if n < 0:
+                return
+            deferred_set_draining(q, 1)
+        run_product(queued_job(q, n))
+        deferred_mark_done(q, n)
+
+
+cdef bint queue_product(const DeferredProduct* p) noexcept nogil:
+    # Queues p for the helper; False, with nothing queued, where the crew cannot be held
+    # (one thread, or another caller holding it) or p is too small to be worth it.
+    cdef DeferredQueue* q = deferred_queue()
+    cdef long n
+    cdef unsigned long spins = 0
+    if (not PANEL_KERNEL or <double>p.M * p.N * p.K < SPLIT_MIN_MACS
+            or not (crew_holds() or crew_hold())):
+        return False
+    # No two unfinished jobs write the same gradient, and a slot is free only once the
+    # job DEFER_QUEUE before has finished.
+    settle_deferred(p.C, extent_bytes(p))
+    n = deferred_queued(q)
+    if n >= DEFER_QUEUE:
+        wait_job(q, n - DEFER_QUEUE)
+    memcpy(queued_job(q, n), p, sizeof(DeferredProduct))
+    deferred_publish(q)
+    if deferred_draining(q):
+        return True            # the helper's task takes it (drain_queue looks again)
+    # Its task has ended or is ending; a task of its own if it did not take this job.
+    while not crew_helper_idle():
+        if deferred_draining(q):
+            return True
+        spins += 1
+        crew_pause(spins)
+    deferred_set_draining(q, 1)
+    if not crew_post(drain_queue, NULL):
+        deferred_set_draining(q, 0)
+        wait_job(q, n)         # run here
+    return True
+
+
+cdef void wait_job(DeferredQueue* q, long n) noexcept nogil:
+    # Until job n is done; jobs up to it that nobody has claimed yet run here.
+    cdef long m
+    cdef unsigned long spins = 0
+    while not deferred_done(q, n):
+        m = deferred_claim_upto(q, n)
+        if m >= 0:
+            run_product(queued_job(q, m))
+            deferred_mark_done(q, m)
+        else:
+            spins += 1
+            crew_pause(spins)
+
+
+cdef inline size_t extent_bytes(const DeferredProduct* p) noexcept nogil:
+    # The bytes C spans, from its first value to its last.
+    return ((<size_t>p.M - 1) * p.ldc + p.N) * (sizeof(double) if p.is_f64 else sizeof(float))
+
+
+cdef void settle_deferred(const void* start, size_t nbytes) noexcept nogil:
+    global queue_retired
+    cdef DeferredQueue* q
+    cdef const DeferredProduct* job
+    cdef long n, queued
+    if not crew_holds():
+        return
+    q = deferred_queue()
+    queued = deferred_queued(q)
+    while queue_retired < queued and deferred_done(q, queue_retired):
+        queue_retired += 1
+    for n in range(queue_retired, queued):
+        job = queued_job(q, n)
+        if (start == NULL or (<const char*>job.C < <const char*>start + nbytes
+                              and <const char*>start < <const char*>job.C + extent_bytes(job))):
+            wait_job(q, n)
 
 
 cdef bint segments_product(const DeferredProduct* p, floating* C) noexcept nogil:
@@ -701,11 +836,13 @@ cdef bint segments_product(const DeferredProduct* p, floating* C) noexcept nogil
 cdef void flush_deferred(const void* start, size_t nbytes) noexcept nogil:
     cdef Deferrals* d = thread_deferrals()
     cdef int i
-    if d == NULL:
-        return
-    while d.n_products > 0:
-        i = 0 if start == NULL else deferred_overlapping(
-            d, <const char*>start, <const char*>start + nbytes)
-        if i < 0:
-            return
-        run_deferred(d, i)
+    if d != NULL:
+        while d.n_products > 0:
+            i = 0 if start == NULL else deferred_overlapping(
+                d, <const char*>start, <const char*>start + nbytes)
+            if i < 0:
+                break
+            run_deferred(d, i, False)
+    settle_deferred(start, nbytes)
+    if start == NULL:
+        crew_release()

@@ -9,7 +9,9 @@
  * that core away on a 2-core machine, which is why recur's large products all come here.
  *
  * One caller at a time: a thread that finds the crew busy runs its task alone, with the
- * same result (each part writes its own share). The crew has as many members as
+ * same result (each part writes its own share). A caller may also hold the crew for a
+ * while and hand the helper work to do in the background meanwhile (crew_hold, crew_post,
+ * crew_release: a backward pass's weight gradients, blas.pyx). The crew has as many members as
  * RECUR_NUM_THREADS allows (default: 2 where the process may run on 2 CPUs or more), and
  * the helper keeps off its caller's CPU (crew_keep_apart). After fork() the child has no
  * helper; crew_forget_after_fork resets the state so that it starts its own. */
@@ -44,6 +46,9 @@ static struct {
     void* arg;
 } crew = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
+/* Set in the thread that holds the crew for work its helper does in the background
+ * (crew_post), until crew_release. */
+static _Thread_local int crew_holding;
 /* Set while this thread's tasks should run alone (crew_keep_alone). */
 static _Thread_local int crew_declined;
 /* Set while this thread runs a part of a shared task, and always in the helper. A task
@@ -169,6 +174,7 @@ static void* crew_helper(void* unused)
 
 static void crew_forget_after_fork(void)
 {
+    crew_holding = 0;
     pthread_mutex_init(&crew.lock, NULL);
     pthread_cond_init(&crew.wake, NULL);
     atomic_store(&crew.started, atomic_load(&crew.posted));
@@ -221,24 +227,31 @@ static int crew_keep_alone(int alone)
     return was;
 }
 
-/* Runs task(arg, part, parts) for every part: split in two with the helper when `split` is
- * set, this thread has not declined it and the crew is free, else task(arg, 0, 1) in the
- * calling thread. */
-static void crew_run(crew_task task, void* arg, int split)
+/* Takes the crew for this thread, starting the helper on first use; 0 where the process
+ * runs on one thread or another caller holds it. */
+static int crew_take(void)
 {
     int expected = 0;
-    unsigned long generation;
-    if (!split || crew_declined || crew_in_task
-            || !atomic_compare_exchange_strong(&crew.busy, &expected, 1)) {
-        task(arg, 0, 1);
-        return;
-    }
+    if (!atomic_compare_exchange_strong(&crew.busy, &expected, 1)) return 0;
     if (crew.state == 0) crew.state = crew_start() ? 1 : -1;
     if (crew.state < 0) {
         atomic_store(&crew.busy, 0);
-        task(arg, 0, 1);
-        return;
+        return 0;
     }
+    return 1;
+}
+
+/* Whether the helper has finished every task posted to it. */
+static inline int crew_helper_idle(void)
+{
+    return atomic_load_explicit(&crew.finished, memory_order_acquire)
+           == atomic_load_explicit(&crew.posted, memory_order_acquire);
+}
+
+/* Hands task(arg, 1, 2) to the helper; returns its generation. */
+static unsigned long crew_hand_over(crew_task task, void* arg)
+{
+    unsigned long generation;
     crew.task = task;
     crew.arg = arg;
     atomic_store_explicit(&crew.caller_cpu, crew_cpu(), memory_order_relaxed);
@@ -246,9 +259,12 @@ static void crew_run(crew_task task, void* arg, int split)
     pthread_mutex_lock(&crew.lock);
     if (crew.sleeping) pthread_cond_signal(&crew.wake);
     pthread_mutex_unlock(&crew.lock);
-    crew_in_task = 1;
-    task(arg, 0, 2);
-    crew_in_task = 0;
+    return generation;
+}
+
+/* Waits for the helper to finish the task of this generation. */
+static void crew_wait(unsigned long generation)
+{
     /* A helper that has not begun yet may be waiting for this very CPU. */
     for (unsigned spins = 1;
          atomic_load_explicit(&crew.finished, memory_order_acquire) != generation; spins++) {
@@ -259,6 +275,69 @@ static void crew_run(crew_task task, void* arg, int split)
                                                         memory_order_relaxed))))
             sched_yield();
     }
+}
+
+/* Runs task(arg, part, parts) for every part: split in two with the helper when `split` is
+ * set, this thread has not declined it and the crew is free, else task(arg, 0, 1) in the
+ * calling thread. A thread holding the crew (crew_post) splits while the helper is idle. */
+static void crew_run(crew_task task, void* arg, int split)
+{
+    unsigned long generation;
+    if (!split || crew_declined || crew_in_task
+            || (crew_holding ? !crew_helper_idle() : !crew_take())) {
+        task(arg, 0, 1);
+        return;
+    }
+    generation = crew_hand_over(task, arg);
+    crew_in_task = 1;
+    task(arg, 0, 2);
+    crew_in_task = 0;
+    crew_wait(generation);
+    if (!crew_holding) atomic_store(&crew.busy, 0);
+}
+
+/* Takes the crew for this thread until crew_release, for tasks it hands the helper to run
+ * in the background (crew_post); its own tasks meanwhile split whenever the helper is idle
+ * (crew_run), else run alone. 0 where it cannot: one thread only, the helper declined or
+ * already at work for this thread, or another caller holding the crew. */
+static int crew_hold(void)
+{
+    if (crew_holding) return 1;
+    if (crew_declined || crew_in_task || !crew_take()) return 0;
+    crew_holding = 1;
+    return 1;
+}
+
+static int crew_holds(void)
+{
+    return crew_holding;
+}
+
+/* One pause of a thread waiting for the helper's work, `spins` pauses so far: every few
+ * microseconds it offers its CPU where the helper may be waiting for that very CPU. */
+static void crew_pause(unsigned long spins)
+{
+    crew_relax();
+    if (spins % CREW_CHECK_SPINS == 0
+            && crew_beside(atomic_load_explicit(&crew.helper_cpu, memory_order_relaxed)))
+        sched_yield();
+}
+
+/* Gives the helper task(arg, 1, 2) to run in the background while this thread, which holds
+ * the crew, goes on; 0 (nothing handed over) while the helper is busy with the last one. */
+static int crew_post(crew_task task, void* arg)
+{
+    if (!crew_holding || !crew_helper_idle()) return 0;
+    crew_hand_over(task, arg);
+    return 1;
+}
+
+/* Waits for the helper's background task, if any, and frees the crew. */
+static void crew_release(void)
+{
+    if (!crew_holding) return;
+    crew_wait(atomic_load_explicit(&crew.posted, memory_order_acquire));
+    crew_holding = 0;
     atomic_store(&crew.busy, 0);
 }
 

@@ -13,6 +13,7 @@
 #define RECUR_DEFERRED_H
 
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "memory.h"
@@ -30,6 +31,7 @@ typedef struct {
     void* C;                   /* M x N, row stride ldc: C += Aᵀ B over every segment */
     int M, N, ldc, is_f64;
     int K;                     /* the segments' total depth */
+    int background;            /* may run in the crew's helper (blas.pyx: queue_product) */
     int n_segments;
     DeferredSegment segments[DEFER_SEGMENTS];
 } DeferredProduct;
@@ -101,6 +103,82 @@ static void deferred_take(Deferrals* d, int i, DeferredProduct* out)
     d->n_products--;
     if (i != d->n_products)
         memcpy(&d->products[i], &d->products[d->n_products], sizeof(DeferredProduct));
+}
+
+/* Products handed to the crew's helper to run in the background while the backward pass
+ * goes on (blas.pyx: run_deferred). One thread holds the crew and queues at a time
+ * (crew_post), so one queue serves the process. Jobs are numbered in the order queued;
+ * either thread claims the next one to run, in order, and marks its slot with the job's
+ * number when done. No two unfinished jobs write overlapping gradients (the queueing
+ * thread waits first), so the two may run any two at once. */
+#define DEFER_QUEUE 8
+
+typedef struct {
+    DeferredProduct jobs[DEFER_QUEUE];
+    _Atomic long queued;       /* jobs queued so far */
+    _Atomic long claimed;      /* jobs claimed so far, by either thread */
+    _Atomic long finished[DEFER_QUEUE];   /* per slot: the number of its last finished job */
+    _Atomic int draining;      /* the helper's task is claiming jobs */
+} DeferredQueue;
+
+static DeferredQueue* deferred_queue(void)
+{
+    static DeferredQueue queue = {.finished = {-1, -1, -1, -1, -1, -1, -1, -1}};
+    return &queue;
+}
+
+static DeferredProduct* queued_job(DeferredQueue* q, long n)
+{
+    return &q->jobs[n % DEFER_QUEUE];
+}
+
+/* The number of the next unclaimed job, now claimed, or -1 when none waits. */
+static long deferred_claim(DeferredQueue* q)
+{
+    long n = atomic_load(&q->claimed);
+    while (n < atomic_load(&q->queued))
+        if (atomic_compare_exchange_weak(&q->claimed, &n, n + 1)) return n;
+    return -1;
+}
+
+/* The same, only if that job is number `last` or earlier. */
+static long deferred_claim_upto(DeferredQueue* q, long last)
+{
+    long n = atomic_load(&q->claimed);
+    while (n <= last && n < atomic_load(&q->queued))
+        if (atomic_compare_exchange_weak(&q->claimed, &n, n + 1)) return n;
+    return -1;
+}
+
+static long deferred_queued(DeferredQueue* q)
+{
+    return atomic_load(&q->queued);
+}
+
+/* Makes job number queued (its slot filled) claimable. */
+static void deferred_publish(DeferredQueue* q)
+{
+    atomic_fetch_add(&q->queued, 1);
+}
+
+static int deferred_draining(DeferredQueue* q)
+{
+    return atomic_load(&q->draining);
+}
+
+static void deferred_set_draining(DeferredQueue* q, int draining)
+{
+    atomic_store(&q->draining, draining);
+}
+
+static int deferred_done(DeferredQueue* q, long n)
+{
+    return atomic_load_explicit(&q->finished[n % DEFER_QUEUE], memory_order_acquire) >= n;
+}
+
+static void deferred_mark_done(DeferredQueue* q, long n)
+{
+    atomic_store_explicit(&q->finished[n % DEFER_QUEUE], n, memory_order_release);
 }
 
 /* Copies p's segments one under another into this thread's staging buffers: A as K x M,

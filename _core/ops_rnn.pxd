@@ -7,6 +7,19 @@ cdef enum Cell:
     CELL_GRU = 2
     CELL_GRUV3 = 3
 
+# A node's inputs, in this order: x, h0, c0 (the LSTM's), Wi, Wh, b, Wh_h (GRUv3's).
+cdef enum:
+    N_INPUTS = 7
+    IN_X = 0
+    IN_H0 = 1
+    IN_C0 = 2
+    IN_WI = 3
+    IN_WH = 4
+    IN_B = 5
+    IN_WH_H = 6
+    # The weights, whose gradient products backward defers (blas.pxd: defer_product).
+    DEFERRED_INPUTS = (1 << IN_WI) | (1 << IN_WH) | (1 << IN_WH_H)
+
 # A cell step is a sequence of length one, so one backward serves the step and the sequence
 # op codes of every cell.
 cdef void recurrent_backward(Node* node, Node* nodes) noexcept nogil

@@ -43,15 +43,7 @@ cnp.import_array()
 RNN, LSTM, GRU, GRUV3 = CELL_RNN, CELL_LSTM, CELL_GRU, CELL_GRUV3
 
 cdef enum:
-    N_INPUTS = 7
     N_INTS = 9
-    IN_X = 0
-    IN_H0 = 1
-    IN_C0 = 2
-    IN_WI = 3
-    IN_WH = 4
-    IN_B = 5
-    IN_WH_H = 6
 
 
 ctypedef struct Dims:
@@ -498,6 +490,14 @@ cdef enum:
 
 
 cdef enum:
+    # The deferred weight-gradient products of a layer with at most this many bytes of
+    # weights run in the crew's helper in the background, while the calling thread goes on
+    # down the steps (blas.pyx: queue_product). A larger layer's steps share their products
+    # between the threads well, and its gradients keep both busy: there the background
+    # slowed stepwise training (Xeon AVX-512, bench/, medians of alternate processes, ms:
+    # LSTM 64,256 with 1.3 MB of weights 60.2 -> 66.6, GRU 128,512 81.9 -> 82.8, LSTM
+    # 256,1024 103 -> 113 when only its gradients past 512 KB stayed out).
+    BACKGROUND_MAX_WEIGHT_BYTES = 512 << 10
     # A step's backward product below this many multiply-adds stays on the BLAS in the
     # calling thread: on shared panels the step would be split between the crew, and with
     # AVX-512 the hand-over costs more than the product (bench/: RNN 32,64,16,50 stepwise
@@ -964,6 +964,7 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     cdef Recurrence job
     cdef Buffers shared
     cdef const floating* packed_wi_back = NULL
+    cdef bint background
     if d.panels:
         pack(hidden_GH, H, Wh, H, 1, <floating*>w.packed_wh_back)
         if d.cell == CELL_GRUV3:
@@ -991,18 +992,20 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
         add_state_grad(d.c_broadcast, B, H, dc, <floating*>nodes[inputs[IN_C0]].grad)
 
     # Whole-sequence weight gradients: every step's rows in one product each; a short
-    # sequence's (a step's) wait to join the next steps' (defer_product, blas.pxd).
+    # sequence's (a step's) wait to join the next steps' (defer_product, blas.pxd), and a
+    # small layer's run in the background.
+    background = weight_bytes(&d, sizeof(floating)) <= BACKGROUND_MAX_WEIGHT_BYTES
     if inputs[IN_WI] >= 0:
         defer_product(floating is double, GH, n_in, T * B, d_gates, GH, X, n_in,
-                      nodes[inputs[IN_WI]].grad, n_in)
+                      nodes[inputs[IN_WI]].grad, n_in, background)
     if inputs[IN_WH] >= 0:        # step 0 saw h0, step t > 0 saw Y[t - 1]
         defer_product(floating is double, hidden_GH, H, B, d_hidden, ld_hidden, h0, H,
-                      nodes[inputs[IN_WH]].grad, H)
+                      nodes[inputs[IN_WH]].grad, H, background)
         defer_product(floating is double, hidden_GH, H, (T - 1) * B, d_hidden + B * ld_hidden,
-                      ld_hidden, Y, H, nodes[inputs[IN_WH]].grad, H)
+                      ld_hidden, Y, H, nodes[inputs[IN_WH]].grad, H, background)
     if d.cell == CELL_GRUV3 and inputs[IN_WH_H] >= 0:     # the n block against r ⊙ h
         defer_product(floating is double, H, H, T * B, d_gates + 2 * H, 3 * H, hidden, H,
-                      nodes[inputs[IN_WH_H]].grad, H)
+                      nodes[inputs[IN_WH_H]].grad, H, background)
     if inputs[IN_B] >= 0:
         add_column_sums(T * B, GH, d_gates, <floating*>nodes[inputs[IN_B]].grad)
     if inputs[IN_X] >= 0:

@@ -24,11 +24,12 @@ register_backward(OP_CONCAT, shape.concat_backward)
 register_backward(OP_SQUARED_ERROR, loss.squared_error_backward)
 
 register_backward(OP_MATMUL, dense.matmul_backward)
-register_backward(OP_DENSE, dense.dense_backward)
+# The ops that defer their weights' gradient products, and those weights' inputs.
+register_backward(OP_DENSE, dense.dense_backward, 1 << 1)
 
 for op in (OP_RNN_STEP, OP_LSTM_STEP, OP_GRU_STEP, OP_GRUV3_STEP,
            OP_RNN_SEQ, OP_LSTM_SEQ, OP_GRU_SEQ, OP_GRUV3_SEQ):
-    register_backward(op, rnn.recurrent_backward)
+    register_backward(op, rnn.recurrent_backward, rnn.DEFERRED_INPUTS)
 
 # Op codes by name, for the Python side (recur/ops.py) and the registry-driven tests.
 CODES = {name: code for name, code in (

@@ -24,7 +24,7 @@ ctypedef struct Node:
 # whose node id is >= 0. It runs without the GIL.
 ctypedef void (*backward_fn)(Node* node, Node* nodes) noexcept nogil
 
-cdef void register_backward(int op, backward_fn fn) noexcept
+cdef void register_backward(int op, backward_fn fn, unsigned deferred_inputs=*) noexcept
 
 # Bump allocator: one block sized to the previous call's high-water mark, overflow blocks
 # while a call outgrows it. Reset keeps the block, so a repeated call allocates nothing.

@@ -8,7 +8,7 @@ from numpy import empty as np_empty
 from cpython.object cimport PyObject, PyTypeObject
 cimport numpy as cnp
 from recur._core.registry cimport OP_LEAF, OP_ALIAS
-from recur._core.blas cimport flush_deferred, forget_packed
+from recur._core.blas cimport flush_deferred, settle_deferred, forget_packed
 
 cdef extern from "memory.h" nogil:
     void* aligned_block(size_t nbytes)
@@ -21,9 +21,13 @@ cdef enum:
     FIRST_BLOCK = 1 << 16
 
 cdef backward_fn backward_table[MAX_OPS]
+# Per op, a bit for each input whose gradient its backward only defers products into
+# (blas.pxd: defer_product), which need no waiting for those in the background.
+cdef unsigned deferred_inputs_table[MAX_OPS]
 
-cdef void register_backward(int op, backward_fn fn) noexcept:
+cdef void register_backward(int op, backward_fn fn, unsigned deferred_inputs=0) noexcept:
     backward_table[op] = fn
+    deferred_inputs_table[op] = deferred_inputs
 
 
 # ---------------------------------------------------------------- arena
@@ -308,9 +312,17 @@ cdef class Tape:
             for i in range(root, -1, -1):
                 node = &self.nodes[i]
                 if node.reached and node.op != OP_LEAF and node.op != OP_ALIAS:
-                    # Products deferred into this node's gradient (blas.pxd) complete it.
+                    # Products deferred into this node's gradient (blas.pxd) complete it,
+                    # and those in the background must be done with the gradients it
+                    # writes into.
                     flush_deferred(node.grad, node.size * (sizeof(double) if node.is_f64
                                                            else sizeof(float)))
+                    for j in range(node.n_inputs):
+                        inp = node.inputs[j]
+                        if inp >= 0 and not (deferred_inputs_table[node.op] >> j) & 1:
+                            settle_deferred(self.nodes[inp].grad, self.nodes[inp].size
+                                            * (sizeof(double) if self.nodes[inp].is_f64
+                                               else sizeof(float)))
                     backward_table[node.op](node, self.nodes)
             flush_deferred(NULL, 0)
             forget_packed()

@@ -130,14 +130,17 @@ def test_products_over_a_small_inner_size_match_numpy(dtype):
 
 
 def _work(seed):
-    """A large product's gradients and a whole LSTM sequence's, as arrays."""
+    """A large product's gradients, a whole LSTM sequence's and those of the same LSTM run
+    step by step (whose weight gradients may run in the background), as arrays."""
     rng = np.random.default_rng(seed)
     a, b = rng.standard_normal((200, 150)), rng.standard_normal((150, 120))
     out = list(_product_and_grads(a, b, rng.standard_normal((200, 120))))
     layer = rc.LSTM(20, 64, dtype=np.float64, rng=np.random.default_rng(seed))
     X = rng.standard_normal((12, 32, 20))
     grads = rc.gradient(lambda: (rc.reset(layer), rc.sum(layer(X) ** 2))[1], layer)
-    return out + [grads[p] for p in rc.params(layer)]
+    steps = rc.gradient(lambda: (rc.reset(layer), sum(rc.sum(layer(x) ** 2) for x in X))[1],
+                        layer)
+    return out + [grads[p] for p in rc.params(layer)] + [steps[p] for p in rc.params(layer)]
 
 
 def test_threads_sharing_the_crew_give_the_serial_results_exactly():
@@ -262,6 +265,63 @@ _CLAIMED_UNITS = """
         print(" ".join(hashlib.sha1(np.ascontiguousarray(np.asarray(case())).tobytes())
                        .hexdigest()[:16] for case in cases))
 """
+
+
+# Step-by-step training, whose weight gradients the crew's helper computes in the
+# background (blas.pyx: drain_queue) while the calling thread goes on: two stacked layers
+# and a head, one cell's Wh also multiplied directly (its transpose node, whose backward
+# runs after the steps', must wait for the background products before it adds to the same
+# gradient) and another's computed as
+# P / 2 (that node reads its gradient mid-pass); then 9 steps of one layer, whose last
+# step's products run when the pass ends, as soon as the first 8 steps' have gone to the
+# background. Prints one digest per repetition.
+_BACKGROUND_GRADIENTS = """
+    import hashlib
+    import numpy as np
+    import recur as rc
+    rng = np.random.default_rng(9)
+    first, second = rc.GRU(24, 96, rng=rng), rc.LSTM(96, 64, rng=rng)
+    head = rc.Dense(64, 3, rng=rng)
+    model = rc.Chain(first, second, head)
+    P = rc.param(2 * second.cell.Wh.value)
+    ps = [P] + [p for p in rc.params(model) if p is not second.cell.Wh]
+    X = rng.standard_normal((40, 16, 24)).astype(np.float32)
+    Y = rng.standard_normal((40, 16, 3)).astype(np.float32)
+    probe = rng.standard_normal((5, 96)).astype(np.float32)
+
+    def loss():
+        rc.reset(model)
+        second.cell.Wh = P / 2
+        # Recorded before the steps, so its backward runs after theirs.
+        probed = rc.sum((rc.Tensor(probe) @ first.cell.Wh.T) ** 2)
+        return probed + sum(rc.mse(model(x), y) for x, y in zip(X, Y))
+
+    short = rc.LSTM(16, 64, rng=rng)
+    X9 = rng.standard_normal((9, 32, 16)).astype(np.float32)
+
+    def short_loss():
+        rc.reset(short)
+        return sum(rc.sum(short(x) ** 2) for x in X9)
+
+    def digest(f, ws):
+        grads = rc.gradient(f, ws)
+        return hashlib.sha1(b"".join(np.asarray(grads[p]).tobytes() for p in ws)).hexdigest()
+
+    for _ in range(10):
+        print(digest(loss, ps)[:16], digest(short_loss, rc.params(short))[:16])
+"""
+
+
+def test_gradients_computed_in_the_background_match_one_threads_exactly():
+    if not PANEL_KERNEL_BUILT:
+        pytest.skip("a build without the panel kernel (RECUR_PORTABLE=1) runs no crew")
+    alone = _run(_BACKGROUND_GRADIENTS, {"RECUR_NUM_THREADS": "1"})
+    shared = _run(_BACKGROUND_GRADIENTS, {"RECUR_NUM_THREADS": ""})
+    assert alone.returncode == 0, alone.stderr
+    assert shared.returncode == 0, shared.stderr
+    alone_lines = alone.stdout.strip().split("\n")
+    assert len(alone_lines) == 10 and len(set(alone_lines)) == 1
+    assert shared.stdout.strip().split("\n") == alone_lines
 
 
 def test_units_claimed_by_two_threads_give_one_threads_results_exactly():
