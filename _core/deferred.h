@@ -106,7 +106,7 @@ static void deferred_take(Deferrals* d, int i, DeferredProduct* out)
 }
 
 /* Products handed to the crew's helper to run in the background while the backward pass
- * goes on (blas.pyx: run_deferred). One thread holds the crew and queues at a time
+ * goes on (blas.pyx: queue_product). One thread holds the crew and queues at a time
  * (crew_post), so one queue serves the process. Jobs are numbered in the order queued;
  * either thread claims the next one to run, in order, and marks its slot with the job's
  * number when done. No two unfinished jobs write overlapping gradients (the queueing

@@ -492,11 +492,13 @@ cdef enum:
 cdef enum:
     # The deferred weight-gradient products of a layer with at most this many bytes of
     # weights run in the crew's helper in the background, while the calling thread goes on
-    # down the steps (blas.pyx: queue_product). A larger layer's steps share their products
-    # between the threads well, and its gradients keep both busy: there the background
-    # slowed stepwise training (Xeon AVX-512, bench/, medians of alternate processes, ms:
-    # LSTM 64,256 with 1.3 MB of weights 60.2 -> 66.6, GRU 128,512 81.9 -> 82.8, LSTM
-    # 256,1024 103 -> 113 when only its gradients past 512 KB stayed out).
+    # down the steps (blas.pyx: queue_product): stepwise training, two threads, RNN
+    # 32,128,32,100 4.01 -> 3.28 ms, GRU 8.62 -> 7.77, LSTM 10.4 -> 9.6 (Xeon AVX-512,
+    # bench/, medians of alternate processes). A larger layer's steps share their products
+    # between the threads well, and its gradients keep both busy: with no limit LSTM
+    # 256,1024 trained in 103 -> 113 ms, GRU 128,512 82.1 -> 84.6; with a limit on each
+    # gradient instead, LSTM 64,256's small dWi went to the helper and its large dWh then
+    # ran alone in the calling thread, 60.2 -> 66.6.
     BACKGROUND_MAX_WEIGHT_BYTES = 512 << 10
     # A step's backward product below this many multiply-adds stays on the BLAS in the
     # calling thread: on shared panels the step would be split between the crew, and with
