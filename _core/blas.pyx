@@ -97,7 +97,7 @@ cdef extern from "deferred.h" nogil:
     int deferred_stage(const DeferredProduct* p, void** A, void** B)
     int DEFER_QUEUE
     ctypedef struct DeferredQueue:
-        pass
+        long retired
     DeferredQueue* deferred_queue()
     DeferredProduct* queued_job(DeferredQueue* q, long n)
     long deferred_claim(DeferredQueue* q)
@@ -108,6 +108,7 @@ cdef extern from "deferred.h" nogil:
     void deferred_set_draining(DeferredQueue* q, int draining)
     int deferred_done(DeferredQueue* q, long n)
     void deferred_mark_done(DeferredQueue* q, long n)
+    void deferred_install_fork_handler()
 
 cdef extern from "pack_cache.h" nogil:
     ctypedef struct PackCache:
@@ -713,9 +714,7 @@ cdef void run_product(const DeferredProduct* p) noexcept nogil:
 # queued product writes, it waits for that product (settle_deferred); before the pass
 # ends, for all of them.
 
-# Jobs of the queue below this number are known to be done (only the thread holding the
-# crew reads or writes it).
-cdef long queue_retired = 0
+deferred_install_fork_handler()
 
 
 cdef void drain_queue(void* arg, int part, int parts) noexcept nogil:
@@ -787,7 +786,6 @@ cdef inline size_t extent_bytes(const DeferredProduct* p) noexcept nogil:
 
 
 cdef void settle_deferred(const void* start, size_t nbytes) noexcept nogil:
-    global queue_retired
     cdef DeferredQueue* q
     cdef const DeferredProduct* job
     cdef long n, queued
@@ -795,9 +793,9 @@ cdef void settle_deferred(const void* start, size_t nbytes) noexcept nogil:
         return
     q = deferred_queue()
     queued = deferred_queued(q)
-    while queue_retired < queued and deferred_done(q, queue_retired):
-        queue_retired += 1
-    for n in range(queue_retired, queued):
+    while q.retired < queued and deferred_done(q, q.retired):
+        q.retired += 1
+    for n in range(q.retired, queued):
         job = queued_job(q, n)
         if (start == NULL or (<const char*>job.C < <const char*>start + nbytes
                               and <const char*>start < <const char*>job.C + extent_bytes(job))):

@@ -12,6 +12,7 @@
 #ifndef RECUR_DEFERRED_H
 #define RECUR_DEFERRED_H
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -119,12 +120,32 @@ typedef struct {
     _Atomic long claimed;      /* jobs claimed so far, by either thread */
     _Atomic long finished[DEFER_QUEUE];   /* per slot: the number of its last finished job */
     _Atomic int draining;      /* the helper's task is claiming jobs */
+    long retired;              /* jobs below this number are known to be done (read and
+                                  written only by the thread holding the crew) */
 } DeferredQueue;
 
 static DeferredQueue* deferred_queue(void)
 {
     static DeferredQueue queue = {.finished = {-1, -1, -1, -1, -1, -1, -1, -1}};
     return &queue;
+}
+
+/* In a child after fork(): the jobs of a pass that another of the parent's threads was in
+ * will never finish here (that thread and the helper are not in the child), and waiting
+ * for them would hang the child's first pass. The child starts with an empty queue. */
+static void deferred_forget_after_fork(void)
+{
+    DeferredQueue* q = deferred_queue();
+    atomic_store(&q->queued, 0);
+    atomic_store(&q->claimed, 0);
+    for (int i = 0; i < DEFER_QUEUE; i++) atomic_store(&q->finished[i], -1);
+    atomic_store(&q->draining, 0);
+    q->retired = 0;
+}
+
+static void deferred_install_fork_handler(void)
+{
+    pthread_atfork(NULL, NULL, deferred_forget_after_fork);
 }
 
 static DeferredProduct* queued_job(DeferredQueue* q, long n)
