@@ -89,6 +89,7 @@ cdef extern from "deferred.h" nogil:
     Deferrals* thread_deferrals()
     DeferredProduct* deferred_product(Deferrals* d, int i)
     const DeferredSegment* deferred_segment(const DeferredProduct* p, int s)
+    size_t deferred_extent(int M, int N, int ldc, int is_f64)
     int deferred_overlapping(const Deferrals* d, const char* lo, const char* hi)
     int deferred_slot(Deferrals* d, void* C, int M, int N, int ldc, int is_f64)
     void deferred_append(DeferredProduct* p, const void* A, int lda, const void* B, int ldb,
@@ -661,8 +662,7 @@ cdef void defer_product(bint is_f64, int M, int N, int K, const void* A, int lda
         if d != NULL:
             i = deferred_slot(d, C, M, N, ldc, is_f64)
     if i < 0:
-        settle_deferred(C, ((<size_t>M - 1) * ldc + N)
-                        * (sizeof(double) if is_f64 else sizeof(float)))
+        settle_deferred(C, deferred_extent(M, N, ldc, is_f64))
         transposed_product(is_f64, M, N, K, A, lda, B, ldb, C, ldc)
         return
     p = deferred_product(d, i)
@@ -781,8 +781,7 @@ cdef void wait_job(DeferredQueue* q, long n) noexcept nogil:
 
 
 cdef inline size_t extent_bytes(const DeferredProduct* p) noexcept nogil:
-    # The bytes C spans, from its first value to its last.
-    return ((<size_t>p.M - 1) * p.ldc + p.N) * (sizeof(double) if p.is_f64 else sizeof(float))
+    return deferred_extent(p.M, p.N, p.ldc, p.is_f64)
 
 
 cdef void settle_deferred(const void* start, size_t nbytes) noexcept nogil:

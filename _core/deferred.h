@@ -60,16 +60,20 @@ static const DeferredSegment* deferred_segment(const DeferredProduct* p, int s)
     return &p->segments[s];
 }
 
+/* The bytes an M x N gradient with row stride ldc spans, from its first value to its last:
+ * its rows may be strided, and the whole extent is conservative and cheap. */
+static size_t deferred_extent(int M, int N, int ldc, int is_f64)
+{
+    return ((size_t)(M - 1) * ldc + N) * (is_f64 ? sizeof(double) : sizeof(float));
+}
+
 /* Index of the first waiting product whose C overlaps bytes [lo, hi), or -1. */
 static int deferred_overlapping(const Deferrals* d, const char* lo, const char* hi)
 {
     for (int i = 0; i < d->n_products; i++) {
         const DeferredProduct* p = &d->products[i];
         const char* c = (const char*)p->C;
-        /* C's rows may be strided; its whole extent is conservative and cheap. */
-        size_t extent = ((size_t)(p->M - 1) * p->ldc + p->N)
-                        * (p->is_f64 ? sizeof(double) : sizeof(float));
-        if (c < hi && lo < c + extent) return i;
+        if (c < hi && lo < c + deferred_extent(p->M, p->N, p->ldc, p->is_f64)) return i;
     }
     return -1;
 }
