@@ -47,6 +47,8 @@ cdef class Tape:
     cdef list keep         # Python objects whose data nodes point into
     cdef dict watched      # id(Param) -> leaf node id
     cdef list watched_params
+    cdef dict param_grads  # leaf node id -> the ndarray its gradient is written into
+    cdef set handed_out    # leaf node ids whose gradient array grad_of has returned
     cdef readonly long epoch
     cdef readonly bint recording
 

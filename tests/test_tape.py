@@ -71,6 +71,40 @@ def test_values_stay_readable_and_unchanged_after_the_call():
     np.testing.assert_allclose(gs[W], snapshot[0])
 
 
+def test_gradients_are_arrays_of_the_callers_own():
+    # A parameter's gradient is written straight into the array handed out: it must not be
+    # shared with the tape's buffers, with a later call's gradients, or with a second
+    # request for the same node.
+    rng = np.random.default_rng(0)
+    model = rc.Chain(rc.Dense(3, 5, rc.tanh), rc.Dense(5, 2))
+    ps = rc.params(model)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    first = rc.gradient(lambda: rc.sum(model(x)), ps)
+    kept = [first[p].copy() for p in ps]
+    second = rc.gradient(lambda: rc.sum(model(x * 2) ** 2), ps)
+    for p, before in zip(ps, kept):
+        assert first[p].shape == p.value.shape and first[p].dtype == np.float32
+        assert first[p].flags.writeable and first[p].flags.c_contiguous
+        assert not np.shares_memory(first[p], second[p])
+        np.testing.assert_array_equal(first[p], before)
+        second[p][...] = 7          # editing one call's gradients leaves the other's alone
+        np.testing.assert_array_equal(first[p], before)
+
+    W = rc.param(np.arange(4.0).reshape(2, 2))
+    tape = thread_tape()
+    tape.start([W])
+    try:
+        out = rc.sum(W * W)
+        tape.backward(tape.node_id(out))
+        a = tape.grad_of(tape.node_id(W), W.shape, W.dtype)
+        b = tape.grad_of(tape.node_id(W), W.shape, W.dtype)
+    finally:
+        tape.finish()
+    assert not np.shares_memory(a, b)
+    np.testing.assert_array_equal(a, 2 * W.value)
+    np.testing.assert_array_equal(b, 2 * W.value)
+
+
 def test_values_are_read_only():
     t = rc.tanh(np.ones(3))
     with pytest.raises(ValueError):
