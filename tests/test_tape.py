@@ -51,6 +51,32 @@ def test_gradient_calls_reuse_the_tape_buffers():
     assert thread_tape().arena_bytes == held
 
 
+def test_every_gradient_starts_at_zero_when_the_threads_share_the_zeroing():
+    # The second call's gradient buffers are the first's, still holding its values, and
+    # together pass the size from which the crew's two threads split the zeroing; the
+    # nodes' odd sizes put the split inside a node. A byte left unzeroed would show.
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((301, 257)).astype(np.float32)      # 301 KB a node
+    W = rc.param(rng.standard_normal((257, 7)).astype(np.float32))
+    v = rc.param(rng.standard_normal(257).astype(np.float32))
+
+    def loss():
+        h = rc.tanh(x * v)                  # nodes of 301 x 257 floats
+        return rc.sum(rc.sigmoid(h @ W) * 3.0) + rc.sum(h * 0.5)
+
+    first = rc.gradient(loss, [W, v])
+    for _ in range(3):
+        again = rc.gradient(loss, [W, v])
+        np.testing.assert_array_equal(again[W], first[W])
+        np.testing.assert_array_equal(again[v], first[v])
+    h = np.tanh(x * v.value)
+    s = 1 / (1 + np.exp(-(h @ W.value)))
+    dz = 3.0 * s * (1 - s)
+    np.testing.assert_allclose(first[W], h.T @ dz, rtol=2e-4, atol=1e-3)
+    dh = dz @ W.value.T + 0.5
+    np.testing.assert_allclose(first[v], ((1 - h ** 2) * dh * x).sum(0), rtol=2e-4, atol=1e-3)
+
+
 def test_values_stay_readable_and_unchanged_after_the_call():
     W = rc.param(np.arange(6.0).reshape(2, 3))
     kept = {}
