@@ -147,10 +147,13 @@ ctypedef struct Zeroing:
     index_t root
     size_t total
 
+cdef inline size_t gradient_bytes(const Node* node) noexcept nogil:
+    return node.size * (sizeof(double) if node.is_f64 else sizeof(float))
+
 cdef inline size_t own_gradient_bytes(const Node* node) noexcept nogil:
     if not node.reached or node.op == OP_ALIAS:
         return 0
-    return node.size * (sizeof(double) if node.is_f64 else sizeof(float))
+    return gradient_bytes(node)
 
 cdef void zero_part(void* arg, int part, int parts) noexcept nogil:
     # Bytes [first, end) of the gradients laid end to end, in node order.
@@ -371,14 +374,12 @@ cdef class Tape:
                     # Products deferred into this node's gradient (blas.pxd) complete it,
                     # and those in the background must be done with the gradients it
                     # writes into.
-                    flush_deferred(node.grad, node.size * (sizeof(double) if node.is_f64
-                                                           else sizeof(float)))
+                    flush_deferred(node.grad, gradient_bytes(node))
                     for j in range(node.n_inputs):
                         inp = node.inputs[j]
                         if inp >= 0 and not (deferred_inputs_table[node.op] >> j) & 1:
-                            settle_deferred(self.nodes[inp].grad, self.nodes[inp].size
-                                            * (sizeof(double) if self.nodes[inp].is_f64
-                                               else sizeof(float)))
+                            settle_deferred(self.nodes[inp].grad,
+                                            gradient_bytes(&self.nodes[inp]))
                     backward_table[node.op](node, self.nodes)
             flush_deferred(NULL, 0)
             forget_packed()
@@ -398,8 +399,7 @@ cdef class Tape:
             self.handed_out.add(node_id)        # a second call gets a copy of its own
             return out.reshape(shape)
         out = np_empty(shape, dtype)
-        memcpy(cnp.PyArray_DATA(out), node.grad,
-               node.size * (sizeof(double) if node.is_f64 else sizeof(float)))
+        memcpy(cnp.PyArray_DATA(out), node.grad, gradient_bytes(node))
         return out
 
     def recorded_ops(self):
