@@ -25,8 +25,7 @@ from cython cimport floating
 cimport numpy as cnp
 import numpy as np
 from recur._core.tape cimport (Node, Tape, index_t, recording_tape, constant, is_tensor,
-                               value_of)
-from recur._core.tape import alias
+                               value_of, alias)
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
                                pack_stacked, panel_product, gates_product, share,
                                defer_product, packed_for_backward, keep_alone, wide_vectors)
@@ -272,6 +271,8 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
     cdef index_t i, BH
     cdef bint recording = False
     cdef void* data[N_INPUTS]
+    cdef cnp.npy_intp dims[3]
+    cdef int nd
 
     d.cell = cell
     d.act = act
@@ -302,11 +303,18 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
     if is_sequence and d.T == 0:
         empty = np.empty((0, d.B, d.H), dtype=X_value.dtype)
         return constant(empty), ((h, c) if lstm else h)
+    # The node's value through the C API: a stepwise loop makes one per step, and
+    # np.empty's lookup and argument parsing cost more than the allocation.
+    nd = 0
     if is_sequence:
-        shape = (d.T + lstm, d.B, d.H)
+        dims[0], dims[1], dims[2], nd = d.T + lstm, d.B, d.H, 3
     else:
-        shape = ((2,) if lstm else ()) + (<tuple>(d.B, d.H) if batched else (d.H,))
-    value = np.empty(shape, dtype=X_value.dtype)
+        if lstm:
+            dims[nd], nd = 2, nd + 1
+        if batched:
+            dims[nd], nd = d.B, nd + 1
+        dims[nd], nd = d.H, nd + 1
+    value = cnp.PyArray_EMPTY(nd, dims, cnp.PyArray_TYPE(X_value), 0)
     itemsize = X_value.itemsize
     for i in range(N_INPUTS):
         data[i] = NULL if arrays[i] is None else cnp.PyArray_DATA(<cnp.ndarray>arrays[i])

@@ -83,6 +83,10 @@ cdef object constant(object value)
 cdef object record_pair(int op, object value, object a, object a_value, object b,
                         object b_value, index_t n_ints, Node** node)
 
+# `value`, a C-contiguous block of parent's value `offset` elements in, as a Tensor whose
+# gradient is that block of the parent's gradient.
+cpdef object alias(object parent, object value, index_t offset)
+
 # Whether x is a Tensor (Params included).
 cdef bint is_tensor(object x)
 

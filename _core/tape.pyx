@@ -493,7 +493,7 @@ cdef void fill_attributes(Tape tape, Node* node, ints, reals, saved) except *:
         tape.hold(saved[i])
 
 
-def alias(object parent, object value, index_t offset):
+cpdef object alias(object parent, object value, index_t offset):
     """`value`, a C-contiguous block of `parent`'s value starting `offset` elements in, as a
     Tensor whose gradient is the same block of the parent's gradient (no backward work)."""
     cdef Tape tape = recording_tape()
