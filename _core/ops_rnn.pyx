@@ -64,7 +64,8 @@ ctypedef struct Buffers:
     void* hidden_proj      # GRU: h Whᵀ of the current step (B, 3H)
     void* h0               # the initial h as (B, H): the input itself or its broadcast rows
     void* c0               # LSTM: the initial c, likewise
-    void* d_gates          # backward: gradient of the gate pre-activations (T, B, G·H)
+    void* d_gates          # backward: gradient of the gate pre-activations (T, B, G·H);
+                           #   the LSTM's and GRU's in the memory of their gates
     void* d_hidden_proj    # backward: gradient of h Whᵀ; GRU (T, B, 3H), others d_gates
     void* dh               # backward: gradient reaching h_t (B, H)
     void* dc               # backward, LSTM: gradient reaching c_t (B, H)
@@ -159,7 +160,10 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
         w.packed_wh_h = take(block, &used, packed_bytes(itemsize, H, H)
                              if cell == CELL_GRUV3 else 0)
     if recording:
-        w.d_gates = take(block, &used, all_gates)
+        # The LSTM's and the GRU's gate gradients overwrite their gates (lstm_backward,
+        # gru_backward).
+        w.d_gates = (w.gates if cell == CELL_LSTM or cell == CELL_GRU
+                     else take(block, &used, all_gates))
         w.d_hidden_proj = (take(block, &used, 3 * d.T * step) if cell == CELL_GRU
                            else w.d_gates)
         w.dh = take(block, &used, step + gap)
@@ -707,7 +711,7 @@ ctypedef struct StepElementwise:
     bint backward
     const Dims* d
     index_t rows
-    void* gates                # the step's gates; forward, for the GRU its input projection
+    void* gates                # forward: the step's gates, for the GRU its input projection
     const void* hidden_proj    # forward, GRU: h Whᵀ
     const void* h_prev         # GRU
     const void* c_prev         # LSTM
@@ -719,7 +723,7 @@ ctypedef struct StepElementwise:
     void* tanh_c               # backward, LSTM: scratch
     void* dh                   # backward
     void* dc                   # backward, LSTM
-    void* d_gates              # backward
+    void* d_gates              # backward (LSTM, GRU: the gates, replaced by their gradients)
     void* d_hidden             # backward, GRU: gradient of h Whᵀ
 
 
@@ -926,7 +930,7 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
     for t in range(T - 1, -1, -1):
         h_prev = Y + (t - 1) * BH if t > 0 else h0
         if d.cell != CELL_GRUV3:
-            step_backward_elementwise(d, rows, dY + t * BH, Y + t * BH, gates + t * B * GH,
+            step_backward_elementwise(d, rows, dY + t * BH, Y + t * BH,
                                       cells + (t - 1) * BH if t > 0 else c0,
                                       cells + t * BH if d.cell == CELL_LSTM else hidden + t * BH,
                                       h_prev, tanh_c, dh, dc, d_gates + t * B * GH,
@@ -1033,14 +1037,13 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
 # forward's: where the step was not split already (a sequence whose products the crew
 # shares by columns) and the pass pays for the hand-over.
 cdef void step_backward_elementwise(const Dims* d, index_t rows, const floating* dY,
-                                    const floating* y, const floating* gates,
-                                    const floating* c_prev, const floating* kept,
+                                    const floating* y, const floating* c_prev, const floating* kept,
                                     const floating* h_prev, floating* tanh_c, floating* dh,
                                     floating* dc, floating* d_gates,
                                     floating* d_hidden) noexcept nogil:
     cdef StepElementwise job
     job.is_f64, job.backward = floating is double, True
-    job.d, job.rows, job.dY, job.y, job.gates = d, rows, dY, <void*>y, <void*>gates
+    job.d, job.rows, job.dY, job.y, job.gates = d, rows, dY, <void*>y, NULL
     job.c_prev, job.kept, job.h_prev = c_prev, <void*>kept, h_prev
     job.tanh_c, job.dh, job.dc, job.d_gates, job.d_hidden = tanh_c, dh, dc, d_gates, d_hidden
     share(elementwise_part, &job, elementwise_pays(d, rows))
@@ -1055,16 +1058,15 @@ cdef void backward_elementwise_rows(const StepElementwise* job, const floating* 
     add_to(rows * H, <const floating*>job.dY + r0 * H, dh)
     if d.cell == CELL_RNN:
         activation_grad(d.act, rows * H, y + r0 * H, dh, <floating*>job.d_gates + r0 * GH)
-    elif d.cell == CELL_LSTM:
-        lstm_backward(rows, H, <const floating*>job.gates + r0 * GH,
+    elif d.cell == CELL_LSTM:      # d_gates holds the gates until these replace them
+        lstm_backward(rows, H, <floating*>job.d_gates + r0 * GH,
                       <const floating*>job.c_prev + r0 * H,
                       <const floating*>job.kept + r0 * H, <floating*>job.tanh_c + r0 * H, dh,
-                      <floating*>job.dc + r0 * H, <floating*>job.d_gates + r0 * GH)
+                      <floating*>job.dc + r0 * H)
     else:
-        gru_backward(rows, H, <const floating*>job.gates + r0 * GH,
+        gru_backward(rows, H, <floating*>job.d_gates + r0 * GH,
                      <const floating*>job.kept + r0 * H,
                      <const floating*>job.h_prev + r0 * H, dh,
-                     <floating*>job.d_gates + r0 * GH,
                      <floating*>job.d_hidden + r0 * 3 * H)
 
 
@@ -1098,73 +1100,67 @@ cdef void add_state_grad(bint broadcast, index_t B, index_t H, const floating* d
         add_to(B * H, d_state, grad)
 
 
-cdef void lstm_backward(index_t B, index_t H, const floating* gates, const floating* c_prev,
-                        const floating* c, floating* tanh_c, const floating* dh, floating* dc,
-                        floating* d_gates) noexcept nogil:
+cdef void lstm_backward(index_t B, index_t H, floating* gates, const floating* c_prev,
+                        const floating* c, floating* tanh_c, const floating* dh, floating* dc) noexcept nogil:
     # c' reaches the loss directly (dc) and through h' = o tanh(c'); dc leaves as the
-    # gradient of c, dc' f. tanh(c') first, in a loop of its own that vectorises. Each gate
+    # gradient of c, dc' f. tanh(c') first, in a loop of its own that vectorises. The gate
+    # gradients replace the gates they come from (the step's gates serve nothing after
+    # this), each value read before its place is written: the pass then stays within the
+    # lines it reads instead of writing as many again into memory of their own. Each gate
     # block has a pointer of its own: indexes like r * H + j or 2 * H + j, which -fwrapv
     # lets wrap, keep the compiler from vectorising the loop.
     cdef index_t r, j
-    cdef const floating* i_gate
-    cdef const floating* f_gate
-    cdef const floating* candidate
-    cdef const floating* o_gate
-    cdef floating* d_i
-    cdef floating* d_f
-    cdef floating* d_candidate
-    cdef floating* d_o
-    cdef floating dc_total
+    cdef floating* i_gate
+    cdef floating* f_gate
+    cdef floating* candidate
+    cdef floating* o_gate
+    cdef floating i, f, g, o, slope, dc_total
     memcpy(tanh_c, c, B * H * sizeof(floating))
     tanh_in_place(B * H, tanh_c)
     for r in range(B):
         i_gate = gates + r * 4 * H
         f_gate, candidate, o_gate = i_gate + H, i_gate + 2 * H, i_gate + 3 * H
-        d_i = d_gates + r * 4 * H
-        d_f, d_candidate, d_o = d_i + H, d_i + 2 * H, d_i + 3 * H
         for j in range(H):
-            dc_total = dc[j] + dh[j] * o_gate[j] * tanh_slope(tanh_c[j])
-            d_i[j] = dc_total * candidate[j] * sigmoid_slope(i_gate[j])
-            d_f[j] = dc_total * c_prev[j] * sigmoid_slope(f_gate[j])
-            d_candidate[j] = dc_total * i_gate[j] * tanh_slope(candidate[j])
-            d_o[j] = dh[j] * tanh_c[j] * sigmoid_slope(o_gate[j])
-            dc[j] = dc_total * f_gate[j]
+            i, f, g, o = i_gate[j], f_gate[j], candidate[j], o_gate[j]
+            dc_total = dc[j] + dh[j] * o * tanh_slope(tanh_c[j])
+            i_gate[j] = dc_total * g * sigmoid_slope(i)
+            f_gate[j] = dc_total * c_prev[j] * sigmoid_slope(f)
+            candidate[j] = dc_total * i * tanh_slope(g)
+            o_gate[j] = dh[j] * tanh_c[j] * sigmoid_slope(o)
+            dc[j] = dc_total * f
         dc, dh, tanh_c, c_prev = dc + H, dh + H, tanh_c + H, c_prev + H
 
 
-cdef void gru_backward(index_t B, index_t H, const floating* gates, const floating* hidden_n,
-                       const floating* h_prev, floating* dh, floating* d_gates,
+cdef void gru_backward(index_t B, index_t H, floating* gates, const floating* hidden_n,
+                       const floating* h_prev, floating* dh,
                        floating* d_hidden_proj) noexcept nogil:
     # The n block enters the input projection as is and the hidden one scaled by r; dh
-    # leaves holding the direct path of h' = (1 - z) n + z h, the GEMM adds the rest.
-    # Pointers per block, as in lstm_backward, so that the loop vectorises.
+    # leaves holding the direct path of h' = (1 - z) n + z h, the GEMM adds the rest. The
+    # gate gradients replace the gates, as in lstm_backward; pointers per block, likewise,
+    # so that the loop vectorises.
     cdef index_t r, j
-    cdef const floating* reset
-    cdef const floating* update
-    cdef const floating* candidate
-    cdef floating* d_reset
-    cdef floating* d_update
-    cdef floating* d_candidate
+    cdef floating* reset
+    cdef floating* update
+    cdef floating* candidate
     cdef floating* dp_reset
     cdef floating* dp_update
     cdef floating* dp_candidate
-    cdef floating d_n
+    cdef floating s_r, s_z, n, d_n, d_r, d_z
     for r in range(B):
         reset = gates + r * 3 * H
         update, candidate = reset + H, reset + 2 * H
-        d_reset = d_gates + r * 3 * H
-        d_update, d_candidate = d_reset + H, d_reset + 2 * H
         dp_reset = d_hidden_proj + r * 3 * H
         dp_update, dp_candidate = dp_reset + H, dp_reset + 2 * H
         for j in range(H):
-            d_n = dh[j] * (<floating>1 - update[j]) * tanh_slope(candidate[j])
-            d_reset[j] = d_n * hidden_n[j] * sigmoid_slope(reset[j])
-            d_update[j] = dh[j] * (h_prev[j] - candidate[j]) * sigmoid_slope(update[j])
-            d_candidate[j] = d_n
-            dp_reset[j] = d_reset[j]
-            dp_update[j] = d_update[j]
-            dp_candidate[j] = d_n * reset[j]
-            dh[j] = dh[j] * update[j]
+            s_r, s_z, n = reset[j], update[j], candidate[j]
+            d_n = dh[j] * (<floating>1 - s_z) * tanh_slope(n)
+            d_r = d_n * hidden_n[j] * sigmoid_slope(s_r)
+            d_z = dh[j] * (h_prev[j] - n) * sigmoid_slope(s_z)
+            reset[j], update[j], candidate[j] = d_r, d_z, d_n
+            dp_reset[j] = d_r
+            dp_update[j] = d_z
+            dp_candidate[j] = d_n * s_r
+            dh[j] = dh[j] * s_z
         dh, hidden_n, h_prev = dh + H, hidden_n + H, h_prev + H
 
 

@@ -51,6 +51,9 @@ cdef class Tape:
     cdef set handed_out    # leaf node ids whose gradient array grad_of has returned
     cdef readonly long epoch
     cdef readonly bint recording
+    # A recording's backward pass runs once: kernels may reuse what the forward saved for
+    # it (an LSTM's gate gradients overwrite its gates).
+    cdef bint backward_done
 
     # Node id of a Tensor/Param recorded on this tape, or -1 for anything else.
     cdef index_t node_of(self, object x) except -2

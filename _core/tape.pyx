@@ -295,6 +295,7 @@ cdef class Tape:
         self.epoch = next_epoch
         next_epoch += 1
         self.recording = True
+        self.backward_done = False
         recording_count += 1
         for p in params:
             if id(p) in self.watched:
@@ -309,6 +310,7 @@ cdef class Tape:
         if self.recording:
             recording_count -= 1
         self.recording = False
+        self.backward_done = False
         self.n_nodes = 0
         self.keep = []
         self.watched = {}
@@ -329,6 +331,10 @@ cdef class Tape:
         cdef cnp.ndarray param_grad
         if root < 0 or root >= self.n_nodes:
             raise IndexError(f"node {root} is not on the tape")
+        if self.backward_done:
+            raise RuntimeError("this recording's backward pass has already run; record "
+                               "again (a new gradient call) for another")
+        self.backward_done = True
         self.param_grads = {}
         self.handed_out = set()
         for i in range(self.n_nodes):

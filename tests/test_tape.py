@@ -337,3 +337,26 @@ def test_reshape_error_names_shapes():
 def test_axis_out_of_range():
     with pytest.raises(ValueError, match="axis 2"):
         rc.sum(np.ones((2, 2)), axis=2)
+
+
+def test_a_recordings_backward_pass_runs_once():
+    """Kernels may reuse what the forward saved for the backward pass (an LSTM's gate
+    gradients overwrite its gates), so a second pass over one recording is refused rather
+    than run on overwritten values; a new recording differentiates again."""
+    m = rc.LSTM(3, 4, dtype=np.float64)
+    ps = rc.params(m)
+    x = np.linspace(-1, 1, 6).reshape(2, 3)
+    tape = thread_tape()
+    rc.reset(m)
+    tape.start(ps)
+    try:
+        out = rc.sum(m(x))
+        tape.backward(tape.node_id(out))
+        first = tape.grad_of(tape.node_id(m.cell.Wh), m.cell.Wh.shape, m.cell.Wh.dtype)
+        with pytest.raises(RuntimeError, match="backward pass has already run"):
+            tape.backward(tape.node_id(out))
+    finally:
+        tape.finish()
+    rc.reset(m)
+    again = rc.gradient(lambda: rc.sum(m(x)), ps)[m.cell.Wh]
+    np.testing.assert_array_equal(again, first)
