@@ -979,6 +979,24 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     cdef Buffers shared
     cdef const floating* packed_wi_back = NULL
     cdef bint background
+    cdef char* scratch
+    cdef size_t used = 0, step_bytes = BH * sizeof(floating) + SPLIT_GAP_BYTES
+    if T == 1:
+        # A single step works through dh, dc and tanh(c) in this thread's one reused
+        # block, not in the node's own: a stepwise pass's hundred steps would write a
+        # hundred of those, each a trip to memory and back, where one block stays in
+        # cache. The parts' rows lie a gap apart, as an inference's do. (Without the
+        # memory, in the node's own.)
+        scratch = <char*>thread_buffer(BUFFER_LAYER, 4 * (step_bytes + 64))
+        if scratch != NULL:
+            shared = w[0]
+            shared.split_gap = SPLIT_GAP_BYTES
+            shared.dh = take(scratch, &used, step_bytes)
+            shared.dc = take(scratch, &used, step_bytes if d.cell == CELL_LSTM else 0)
+            shared.tanh_c = take(scratch, &used, step_bytes if d.cell == CELL_LSTM else 0)
+            shared.d_reset = take(scratch, &used, step_bytes if d.cell == CELL_GRUV3 else 0)
+            w = &shared
+            dh, dc = <floating*>w.dh, <floating*>w.dc
     if d.panels:
         pack(hidden_GH, H, Wh, H, 1, <floating*>w.packed_wh_back)
         if d.cell == CELL_GRUV3:
@@ -989,7 +1007,8 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
         # A single step (or a sequence whose weights were read in place): its products
         # run on the packing of Wh that every step of this backward pass shares
         # (pack_cache.h), as a sequence node's do on its own.
-        shared = w[0]
+        if w != &shared:
+            shared = w[0]
         shared.packed_wh_back = <void*>packed_for_backward(hidden_GH, H, Wh, H, 1)
         shared.packed_wh_h_back = (<void*>packed_for_backward(H, H, Wh_h, H, 1)
                                    if d.cell == CELL_GRUV3 else NULL)
