@@ -43,6 +43,7 @@ enum {
     BUFFER_STAGED,             /* deferred products' operands stacked (deferred.h) */
     BUFFER_TRANSPOSED,         /* a weight gradient's transpose before it is added (blas.pyx) */
     BUFFER_LAYER,              /* a recurrent layer's working memory in inference (ops_rnn) */
+    BUFFER_STEP,               /* a recorded step's scratch within one part (ops_rnn) */
     THREAD_BUFFERS
 };
 

@@ -35,6 +35,7 @@ from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
 
 cdef extern from "memory.h" nogil:
     int BUFFER_LAYER
+    int BUFFER_STEP
     void* thread_buffer(int purpose, size_t nbytes)
 
 cnp.import_array()
@@ -623,6 +624,15 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
     cdef floating* hidden = <floating*>(<floating*>w.hidden + r0 * H if recording
                                         else part_rows(w, w.hidden, r0, H, itemsize))
     cdef floating* hidden_proj = <floating*>part_rows(w, w.hidden_proj, r0, 3 * H, itemsize)
+    cdef void* own
+    if recording and T == 1 and hidden_proj != NULL:
+        # A recorded step's h Whᵀ lives only until its activations: in this thread's one
+        # reused buffer it stays in cache, where the node's own, carved fresh for every
+        # step of a stepwise pass, was a trip to memory and back. (Without the memory,
+        # the node's own.)
+        own = thread_buffer(BUFFER_STEP, rows * 3 * H * itemsize)
+        if own != NULL:
+            hidden_proj = <floating*>own
     cdef const floating* h_prev = <floating*>w.h0 + r0 * H
     cdef const floating* c_prev = <floating*>w.c0 + r0 * H
     cdef const floating* pwh = <floating*>w.packed_wh
