@@ -143,7 +143,12 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     w.gates = Y if cell == CELL_RNN else take(block, &used, all_gates if recording else
                                               itemsize * d.B * input_blocks(d.cell) * d.H
                                               + gap)
-    w.cells = take(block, &used, kept + kept_gap if cell == CELL_LSTM else 0)
+    # A recorded single step's c is the second half of its value, (h, c): kept there, it
+    # is written once rather than into a buffer of its own and then copied.
+    if recording and d.T == 1 and cell == CELL_LSTM:
+        w.cells = <char*>Y + step if Y != NULL else NULL
+    else:
+        w.cells = take(block, &used, kept + kept_gap if cell == CELL_LSTM else 0)
     # The GRU keeps h Wh_nᵀ for backward; GRUv3 needs r ⊙ h in inference too.
     w.hidden = take(block, &used, kept + kept_gap if (cell == CELL_GRU and recording)
                     or cell == CELL_GRUV3 else 0)
@@ -705,7 +710,7 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
                          gates_t + 2 * H, 3 * H, True)
             gruv3_output_forward(rows, H, gates_t, h_prev, y_t)
         h_prev = y_t
-    if d.cell == CELL_LSTM:        # c_T after the outputs
+    if d.cell == CELL_LSTM and Y + T * BH != c_prev:        # c_T after the outputs
         memcpy(Y + T * BH, c_prev, rows * H * sizeof(floating))
 
 
