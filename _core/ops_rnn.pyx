@@ -167,9 +167,9 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
                              if cell == CELL_GRUV3 else 0)
     if recording:
         # The LSTM's and the GRU's gate gradients overwrite their gates (lstm_backward,
-        # gru_backward).
+        # gru_backward), the RNN's the gradient of its output (backward_kernel).
         w.d_gates = (w.gates if cell == CELL_LSTM or cell == CELL_GRU
-                     else take(block, &used, all_gates))
+                     else NULL if cell == CELL_RNN else take(block, &used, all_gates))
         w.d_hidden_proj = (take(block, &used, 3 * d.T * step) if cell == CELL_GRU
                            else w.d_gates)
         w.dh = take(block, &used, step + gap)
@@ -996,6 +996,14 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     cdef bint background
     cdef char* scratch
     cdef size_t used = 0, step_bytes = BH * sizeof(floating) + SPLIT_GAP_BYTES
+    if d.cell == CELL_RNN:
+        # The RNN's gate gradients, dY (1 - y²) for tanh, take the place of dY itself:
+        # each step's rows of dY are read before theirs are written, and nothing reads
+        # them after this pass, so the gradients need no memory of their own to write.
+        shared = w[0]
+        shared.d_gates = shared.d_hidden_proj = <void*>dY
+        w = &shared
+        d_gates = d_hidden = <floating*>dY
     if T == 1:
         # A single step works through dh, dc and tanh(c) in this thread's one reused
         # block, not in the node's own: a stepwise pass's hundred steps would write a
@@ -1004,7 +1012,8 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
         # memory, in the node's own.)
         scratch = <char*>thread_buffer(BUFFER_LAYER, 4 * (step_bytes + 64))
         if scratch != NULL:
-            shared = w[0]
+            if w != &shared:
+                shared = w[0]
             shared.split_gap = SPLIT_GAP_BYTES
             shared.dh = take(scratch, &used, step_bytes)
             shared.dc = take(scratch, &used, step_bytes if d.cell == CELL_LSTM else 0)
