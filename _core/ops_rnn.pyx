@@ -66,8 +66,9 @@ ctypedef struct Buffers:
     void* h0               # the initial h as (B, H): the input itself or its broadcast rows
     void* c0               # LSTM: the initial c, likewise
     void* d_gates          # backward: gradient of the gate pre-activations (T, B, G·H);
-                           #   the LSTM's and GRU's in the memory of their gates
-    void* d_hidden_proj    # backward: gradient of h Whᵀ; GRU (T, B, 3H), others d_gates
+                           #   the LSTM's and GRU's in the memory of their gates. The GRU's
+                           #   holds the gradient of h Whᵀ: its n block is d_n ⊙ r, and the
+                           #   x side's d_n goes to `hidden` (gru_backward)
     void* dh               # backward: gradient reaching h_t (B, H)
     void* dc               # backward, LSTM: gradient reaching c_t (B, H)
     void* tanh_c           # backward, LSTM: tanh(c_t) of the current step (B, H)
@@ -170,8 +171,6 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
         # gru_backward), the RNN's the gradient of its output (backward_kernel).
         w.d_gates = (w.gates if cell == CELL_LSTM or cell == CELL_GRU
                      else NULL if cell == CELL_RNN else take(block, &used, all_gates))
-        w.d_hidden_proj = (take(block, &used, 3 * d.T * step) if cell == CELL_GRU
-                           else w.d_gates)
         w.dh = take(block, &used, step + gap)
         w.dc = take(block, &used, step + gap if cell == CELL_LSTM else 0)
         w.tanh_c = take(block, &used, step + gap if cell == CELL_LSTM else 0)
@@ -739,7 +738,6 @@ ctypedef struct StepElementwise:
     void* dh                   # backward
     void* dc                   # backward, LSTM
     void* d_gates              # backward (LSTM, GRU: the gates, replaced by their gradients)
-    void* d_hidden             # backward, GRU: gradient of h Whᵀ
 
 
 cdef enum:
@@ -920,17 +918,15 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
     # the gradient reaching h_{t-1} into dh (dc for the LSTM's c).
     cdef index_t T = d.T, B = d.B, H = d.H, BH = d.B * d.H, rows = r1 - r0
     cdef index_t GH = input_blocks(d.cell) * H, hidden_GH = hidden_blocks(d.cell) * H
-    cdef index_t ld_hidden = 3 * H if d.cell == CELL_GRU else GH
     cdef const floating* Wh = <floating*>node.in_values[IN_WH]
     cdef const floating* Wh_h = <floating*>node.in_values[IN_WH_H]
     cdef const floating* Y = <floating*>node.value + r0 * H
     cdef const floating* gates = <floating*>w.gates + r0 * GH
     cdef const floating* cells = <floating*>w.cells + r0 * H
     cdef const floating* c0 = <floating*>w.c0 + r0 * H
-    cdef const floating* hidden = <floating*>w.hidden + r0 * H
+    cdef floating* hidden = <floating*>w.hidden + r0 * H
     cdef const floating* h0 = <floating*>w.h0 + r0 * H
     cdef floating* d_gates = <floating*>w.d_gates + r0 * GH
-    cdef floating* d_hidden = <floating*>w.d_hidden_proj + r0 * ld_hidden
     cdef size_t itemsize = sizeof(floating)
     cdef floating* dh = <floating*>part_rows(w, w.dh, r0, H, itemsize)
     cdef floating* dc = <floating*>part_rows(w, w.dc, r0, H, itemsize)
@@ -947,9 +943,9 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
         if d.cell != CELL_GRUV3:
             step_backward_elementwise(d, rows, dY + t * BH, Y + t * BH,
                                       cells + (t - 1) * BH if t > 0 else c0,
-                                      cells + t * BH if d.cell == CELL_LSTM else hidden + t * BH,
-                                      h_prev, tanh_c, dh, dc, d_gates + t * B * GH,
-                                      d_hidden + t * B * ld_hidden)
+                                      <floating*>cells + t * BH if d.cell == CELL_LSTM
+                                      else hidden + t * BH,
+                                      h_prev, tanh_c, dh, dc, d_gates + t * B * GH)
         else:
             # h_t is both this step's output and the next step's state.
             add_to(rows * H, dY + t * BH, dh)
@@ -961,7 +957,7 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
                                  d_gates + t * B * GH)
         if t > 0 or node.inputs[IN_H0] >= 0:
             # RNN and LSTM reach h only through h Whᵀ; the GRUs' direct paths are in dh.
-            step_product(d, rows, H, hidden_GH, d_hidden + t * B * ld_hidden, ld_hidden, Wh,
+            step_product(d, rows, H, hidden_GH, d_gates + t * B * GH, GH, Wh,
                          False, <floating*>w.packed_wh_back, dh, H,
                          d.cell == CELL_GRU or d.cell == CELL_GRUV3)
     # The gradients reaching h0 and c0 end as one (B, H) array each (backward_kernel):
@@ -977,7 +973,6 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     cdef const Buffers* w = <Buffers*>node.saved[0]
     cdef index_t T = d.T, B = d.B, H = d.H, n_in = d.n_in, BH = d.B * d.H
     cdef index_t GH = input_blocks(d.cell) * H, hidden_GH = hidden_blocks(d.cell) * H
-    cdef index_t ld_hidden = 3 * H if d.cell == CELL_GRU else GH
     cdef index_t* inputs = node.inputs
     cdef const floating* X = <floating*>node.in_values[IN_X]
     cdef const floating* Wi = <floating*>node.in_values[IN_WI]
@@ -987,12 +982,10 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     cdef const floating* hidden = <floating*>w.hidden
     cdef const floating* h0 = <floating*>w.h0
     cdef floating* d_gates = <floating*>w.d_gates
-    cdef floating* d_hidden = <floating*>w.d_hidden_proj
     cdef floating* dh = <floating*>w.dh
     cdef floating* dc = <floating*>w.dc
     cdef Recurrence job
     cdef Buffers shared
-    cdef const floating* packed_wi_back = NULL
     cdef bint background
     cdef char* scratch
     cdef size_t used = 0, step_bytes = BH * sizeof(floating) + SPLIT_GAP_BYTES
@@ -1001,9 +994,9 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
         # each step's rows of dY are read before theirs are written, and nothing reads
         # them after this pass, so the gradients need no memory of their own to write.
         shared = w[0]
-        shared.d_gates = shared.d_hidden_proj = <void*>dY
+        shared.d_gates = <void*>dY
         w = &shared
-        d_gates = d_hidden = <floating*>dY
+        d_gates = <floating*>dY
     if T == 1:
         # A single step works through dh, dc and tanh(c) in this thread's one reused
         # block, not in the node's own: a stepwise pass's hundred steps would write a
@@ -1052,27 +1045,46 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     # sequence's (a step's) wait to join the next steps' (defer_product, blas.pxd), and a
     # small layer's run in the background.
     background = weight_bytes(&d, sizeof(floating)) <= BACKGROUND_MAX_WEIGHT_BYTES
-    if inputs[IN_WI] >= 0:
-        defer_product(floating is double, GH, n_in, T * B, d_gates, GH, X, n_in,
-                      nodes[inputs[IN_WI]].grad, n_in, background)
     if inputs[IN_WH] >= 0:        # step 0 saw h0, step t > 0 saw Y[t - 1]
-        defer_product(floating is double, hidden_GH, H, B, d_hidden, ld_hidden, h0, H,
+        defer_product(floating is double, hidden_GH, H, B, d_gates, GH, h0, H,
                       nodes[inputs[IN_WH]].grad, H, background)
-        defer_product(floating is double, hidden_GH, H, (T - 1) * B, d_hidden + B * ld_hidden,
-                      ld_hidden, Y, H, nodes[inputs[IN_WH]].grad, H, background)
+        defer_product(floating is double, hidden_GH, H, (T - 1) * B, d_gates + B * GH, GH, Y, H,
+                      nodes[inputs[IN_WH]].grad, H, background)
     if d.cell == CELL_GRUV3 and inputs[IN_WH_H] >= 0:     # the n block against r ⊙ h
         defer_product(floating is double, H, H, T * B, d_gates + 2 * H, 3 * H, hidden, H,
                       nodes[inputs[IN_WH_H]].grad, H, background)
+    # The input side: d_gates, but for the GRU, whose n block there is d_n in `hidden`
+    # (gru_backward), its first two blocks and that one.
+    if d.cell == CELL_GRU:
+        input_side(&d, nodes, inputs, background, 2 * H, 0, d_gates, GH, X, Wi)
+        input_side(&d, nodes, inputs, background, H, 2 * H, hidden, H, X, Wi)
+    else:
+        input_side(&d, nodes, inputs, background, GH, 0, d_gates, GH, X, Wi)
+
+
+cdef void input_side(const Dims* d, Node* nodes, const index_t* inputs, bint background,
+                     index_t width, index_t first, const floating* d_x, index_t ld,
+                     const floating* X, const floating* Wi) noexcept nogil:
+    # Gradients through x Wiᵀ + b of gate columns [first, first + width), whose gradient
+    # d_x (T·B rows, ld apart) holds: Wi's rows and b's values there, and X's.
+    cdef index_t rows = d.T * d.B, n_in = d.n_in, r
+    cdef floating* db
+    cdef const floating* packed_wi_back = NULL
+    if inputs[IN_WI] >= 0:
+        defer_product(floating is double, width, n_in, rows, d_x, ld, X, n_in,
+                      <floating*>nodes[inputs[IN_WI]].grad + first * n_in, n_in, background)
     if inputs[IN_B] >= 0:
-        add_column_sums(T * B, GH, d_gates, <floating*>nodes[inputs[IN_B]].grad)
+        db = <floating*>nodes[inputs[IN_B]].grad + first
+        for r in range(rows):
+            add_to(width, d_x + r * ld, db)
     if inputs[IN_X] >= 0:
-        packed_wi_back = (packed_for_backward(GH, n_in, Wi, n_in, 1)
+        packed_wi_back = (packed_for_backward(width, n_in, Wi + first * n_in, n_in, 1)
                           if has_panel_kernel() else NULL)
         if packed_wi_back != NULL:
-            panel_product(T * B, n_in, GH, d_gates, GH, 1, packed_wi_back,
+            panel_product(rows, n_in, width, d_x, ld, 1, packed_wi_back,
                           <floating*>nodes[inputs[IN_X]].grad, n_in, True)
         else:
-            gemm(False, False, T * B, n_in, GH, 1, d_gates, GH, Wi, n_in,
+            gemm(False, False, rows, n_in, width, 1, d_x, ld, Wi + first * n_in, n_in,
                  1, <floating*>nodes[inputs[IN_X]].grad, n_in)
 
 
@@ -1080,15 +1092,14 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
 # forward's: where the step was not split already (a sequence whose products the crew
 # shares by columns) and the pass pays for the hand-over.
 cdef void step_backward_elementwise(const Dims* d, index_t rows, const floating* dY,
-                                    const floating* y, const floating* c_prev, const floating* kept,
+                                    const floating* y, const floating* c_prev, floating* kept,
                                     const floating* h_prev, floating* tanh_c, floating* dh,
-                                    floating* dc, floating* d_gates,
-                                    floating* d_hidden) noexcept nogil:
+                                    floating* dc, floating* d_gates) noexcept nogil:
     cdef StepElementwise job
     job.is_f64, job.backward = floating is double, True
     job.d, job.rows, job.dY, job.y, job.gates = d, rows, dY, <void*>y, NULL
     job.c_prev, job.kept, job.h_prev = c_prev, <void*>kept, h_prev
-    job.tanh_c, job.dh, job.dc, job.d_gates, job.d_hidden = tanh_c, dh, dc, d_gates, d_hidden
+    job.tanh_c, job.dh, job.dc, job.d_gates = tanh_c, dh, dc, d_gates
     share(elementwise_part, &job, elementwise_pays(d, rows))
 
 
@@ -1107,10 +1118,8 @@ cdef void backward_elementwise_rows(const StepElementwise* job, const floating* 
                       <const floating*>job.kept + r0 * H, <floating*>job.tanh_c + r0 * H, dh,
                       <floating*>job.dc + r0 * H)
     else:
-        gru_backward(rows, H, <floating*>job.d_gates + r0 * GH,
-                     <const floating*>job.kept + r0 * H,
-                     <const floating*>job.h_prev + r0 * H, dh,
-                     <floating*>job.d_hidden + r0 * 3 * H)
+        gru_backward(rows, H, <floating*>job.d_gates + r0 * GH, <floating*>job.kept + r0 * H,
+                     <const floating*>job.h_prev + r0 * H, dh)
 
 
 # The activations' derivatives from their outputs, which is what the gates keep.
@@ -1174,35 +1183,29 @@ cdef void lstm_backward(index_t B, index_t H, floating* gates, const floating* c
         dc, dh, tanh_c, c_prev = dc + H, dh + H, tanh_c + H, c_prev + H
 
 
-cdef void gru_backward(index_t B, index_t H, floating* gates, const floating* hidden_n,
-                       const floating* h_prev, floating* dh,
-                       floating* d_hidden_proj) noexcept nogil:
+cdef void gru_backward(index_t B, index_t H, floating* gates, floating* hidden_n,
+                       const floating* h_prev, floating* dh) noexcept nogil:
     # The n block enters the input projection as is and the hidden one scaled by r; dh
     # leaves holding the direct path of h' = (1 - z) n + z h, the GEMM adds the rest. The
-    # gate gradients replace the gates, as in lstm_backward; pointers per block, likewise,
-    # so that the loop vectorises.
+    # gradients take the place of what they come from, as in lstm_backward: the gates
+    # become the gradient of h Whᵀ, [d_r, d_z, d_n ⊙ r], and h Wh_nᵀ, read for d_r, gives
+    # way to d_n, the n block of the input side's [d_r, d_z, d_n] (backward_kernel). Pointers
+    # per block, likewise, so that the loop vectorises.
     cdef index_t r, j
     cdef floating* reset
     cdef floating* update
     cdef floating* candidate
-    cdef floating* dp_reset
-    cdef floating* dp_update
-    cdef floating* dp_candidate
     cdef floating s_r, s_z, n, d_n, d_r, d_z
     for r in range(B):
         reset = gates + r * 3 * H
         update, candidate = reset + H, reset + 2 * H
-        dp_reset = d_hidden_proj + r * 3 * H
-        dp_update, dp_candidate = dp_reset + H, dp_reset + 2 * H
         for j in range(H):
             s_r, s_z, n = reset[j], update[j], candidate[j]
             d_n = dh[j] * (<floating>1 - s_z) * tanh_slope(n)
             d_r = d_n * hidden_n[j] * sigmoid_slope(s_r)
             d_z = dh[j] * (h_prev[j] - n) * sigmoid_slope(s_z)
-            reset[j], update[j], candidate[j] = d_r, d_z, d_n
-            dp_reset[j] = d_r
-            dp_update[j] = d_z
-            dp_candidate[j] = d_n * s_r
+            reset[j], update[j], candidate[j] = d_r, d_z, d_n * s_r
+            hidden_n[j] = d_n
             dh[j] = dh[j] * s_z
         dh, hidden_n, h_prev = dh + H, hidden_n + H, h_prev + H
 

@@ -21,7 +21,8 @@
 
 #include "memory.h"
 
-#define PACK_CACHE_ENTRIES 8   /* weights packed at once: two per layer, four layers */
+#define PACK_CACHE_ENTRIES 12  /* weights packed at once: up to three per layer (a GRU's Wh and
+                                  its input weights in two parts), four layers */
 
 typedef struct {
     const void* src;           /* Bmat[k][n] = src[k * k_stride + n * n_stride] */
