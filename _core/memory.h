@@ -42,7 +42,8 @@ enum {
     BUFFER_PACKED,             /* an operand packed for one product (blas.pyx) */
     BUFFER_STAGED,             /* deferred products' operands stacked (deferred.h) */
     BUFFER_TRANSPOSED,         /* a weight gradient's transpose before it is added (blas.pyx) */
-    BUFFER_LAYER,              /* a recurrent layer's working memory in inference (ops_rnn) */
+    BUFFER_LAYER,              /* a recurrent layer's working memory in inference, and a
+                                  single step's scratch in the backward pass (ops_rnn) */
     BUFFER_STEP,               /* a recorded step's scratch within one part (ops_rnn) */
     THREAD_BUFFERS
 };

@@ -68,7 +68,7 @@ ctypedef struct Buffers:
     void* d_gates          # backward: gradient of the gate pre-activations (T, B, G·H);
                            #   the LSTM's and GRU's in the memory of their gates. The GRU's
                            #   holds the gradient of h Whᵀ: its n block is d_n ⊙ r, and the
-                           #   x side's d_n goes to `hidden` (gru_backward)
+                           #   input side's d_n goes to `hidden` (gru_backward)
     void* dh               # backward: gradient reaching h_t (B, H)
     void* dc               # backward, LSTM: gradient reaching c_t (B, H)
     void* tanh_c           # backward, LSTM: tanh(c_t) of the current step (B, H)
@@ -729,8 +729,8 @@ ctypedef struct StepElementwise:
     const void* hidden_proj    # forward, GRU: h Whᵀ
     const void* h_prev         # GRU
     const void* c_prev         # LSTM
-    void* kept                 # LSTM: c; GRU: h Wh_nᵀ (written forward, read backward;
-                               #   NULL in inference)
+    void* kept                 # LSTM: c; GRU: h Wh_nᵀ (written forward, read backward,
+                               #   where d_n replaces it; NULL in inference)
     const void* bias           # forward, GRU: b where the gates lack it, else NULL
     void* y                    # the step's output (read backward by the RNN)
     const void* dY             # backward: the step's output gradient
@@ -1153,7 +1153,8 @@ cdef void add_state_grad(bint broadcast, index_t B, index_t H, const floating* d
 
 
 cdef void lstm_backward(index_t B, index_t H, floating* gates, const floating* c_prev,
-                        const floating* c, floating* tanh_c, const floating* dh, floating* dc) noexcept nogil:
+                        const floating* c, floating* tanh_c, const floating* dh,
+                        floating* dc) noexcept nogil:
     # c' reaches the loss directly (dc) and through h' = o tanh(c'); dc leaves as the
     # gradient of c, dc' f. tanh(c') first, in a loop of its own that vectorises. The gate
     # gradients replace the gates they come from (the step's gates serve nothing after
@@ -1166,7 +1167,7 @@ cdef void lstm_backward(index_t B, index_t H, floating* gates, const floating* c
     cdef floating* f_gate
     cdef floating* candidate
     cdef floating* o_gate
-    cdef floating i, f, g, o, slope, dc_total
+    cdef floating i, f, g, o, dc_total
     memcpy(tanh_c, c, B * H * sizeof(floating))
     tanh_in_place(B * H, tanh_c)
     for r in range(B):

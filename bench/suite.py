@@ -18,8 +18,9 @@ Method: both engines run in one process, warm-up first (two steps each: the firs
 buffers and optimiser state, the second calibrates how many steps make one sample last
 `--min-sample-ms`), then `--repeats` samples per engine, alternating which engine goes
 first, each sample after a pause of SETTLE_SECONDS so that the other engine's worker
-threads have stopped spinning; the reported time is the median per-step time. While a case
-is timed, /proc/stat tells how many cores other processes kept busy; above
+threads have stopped spinning, and after WAKE_SECONDS of the engine's own step untimed
+(the machine's wake-up from the pause); the reported time is the median per-step time.
+While a case is timed, /proc/stat tells how many cores other processes kept busy; above
 FOREIGN_LOAD_TOLERANCE the case is timed again after a pause (up to `--retries` times) and
 the quietest attempt is kept, its load shown in the row. Each thread setting runs in its own
 worker process, because OpenBLAS reads OPENBLAS_NUM_THREADS only when it loads: "default"
@@ -96,6 +97,15 @@ RETRY_PAUSE_SECONDS = 2.0
 # threads and lost up to half its speed. Every sample starts after this pause, long enough
 # (measured: 0.2 s was not always) for the previous engine's threads to go to sleep.
 SETTLE_SECONDS = 0.4
+# The first few milliseconds of work after such a pause run far slower on some machines:
+# on this one's 2 vCPUs (2026-12-05) the first RNN 8,32,1,50 training step after a 0.4 s
+# sleep took 10-15 ms against 0.1 (after 0.1 s, 4 ms; one thread alike, and a numpy
+# product alike), wherever the time went on the host. A sample of 50 ms then carried that
+# wake-up, and the step timed to size the samples carried it whole (recur's step timed at
+# 2.7 ms for 0.09, torch's 19.9 for 2.7). So after every pause the engine first runs its
+# step untimed for this long, at least once: both engines meet their samples awake, as
+# they are through a training loop.
+WAKE_SECONDS = 0.03
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                      "RECUR_NUM_THREADS": "1"}
@@ -237,11 +247,20 @@ STEP_BUILDERS = {"recur": recur_step, "torch": torch_step}
 
 # ---------------------------------------------------------------- timing
 
+def settled(step):
+    """Pauses for the other engine's threads to stop spinning, then wakes up with `step`."""
+    time.sleep(SETTLE_SECONDS)
+    end = time.perf_counter() + WAKE_SECONDS
+    step()
+    while time.perf_counter() < end:
+        step()
+
+
 def warmed_up(build, min_sample_seconds):
-    """(step, steps per sample): the case built, run once to allocate, once more to time."""
+    """(step, steps per sample): the case built, run once to allocate, then timed."""
     step = build()
     step()
-    time.sleep(SETTLE_SECONDS)
+    settled(step)
     start = time.perf_counter()
     step()
     once = time.perf_counter() - start
@@ -255,7 +274,7 @@ def interleaved_medians(prepared, repeats):
     for repeat in range(repeats):
         for name in names if repeat % 2 == 0 else names[::-1]:
             step, steps_per_sample = prepared[name]
-            time.sleep(SETTLE_SECONDS)
+            settled(step)
             start = time.perf_counter()
             for _ in range(steps_per_sample):
                 step()
