@@ -970,7 +970,9 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
 
 cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept nogil:
     cdef Dims d = dims_of(node)
-    cdef const Buffers* w = <Buffers*>node.saved[0]
+    # This pass's copy of the node's buffers, which it may point elsewhere (below).
+    cdef Buffers work = (<Buffers*>node.saved[0])[0]
+    cdef Buffers* w = &work
     cdef index_t T = d.T, B = d.B, H = d.H, n_in = d.n_in, BH = d.B * d.H
     cdef index_t GH = input_blocks(d.cell) * H, hidden_GH = hidden_blocks(d.cell) * H
     cdef index_t* inputs = node.inputs
@@ -985,7 +987,6 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     cdef floating* dh = <floating*>w.dh
     cdef floating* dc = <floating*>w.dc
     cdef Recurrence job
-    cdef Buffers shared
     cdef bint background
     cdef char* scratch
     cdef size_t used = 0, step_bytes = BH * sizeof(floating) + SPLIT_GAP_BYTES
@@ -993,9 +994,7 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
         # The RNN's gate gradients, dY (1 - y²) for tanh, take the place of dY itself:
         # each step's rows of dY are read before theirs are written, and nothing reads
         # them after this pass, so the gradients need no memory of their own to write.
-        shared = w[0]
-        shared.d_gates = <void*>dY
-        w = &shared
+        w.d_gates = <void*>dY
         d_gates = <floating*>dY
     if T == 1:
         # A single step works through dh, dc and tanh(c) in this thread's one reused
@@ -1005,14 +1004,11 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
         # memory, in the node's own.)
         scratch = <char*>thread_buffer(BUFFER_LAYER, 4 * (step_bytes + 64))
         if scratch != NULL:
-            if w != &shared:
-                shared = w[0]
-            shared.split_gap = SPLIT_GAP_BYTES
-            shared.dh = take(scratch, &used, step_bytes)
-            shared.dc = take(scratch, &used, step_bytes if d.cell == CELL_LSTM else 0)
-            shared.tanh_c = take(scratch, &used, step_bytes if d.cell == CELL_LSTM else 0)
-            shared.d_reset = take(scratch, &used, step_bytes if d.cell == CELL_GRUV3 else 0)
-            w = &shared
+            w.split_gap = SPLIT_GAP_BYTES
+            w.dh = take(scratch, &used, step_bytes)
+            w.dc = take(scratch, &used, step_bytes if d.cell == CELL_LSTM else 0)
+            w.tanh_c = take(scratch, &used, step_bytes if d.cell == CELL_LSTM else 0)
+            w.d_reset = take(scratch, &used, step_bytes if d.cell == CELL_GRUV3 else 0)
             dh, dc = <floating*>w.dh, <floating*>w.dc
     if d.panels:
         pack(hidden_GH, H, Wh, H, 1, <floating*>w.packed_wh_back)
@@ -1024,15 +1020,11 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
         # A single step (or a sequence whose weights were read in place): its products
         # run on the packing of Wh that every step of this backward pass shares
         # (pack_cache.h), as a sequence node's do on its own.
-        if w != &shared:
-            shared = w[0]
-        shared.packed_wh_back = <void*>packed_for_backward(hidden_GH, H, Wh, H, 1)
-        shared.packed_wh_h_back = (<void*>packed_for_backward(H, H, Wh_h, H, 1)
-                                   if d.cell == CELL_GRUV3 else NULL)
-        if shared.packed_wh_back != NULL and (d.cell != CELL_GRUV3
-                                              or shared.packed_wh_h_back != NULL):
-            d.panels = True
-            w = &shared
+        w.packed_wh_back = <void*>packed_for_backward(hidden_GH, H, Wh, H, 1)
+        w.packed_wh_h_back = (<void*>packed_for_backward(H, H, Wh_h, H, 1)
+                              if d.cell == CELL_GRUV3 else NULL)
+        d.panels = w.packed_wh_back != NULL and (d.cell != CELL_GRUV3
+                                                 or w.packed_wh_h_back != NULL)
     job.is_f64 = floating is double
     job.d, job.w, job.node, job.dY = &d, w, node, dY
     run_recurrence(&job, True)
