@@ -3,8 +3,9 @@
 # One kernel runs a whole sequence X (T, B, in); a single cell step is the case T = 1, so
 # `cell(state, x)` and `m(X)` share every line below. Forward, per step: the bias, one
 # product for the step's input and one for the recurrence (against weights packed once
-# per sequence, blas.pxd; a single step, or inference over weights past 8 MB, reads them
-# in place), one elementwise pass for the gates. The RNN and LSTM fold the three into one
+# per sequence, blas.pxd, or once per recording for its single steps; an unrecorded
+# single step, or inference over weights past 8 MB, reads them in place), one elementwise
+# pass for the gates. The RNN and LSTM fold the three into one
 # kernel call: on packed weights [x_t, h_t-1, 1] against Wi, Wh and b stacked (`stacks`),
 # in place blas.gates_product.
 # Backward: per step in reverse, an elementwise pass and one product into dh; after the
@@ -20,7 +21,7 @@
 #   inputs  0 X, 1 h0, 2 c0, 3 Wi, 4 Wh, 5 b, 6 Wh_h   (slots a cell lacks stay -1)
 #   ints    cell, act, T, B, n_in, H, h0 broadcast, c0 broadcast, panels
 #   saved   [0] the node's Buffers
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
@@ -53,6 +54,8 @@ ctypedef struct Dims:
     bint h_broadcast       # h0 is unbatched (H,) against a batch of B rows
     bint c_broadcast
     bint panels            # per-step products against weights packed once (panel_gemm.h)
+    bint shared_packing    # a recorded single step: its packing is the one every step of
+                           #   the recording shares (recorded_packing), not its own
 
 
 # The working memory of one node: one block carved into named buffers, NULL where a cell
@@ -156,16 +159,10 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     w.hidden_proj = take(block, &used, 3 * step + gap if cell == CELL_GRU else 0)
     w.h0 = take(block, &used, step) if d.h_broadcast else h0
     w.c0 = take(block, &used, step) if d.c_broadcast else c0
+    if not d.shared_packing:
+        carve_packings(w, block, &used, d, itemsize)
     if stacks(d):
-        w.packed_wi = take(block, &used, packed_bytes(itemsize, stacked_depth(d),
-                                                      input_blocks(cell) * H))
         w.stage = take(block, &used, itemsize * d.B * stage_stride(d, itemsize) + gap)
-    elif d.panels:
-        w.packed_wi = take(block, &used,
-                           packed_bytes(itemsize, d.n_in, input_blocks(cell) * H))
-        w.packed_wh = take(block, &used, packed_bytes(itemsize, H, hidden_blocks(cell) * H))
-        w.packed_wh_h = take(block, &used, packed_bytes(itemsize, H, H)
-                             if cell == CELL_GRUV3 else 0)
     if recording:
         # The LSTM's and the GRU's gate gradients overwrite their gates (lstm_backward,
         # gru_backward), the RNN's the gradient of its output (backward_kernel).
@@ -175,7 +172,7 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
         w.dc = take(block, &used, step + gap if cell == CELL_LSTM else 0)
         w.tanh_c = take(block, &used, step + gap if cell == CELL_LSTM else 0)
         w.d_reset = take(block, &used, step + gap if cell == CELL_GRUV3 else 0)
-        if d.panels:
+        if d.panels and not d.shared_packing:
             w.packed_wh_back = take(block, &used,
                                     packed_bytes(itemsize, hidden_blocks(cell) * H, H))
             w.packed_wh_h_back = take(block, &used, packed_bytes(itemsize, H, H)
@@ -183,8 +180,22 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     return used
 
 
+cdef void carve_packings(Buffers* w, char* block, size_t* used, const Dims* d,
+                         size_t itemsize) noexcept nogil:
+    # The forward's packed weights, from `block` on as `carve` lays out the rest.
+    cdef index_t H = d.H, GH = input_blocks(d.cell) * d.H
+    if stacks(d):
+        w.packed_wi = take(block, used, packed_bytes(itemsize, stacked_depth(d), GH))
+    elif d.panels:
+        w.packed_wi = take(block, used, packed_bytes(itemsize, d.n_in, GH))
+        w.packed_wh = take(block, used, packed_bytes(itemsize, H, hidden_blocks(d.cell) * H))
+        w.packed_wh_h = take(block, used, packed_bytes(itemsize, H, H)
+                             if d.cell == CELL_GRUV3 else 0)
+
+
 cdef bint packing_pays(const Dims* d) noexcept nogil:
-    # Packing costs about one step's product, so it needs a sequence to pay for itself.
+    # Packing costs about one step's product, so it needs a sequence to pay for itself (or
+    # a recording's steps, which share one: recorded_packing).
     return d.T >= 2 and has_panel_kernel()
 
 
@@ -279,6 +290,8 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
     cdef index_t ids[N_INPUTS]
     cdef index_t i, BH
     cdef bint recording = False
+    cdef bint packs = True
+    cdef size_t used
     cdef void* data[N_INPUTS]
     cdef cnp.npy_intp dims[3]
     cdef int nd
@@ -303,6 +316,7 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
                          f"input, got shape {(<object>X_value).shape}")
     d.h_broadcast = broadcasts(layer, "h", arrays[IN_H0], &d, batched)
     d.c_broadcast = lstm and broadcasts(layer, "c", arrays[IN_C0], &d, batched)
+    d.shared_packing = False
     d.panels = packing_pays(&d)
     check_layout(layer, arrays)
     blas_int(d.T * d.B)
@@ -333,6 +347,14 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
         for i in range(N_INPUTS):
             ids[i] = tape.node_of(objects[i])
             recording = recording or ids[i] >= 0
+    if recording and d.T == 1 and has_panel_kernel() and weights_within_row_limit(&d, itemsize):
+        # A recorded single step computes on the packing its recording's steps share
+        # (recorded_packing), unless its weights are past the row split's limit: then
+        # the crew splits each product by columns, streaming half the weights each, which
+        # reading them in place does as well (bench/ stepwise training at 256,1024,32,25,
+        # medians of alternate processes, on the shared packing against in place: LSTM
+        # 119.0 -> 126.8 ms, GRU 91.4 -> 93.2, RNN 31.7 -> 32.6).
+        d.shared_packing = d.panels = True
     if not recording and weight_bytes(&d, itemsize) > ROW_SPLIT_MAX_WEIGHT_BYTES:
         # Inference over weights past the row split's limit reads them in place, step by
         # step (blas.pxd: A Wᵀ as (W Aᵀ)ᵀ, the crew splitting W's rows). Packing them first
@@ -351,16 +373,21 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
             raise MemoryError()
     carve(w, block, &d, recording, itemsize, cnp.PyArray_DATA(value), data[IN_H0],
           data[IN_C0])
+    if d.shared_packing:
+        used = 0
+        carve_packings(w, <char*>recorded_packing(tape, layer, &d, arrays, data, itemsize,
+                                                  &packs),
+                       &used, &d, itemsize)
     if itemsize == sizeof(double):
         with nogil:
-            recurrent_forward[double](&d, w, recording, <double*>data[IN_X],
+            recurrent_forward[double](&d, w, recording, packs, <double*>data[IN_X],
                                       <double*>data[IN_H0], <double*>data[IN_C0],
                                       <double*>data[IN_WI], <double*>data[IN_WH],
                                       <double*>data[IN_B], <double*>data[IN_WH_H],
                                       <double*>cnp.PyArray_DATA(value))
     else:
         with nogil:
-            recurrent_forward[float](&d, w, recording, <float*>data[IN_X],
+            recurrent_forward[float](&d, w, recording, packs, <float*>data[IN_X],
                                      <float*>data[IN_H0], <float*>data[IN_C0],
                                      <float*>data[IN_WI], <float*>data[IN_WH],
                                      <float*>data[IN_B], <float*>data[IN_WH_H],
@@ -373,7 +400,10 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
                 tape.set_input(node, i, ids[i], arrays[i])
         node.ints[0] = d.cell; node.ints[1] = d.act; node.ints[2] = d.T; node.ints[3] = d.B
         node.ints[4] = d.n_in; node.ints[5] = d.H
-        node.ints[6] = d.h_broadcast; node.ints[7] = d.c_broadcast; node.ints[8] = d.panels
+        # A step's backward finds its packing elsewhere (backward_kernel): its panels
+        # are a sequence's own.
+        node.ints[6] = d.h_broadcast; node.ints[7] = d.c_broadcast
+        node.ints[8] = d.panels and not d.shared_packing
         node.saved[0] = w
         parent = tape.tensor(value, tape.n_nodes - 1)
     else:
@@ -387,6 +417,114 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
     if lstm:
         return alias(parent, value[:d.T], 0), (h_last, alias(parent, value[d.T], d.T * BH))
     return parent, h_last
+
+
+# ---------------------------------------------------------------- a recording's packings
+
+# A stepwise loop records one node per step, each a call of its own, and so each step
+# read its weights in place (blas.pxd's transposed product), packing only its own rows:
+# packing the weights, a pass as long as the step's product, would not pay for one step.
+# The steps of one recording instead share one packing of each layer's weights, made by
+# the first step in the tape's memory and found by the next ones by the recording (the
+# tape's epoch) and the weights' addresses. While a recording lasts the tape keeps every
+# array it saw alive, so an address names one array; only an array changed in place
+# between two steps escapes that, and the forward would then have used weights the
+# backward pass does not see. So before the backward pass runs, a check compares each
+# packing with its weights and raises if they changed (PackingCheck).
+ctypedef struct RecordedPacking:
+    long epoch             # 0: free
+    const void* weights[4]     # Wi, Wh, b, Wh_h
+    int cell
+    index_t n_in, H
+    bint is_f64
+    void* block            # the tape's memory, laid out by carve_packings
+
+
+cdef enum:
+    RECORDED_PACKINGS = 8  # layers whose packings are found at once; a ninth evicts one
+
+
+# Read and written with the GIL held (run), so threads recording at once share it safely.
+cdef RecordedPacking recorded_packings[RECORDED_PACKINGS]
+cdef int next_recorded_packing = 0
+
+
+cdef void* recorded_packing(Tape tape, object layer, const Dims* d, list arrays,
+                            void** data, size_t itemsize, bint* packs) except NULL:
+    # The packing this recording's steps of these weights share; *packs is set where it is
+    # new, and the step's forward is to fill it.
+    global next_recorded_packing
+    cdef const void* weights[4]
+    cdef RecordedPacking* entry
+    cdef size_t nbytes = 0
+    cdef Buffers layout
+    cdef void* block
+    cdef bint is_f64 = itemsize == sizeof(double)
+    cdef int i
+    weights[0], weights[1], weights[2] = data[IN_WI], data[IN_WH], data[IN_B]
+    weights[3] = data[IN_WH_H]
+    for i in range(RECORDED_PACKINGS):
+        entry = &recorded_packings[i]
+        if (entry.epoch == tape.epoch and memcmp(entry.weights, weights, sizeof(weights)) == 0
+                and entry.cell == d.cell and entry.n_in == d.n_in and entry.H == d.H
+                and entry.is_f64 == is_f64):
+            packs[0] = False
+            return entry.block
+    carve_packings(&layout, NULL, &nbytes, d, itemsize)
+    block = tape.scratch(nbytes)
+    tape.check_before_backward(PackingCheck.of(layer, d, arrays, data, itemsize, block, nbytes))
+    entry = &recorded_packings[next_recorded_packing]
+    next_recorded_packing = (next_recorded_packing + 1) % RECORDED_PACKINGS
+    entry.epoch = tape.epoch
+    memcpy(entry.weights, weights, sizeof(weights))
+    entry.cell, entry.n_in, entry.H, entry.is_f64 = d.cell, d.n_in, d.H, is_f64
+    entry.block = block
+    packs[0] = True
+    return block
+
+
+cdef class PackingCheck:
+    # Raises, before a backward pass, if weights changed in place after a recording's steps
+    # packed them: packed again they must give the same bytes.
+    cdef object layer
+    cdef list arrays           # the weights, alive while this lasts
+    cdef Dims d
+    cdef void* data[N_INPUTS]
+    cdef size_t itemsize, nbytes
+    cdef const void* block
+
+    @staticmethod
+    cdef PackingCheck of(object layer, const Dims* d, list arrays, void** data,
+                         size_t itemsize, const void* block, size_t nbytes):
+        cdef PackingCheck check = PackingCheck.__new__(PackingCheck)
+        check.layer, check.arrays, check.d = layer, arrays, d[0]
+        memcpy(check.data, data, sizeof(check.data))
+        check.itemsize, check.block, check.nbytes = itemsize, block, nbytes
+        return check
+
+    def __call__(self):
+        cdef Buffers layout
+        cdef size_t used = 0
+        cdef char* again = <char*>thread_buffer(BUFFER_LAYER, self.nbytes)
+        cdef bint same
+        if again == NULL:
+            raise MemoryError()
+        carve_packings(&layout, again, &used, &self.d, self.itemsize)
+        with nogil:
+            if self.itemsize == sizeof(double):
+                pack_weights[double](&self.d, &layout, <double*>self.data[IN_WI],
+                                     <double*>self.data[IN_WH], <double*>self.data[IN_B],
+                                     <double*>self.data[IN_WH_H])
+            else:
+                pack_weights[float](&self.d, &layout, <float*>self.data[IN_WI],
+                                    <float*>self.data[IN_WH], <float*>self.data[IN_B],
+                                    <float*>self.data[IN_WH_H])
+            same = memcmp(again, self.block, self.nbytes) == 0
+        if not same:
+            raise RuntimeError(
+                f"{self.layer!r}: its weights changed in place while its steps were being "
+                "recorded, and its forward steps used them as they were at the first; "
+                "change weights outside a gradient call (between training steps)")
 
 
 cdef int check_weights(object layer, int cell, list arrays, Dims* d) except -1:
@@ -493,7 +631,8 @@ cdef enum:
     ROW_SPLIT_MAX_WEIGHT_BYTES_PER_ROW = 256 << 10
     # A single step (a stepwise loop's) of fewer multiply-adds runs in the calling thread
     # alone; from here on its batch rows are split like a sequence's, each part packing
-    # its own rows' activations against the weights read in place. Split, a step of 16
+    # its own rows' activations against the weights read in place (in inference; a
+    # recorded step's parts share its recording's packing). Split, a step of 16
     # rows lost and one of 32 or more gained (Xeon with AVX-512, one cell's step, µs,
     # alone -> split: LSTM 32,64,16 with 393K multiply-adds 13.6 -> 18.3, GRU with 295K
     # 9.8 -> 12.0; RNN 32,128,32 with 655K 17.0 -> 13.8, GRU 38 -> 30, LSTM 55 -> 46;
@@ -535,18 +674,26 @@ cdef inline size_t weight_bytes(const Dims* d, size_t itemsize) noexcept nogil:
     return (d.n_in + d.H) * input_blocks(d.cell) * d.H * itemsize
 
 
+cdef inline bint weights_within_row_limit(const Dims* d, size_t itemsize) noexcept nogil:
+    # Whether the weights are few enough for a part of half the batch's rows (one row at
+    # least) to stream them all (the limits above).
+    cdef size_t limit = min(<size_t>ROW_SPLIT_MAX_WEIGHT_BYTES,
+                            <size_t>max(d.B // 2, 1) * ROW_SPLIT_MAX_WEIGHT_BYTES_PER_ROW)
+    return weight_bytes(d, itemsize) <= limit
+
+
+cdef inline bint rows_may_split(const Dims* d, size_t itemsize) noexcept nogil:
+    return d.B >= 2 * SPLIT_MIN_ROWS and weights_within_row_limit(d, itemsize)
+
+
 cdef void run_recurrence(Recurrence* job, bint backward) noexcept nogil:
     # By rows where the weights are packed, and for a single step's forward, whose parts
     # each pack their own rows (blas.pxd's transposed product); a sequence reading its
-    # weights in place, or over weights past the limits below, shares each step's
+    # weights in place, or over weights past the limits above, shares each step's
     # products by columns instead.
     cdef const Dims* d = job.d
-    cdef size_t limit = min(<size_t>ROW_SPLIT_MAX_WEIGHT_BYTES,
-                            <size_t>(d.B // 2) * ROW_SPLIT_MAX_WEIGHT_BYTES_PER_ROW)
     cdef bint split = ((d.panels or (d.T == 1 and not backward))
-                       and d.B >= 2 * SPLIT_MIN_ROWS
-                       and weight_bytes(d, sizeof(double) if job.is_f64 else sizeof(float))
-                       <= limit)
+                       and rows_may_split(d, sizeof(double) if job.is_f64 else sizeof(float)))
     share(backward_part if backward else forward_part, job, split)
 
 
@@ -576,14 +723,11 @@ cdef void forward_part(void* arg, int part, int parts) noexcept nogil:
                             r0, r1)
 
 
-cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording,
-                            const floating* X, const floating* h0, const floating* c0,
-                            const floating* Wi, const floating* Wh, const floating* b,
-                            const floating* Wh_h, floating* Y) noexcept nogil:
-    cdef index_t T = d.T, B = d.B, H = d.H, BH = d.B * d.H
-    cdef index_t GH = input_blocks(d.cell) * H
-    cdef Recurrence job
-    cdef index_t depth = stacked_depth(d)
+cdef void pack_weights(const Dims* d, const Buffers* w, const floating* Wi,
+                       const floating* Wh, const floating* b,
+                       const floating* Wh_h) noexcept nogil:
+    # The forward's packings, into the buffers carve_packings laid out.
+    cdef index_t H = d.H, GH = input_blocks(d.cell) * d.H, depth = stacked_depth(d)
     if stacks(d):
         pack_stacked(d.n_in, GH, Wi, 1, d.n_in, <floating*>w.packed_wi, 0, depth)
         pack_stacked(H, GH, Wh, 1, H, <floating*>w.packed_wi, d.n_in, depth)
@@ -593,6 +737,18 @@ cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording,
         pack(H, hidden_blocks(d.cell) * H, Wh, 1, H, <floating*>w.packed_wh)
         if d.cell == CELL_GRUV3:
             pack(H, H, Wh_h, 1, H, <floating*>w.packed_wh_h)
+
+
+cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording, bint packs,
+                            const floating* X, const floating* h0, const floating* c0,
+                            const floating* Wi, const floating* Wh, const floating* b,
+                            const floating* Wh_h, floating* Y) noexcept nogil:
+    # `packs`: whether the weights are to be packed first (not when a recording's earlier
+    # step packed them already).
+    cdef index_t T = d.T, B = d.B, H = d.H
+    cdef Recurrence job
+    if packs:
+        pack_weights(d, w, Wi, Wh, b, Wh_h)
     if d.h_broadcast:
         copy_rows(B, H, h0, <floating*>w.h0)
     if d.c_broadcast:
@@ -651,6 +807,11 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
     cdef const floating* late_bias     # GRU: b, where the gates do not hold it yet
     cdef index_t depth = stacked_depth(d), stride = stage_stride(d, sizeof(floating))
     cdef floating* stage = <floating*>part_rows(w, w.stage, r0, stride, itemsize)
+    if stacked and d.shared_packing:
+        # Likewise a recorded step's stage, which only its product reads.
+        own = thread_buffer(BUFFER_STEP, rows * stride * itemsize)
+        if own != NULL:
+            stage = <floating*>own
     X += r0 * d.n_in
     Y += r0 * H
     if stacked:
@@ -667,8 +828,8 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
                 memcpy(stage + r * stride + d.n_in, h_prev + r * H, H * sizeof(floating))
             panel_product(rows, GH, depth, stage, stride, 1, <floating*>w.packed_wi,
                           y_t if d.cell == CELL_RNN else gates_t, GH, False)
-        # Likewise on weights read in place (a single step): the products and the bias
-        # meet in the kernel, and the gates are written once.
+        # Likewise on weights read in place (an unrecorded single step): the products
+        # and the bias meet in the kernel, and the gates are written once.
         fused = stacked or (not d.panels and gates_product(
             rows, GH, d.n_in, X + t * B * d.n_in, d.n_in, Wi, H if adds_recurrence else 0,
             h_prev, H, Wh, b, y_t if d.cell == CELL_RNN else gates_t, GH))
@@ -900,6 +1061,7 @@ cdef Dims dims_of(const Node* node) noexcept nogil:
     d.act = <int>node.ints[1]
     d.T, d.B, d.n_in, d.H = node.ints[2], node.ints[3], node.ints[4], node.ints[5]
     d.h_broadcast, d.c_broadcast, d.panels = node.ints[6], node.ints[7], node.ints[8]
+    d.shared_packing = False
     return d
 
 

@@ -54,6 +54,10 @@ cdef class Tape:
     # A recording's backward pass runs once: kernels may reuse what the forward saved for
     # it (an LSTM's gate gradients overwrite its gates).
     cdef bint backward_done
+    # Callables the backward pass runs before anything else; one that raises stops it
+    # with every gradient as it was (a kernel's check that what the forward relied on
+    # still holds).
+    cdef list checks
 
     # Node id of a Tensor/Param recorded on this tape, or -1 for anything else.
     cdef index_t node_of(self, object x) except -2
@@ -68,6 +72,8 @@ cdef class Tape:
     cdef void* meta_alloc(self, size_t nbytes) except NULL
     # Keeps a Python object alive until the tape is reset.
     cdef void hold(self, object obj) except *
+    # Runs `check()` when this recording's backward pass starts.
+    cdef void check_before_backward(self, object check) except *
     # A Tensor for node `node_id` with value `value`.
     cdef object tensor(self, object value, index_t node_id)
 

@@ -198,6 +198,7 @@ cdef class Tape:
         memset(&self.meta, 0, sizeof(Arena))
         memset(&self.work, 0, sizeof(Arena))
         self.keep = []
+        self.checks = []
         self.watched = {}
         self.watched_params = []
         self.param_grads = {}
@@ -279,6 +280,9 @@ cdef class Tape:
     cdef void hold(self, object obj) except *:
         self.keep.append(obj)
 
+    cdef void check_before_backward(self, object check) except *:
+        self.checks.append(check)
+
     cdef object tensor(self, object value, index_t node_id):
         return make_tensor(value, self, self.epoch, node_id)
 
@@ -313,6 +317,7 @@ cdef class Tape:
         self.backward_done = False
         self.n_nodes = 0
         self.keep = []
+        self.checks = []
         self.watched = {}
         self.watched_params = []
         self.param_grads = {}
@@ -334,6 +339,8 @@ cdef class Tape:
         if self.backward_done:
             raise RuntimeError("this recording's backward pass has already run; record "
                                "again (a new gradient call) for another")
+        for check in self.checks:
+            check()
         self.backward_done = True
         self.param_grads = {}
         self.handed_out = set()

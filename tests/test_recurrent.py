@@ -856,6 +856,77 @@ def test_packed_weights_are_forgotten_when_a_backward_pass_ends():
         _assert_close(got[p], want[q], rtol=1e-6, what=str(p.shape))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_recorded_steps_share_one_packing_of_each_layer_per_recording(dtype):
+    # A recording's steps of one layer share one packing of its weights (ops_rnn.pyx:
+    # recorded_packing), found by its addresses among eight. Ten layers, stepped in turn,
+    # evict each other's: every step still computes with its own layer's weights, as the
+    # sequence nodes (which pack their own) and an unrecorded stepwise loop do.
+    rng = np.random.default_rng(23)
+    kinds = [LSTM, GRU, RNN, GRUv3, LSTM, RNN, GRU, LSTM, GRUv3, RNN]
+    sizes = [4] + [24 + 4 * i for i in range(len(kinds))]
+    model = rc.Chain(*[k(a, b, dtype=dtype) for k, a, b in zip(kinds, sizes, sizes[1:])])
+    X = rng.standard_normal((6, 10, 4)).astype(dtype)
+    seed = rng.standard_normal((6, 10, sizes[-1])).astype(dtype)
+    ps = rc.params(model)
+    rtol = 1e-10 if dtype == np.float64 else 2e-4
+    results = _stepwise_and_sequence_gradients(model, X, seed, ps)
+    for p in ps:
+        _assert_close(results["steps"][p], results["sequence"][p], rtol=rtol, what=str(p.shape))
+    recorded = {}
+
+    def loss():
+        reset(model)
+        Y = rc.stack([model(x) for x in X])
+        recorded["Y"] = np.asarray(Y)
+        return rc.sum(Y * seed)
+
+    rc.gradient(loss, ps)
+    reset(model)
+    inferred = np.stack([np.asarray(model(x)) for x in X])
+    _assert_close(recorded["Y"], inferred, rtol=rtol)
+
+
+@pytest.mark.parametrize("kind", [RNN, LSTM, GRU, GRUv3])
+def test_weights_changed_in_place_between_recorded_steps_are_refused(kind):
+    # Recorded steps compute with the packing their layer's first step made: a weight
+    # changed in place between two steps would leave the forward on the old values and
+    # the backward on the new. The gradient call raises instead, before any gradient is
+    # computed, and the change stays; the next call records with the new weights.
+    rng = np.random.default_rng(29)
+    layer = kind(3, 8, dtype=np.float64)
+    X = rng.standard_normal((4, 5, 3))
+    ps = rc.params(layer)
+    weight = ps[1]
+
+    def loss(change):
+        reset(layer)
+        total = 0
+        for t, x in enumerate(X):
+            if t == 2 and change:
+                weight.value[0, 0] += 0.5
+            total = total + rc.sum(layer(x))
+        return total
+
+    before = weight.value.copy()
+    with pytest.raises(RuntimeError, match="changed in place while its steps were"):
+        rc.gradient(lambda: loss(True), ps)
+    assert weight.value[0, 0] == before[0, 0] + 0.5
+    np.testing.assert_array_equal(np.delete(weight.value.ravel(), 0),
+                                  np.delete(before.ravel(), 0))
+    got = rc.gradient(lambda: loss(False), ps)
+    twin = copy.deepcopy(layer)
+    twin_ps = rc.params(twin)
+
+    def twin_loss():
+        reset(twin)
+        return rc.sum(twin(X))
+
+    want = rc.gradient(twin_loss, twin_ps)
+    for p, q in zip(ps, twin_ps):
+        _assert_close(got[p], want[q], rtol=1e-10, what=str(p.shape))
+
+
 @pytest.mark.parametrize("kind,n_in,hidden", [("LSTM", 200, 800), ("GRUv3", 200, 800),
                                                ("RNN", 1200, 1600)])
 def test_inference_over_large_weights_matches_the_recorded_forward(kind, n_in, hidden):
