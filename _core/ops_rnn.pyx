@@ -643,6 +643,11 @@ cdef enum:
     # columns: RNN 32,128 stepwise inference with 655K 8.2 -> 7.4 ms).
     STEP_SPLIT_MIN_MACS_WIDE = 1 << 19
     STEP_SPLIT_MIN_MACS_NARROW = 1 << 18
+    # A recorded step's parts, on its recording's packing, pack nothing of their own, and
+    # the split pays from smaller steps (bench/ stepwise training, medians of alternate
+    # processes, here against 1 << 19: LSTM 32,64,16,50 with 393K 2.20 -> 1.96 ms, GRU
+    # with 295K 1.72 -> 1.61; at 1 << 16 the RNN's 98K steps went 0.96 -> 0.98).
+    STEP_SPLIT_MIN_MACS_SHARED = 1 << 18
 
 
 cdef enum:
@@ -757,7 +762,8 @@ cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording, bin
     job.is_f64 = floating is double
     job.d, job.w, job.recording = d, w, recording
     job.X, job.Wi, job.Wh, job.b, job.Wh_h, job.Y = X, Wi, Wh, b, Wh_h, Y
-    if T == 1 and step_macs(d) < (STEP_SPLIT_MIN_MACS_WIDE if wide_vectors()
+    if T == 1 and step_macs(d) < (STEP_SPLIT_MIN_MACS_SHARED if d.shared_packing
+                                  else STEP_SPLIT_MIN_MACS_WIDE if wide_vectors()
                                   else STEP_SPLIT_MIN_MACS_NARROW):
         was_alone = keep_alone(True)
         run_recurrence(&job, False)
