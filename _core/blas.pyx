@@ -140,9 +140,14 @@ cdef enum:
     # A deferred weight-gradient product runs once its steps reach this depth (deferred.h):
     # deep enough that reading and writing the gradient is a small part of the product.
     DEFER_DEPTH = 256
-    # Its depth at most: short of DEFER_DEPTH before its last segment, and that segment,
-    # deferred only because it was shallower than DEFER_DEPTH, adds less than as much again.
-    DEFERRED_MAX_DEPTH = 2 * DEFER_DEPTH
+    # A product for the background waits on past DEFER_DEPTH, up to this depth, while the
+    # helper still has one for the same gradient to run: queued, it would wait for that one
+    # anyway, and so would the calling thread, which may not queue two of one gradient.
+    DEFER_DEPTH_BEHIND = 3 * DEFER_DEPTH
+    # Its depth at most: short of DEFER_DEPTH_BEHIND before its last segment, and that
+    # segment, deferred only because it was shallower than DEFER_DEPTH, adds less than
+    # DEFER_DEPTH.
+    DEFERRED_MAX_DEPTH = DEFER_DEPTH_BEHIND + DEFER_DEPTH
     # Products past this many multiply-adds run on the panels rather than the BLAS, which
     # packs both operands on every call (for a recurrent step's weights, every step). Where
     # the BLAS has AVX-512 kernels it was as fast up to its single-thread limit of 262144
@@ -668,7 +673,9 @@ cdef void defer_product(bint is_f64, int M, int N, int K, const void* A, int lda
     p = deferred_product(d, i)
     p.background = background
     deferred_append(p, A, lda, B, ldb, K)
-    if p.K >= DEFER_DEPTH or p.n_segments == DEFER_SEGMENTS:
+    if p.n_segments == DEFER_SEGMENTS or p.K >= DEFER_DEPTH_BEHIND:
+        run_deferred(d, i, True)
+    elif p.K >= DEFER_DEPTH and not (background and in_background(C, extent_bytes(p))):
         run_deferred(d, i, True)
 
 
@@ -784,7 +791,26 @@ cdef inline size_t extent_bytes(const DeferredProduct* p) noexcept nogil:
     return deferred_extent(p.M, p.N, p.ldc, p.is_f64)
 
 
+cdef bint in_background(const void* start, size_t nbytes) noexcept nogil:
+    # Whether a queued product that writes bytes [start, start + nbytes) is not done yet.
+    cdef DeferredQueue* q
+    cdef const DeferredProduct* job
+    cdef long n
+    if not crew_holds():
+        return False
+    q = deferred_queue()
+    for n in range(q.retired, deferred_queued(q)):
+        job = queued_job(q, n)
+        if (not deferred_done(q, n)
+                and <const char*>job.C < <const char*>start + nbytes
+                and <const char*>start < <const char*>job.C + extent_bytes(job)):
+            return True
+    return False
+
+
 cdef void settle_deferred(const void* start, size_t nbytes) noexcept nogil:
+    # Waits for the products running in the background that write bytes [start, start +
+    # nbytes), running any of them not yet claimed here.
     cdef DeferredQueue* q
     cdef const DeferredProduct* job
     cdef long n, queued
