@@ -5,9 +5,9 @@
 # product for the step's input and one for the recurrence (against weights packed once
 # per sequence, blas.pxd, or once per recording for its single steps; an unrecorded
 # single step, or inference over weights past 8 MB, reads them in place), one elementwise
-# pass for the gates. The RNN and LSTM fold the three into one
-# kernel call: on packed weights [x_t, h_t-1, 1] against Wi, Wh and b stacked (`stacks`),
-# in place blas.gates_product.
+# pass for the gates. The RNN and LSTM fold the three into one kernel call: on packed
+# weights [x_t, h_t-1, 1] against Wi, Wh and b stacked (`stacks`), in place
+# blas.gates_product.
 # Backward: per step in reverse, an elementwise pass and one product into dh; after the
 # loop, whole-sequence GEMMs for dWi, dWh (against the states each step saw, h[t-1]; a
 # short sequence's wait to join the next steps') and dX, and db as a column sum. A single
@@ -487,7 +487,7 @@ cdef class PackingCheck:
     # Raises, before a backward pass, if weights changed in place after a recording's steps
     # packed them: packed again they must give the same bytes.
     cdef object layer
-    cdef list arrays           # the weights, alive while this lasts
+    cdef list arrays           # the step's arrays, weights among them, alive while this lasts
     cdef Dims d
     cdef void* data[N_INPUTS]
     cdef size_t itemsize, nbytes
@@ -814,7 +814,8 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
     cdef index_t depth = stacked_depth(d), stride = stage_stride(d, sizeof(floating))
     cdef floating* stage = <floating*>part_rows(w, w.stage, r0, stride, itemsize)
     if stacked and d.shared_packing:
-        # Likewise a recorded step's stage, which only its product reads.
+        # Likewise a recorded step's stage, which only its product reads (without the
+        # memory, the node's own).
         own = thread_buffer(BUFFER_STEP, rows * stride * itemsize)
         if own != NULL:
             stage = <floating*>own
