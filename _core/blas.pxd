@@ -74,11 +74,15 @@ cdef bint keep_alone(bint alone) noexcept nogil
 # with the next steps' segments, by the crew's helper in the background where the caller
 # says so and the helper is free. The operands must stay unchanged until flush_deferred
 # runs for the bytes [start, start + nbytes) of C, which the tape does before any node
-# reads a gradient or writes into it other than by deferring; with start NULL, when a
-# backward pass ends, it completes every product and frees the crew.
+# reads a gradient; with start NULL, when a backward pass ends, it completes every product
+# and frees the crew.
 cdef void defer_product(bint is_f64, int M, int N, int K, const void* A, int lda,
                         const void* B, int ldb, void* C, int ldc,
                         bint background=*) noexcept nogil
 
 cdef void flush_deferred(const void* start, size_t nbytes) noexcept nogil
 
+# Waits for the deferred products running in the background (blas.pyx) that write bytes
+# [start, start + nbytes): the tape calls it before a node's backward writes into its
+# inputs' gradients, for each input the node does not only defer products into.
+cdef void settle_deferred(const void* start, size_t nbytes) noexcept nogil

@@ -67,14 +67,18 @@ static size_t deferred_extent(int M, int N, int ldc, int is_f64)
     return ((size_t)(M - 1) * ldc + N) * (is_f64 ? sizeof(double) : sizeof(float));
 }
 
+/* Whether p's C overlaps bytes [lo, hi). */
+static int deferred_writes(const DeferredProduct* p, const char* lo, const char* hi)
+{
+    const char* c = (const char*)p->C;
+    return c < hi && lo < c + deferred_extent(p->M, p->N, p->ldc, p->is_f64);
+}
+
 /* Index of the first waiting product whose C overlaps bytes [lo, hi), or -1. */
 static int deferred_overlapping(const Deferrals* d, const char* lo, const char* hi)
 {
-    for (int i = 0; i < d->n_products; i++) {
-        const DeferredProduct* p = &d->products[i];
-        const char* c = (const char*)p->C;
-        if (c < hi && lo < c + deferred_extent(p->M, p->N, p->ldc, p->is_f64)) return i;
-    }
+    for (int i = 0; i < d->n_products; i++)
+        if (deferred_writes(&d->products[i], lo, hi)) return i;
     return -1;
 }
 
@@ -114,8 +118,8 @@ static void deferred_take(Deferrals* d, int i, DeferredProduct* out)
  * goes on (blas.pyx: queue_product). One thread holds the crew and queues at a time
  * (crew_post), so one queue serves the process. Jobs are numbered in the order queued;
  * either thread claims the next one to run, in order, and marks its slot with the job's
- * number when done. No two unfinished jobs write overlapping gradients (the queueing
- * thread waits first), so the two may run any two at once. */
+ * number when done. A job starts only once the earlier ones that write into its gradient
+ * are done (blas.pyx: run_job), so the two threads never write one gradient at once. */
 #define DEFER_QUEUE 8
 
 typedef struct {

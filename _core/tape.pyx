@@ -8,7 +8,7 @@ from numpy import empty as np_empty, float32 as np_float32, float64 as np_float6
 from cpython.object cimport PyObject, PyTypeObject
 cimport numpy as cnp
 from recur._core.registry cimport OP_LEAF, OP_ALIAS
-from recur._core.blas cimport flush_deferred, forget_packed, share
+from recur._core.blas cimport flush_deferred, settle_deferred, forget_packed, share
 
 cdef extern from "memory.h" nogil:
     void* aligned_block(size_t nbytes)
@@ -385,16 +385,14 @@ cdef class Tape:
                 node = &self.nodes[i]
                 if node.reached and node.op != OP_LEAF and node.op != OP_ALIAS:
                     # Products deferred into this node's gradient (blas.pxd) complete it,
-                    # and those into a gradient it writes into otherwise are done before
-                    # it writes: each gradient then sums its terms in one order, however
-                    # the deferred ones were grouped into products (which depends on how
-                    # busy the crew's helper was) and whichever thread ran them.
+                    # and those in the background must be done with the gradients it
+                    # writes into.
                     flush_deferred(node.grad, gradient_bytes(node))
                     for j in range(node.n_inputs):
                         inp = node.inputs[j]
                         if inp >= 0 and not (deferred_inputs_table[node.op] >> j) & 1:
-                            flush_deferred(self.nodes[inp].grad,
-                                           gradient_bytes(&self.nodes[inp]))
+                            settle_deferred(self.nodes[inp].grad,
+                                            gradient_bytes(&self.nodes[inp]))
                     backward_table[node.op](node, self.nodes)
             flush_deferred(NULL, 0)
             forget_packed()
