@@ -639,6 +639,13 @@ cdef enum:
     # RNN 64,256,64 93 -> 54, LSTM 373 -> 205). Splitting each of the step's products by
     # columns instead, as the crew does any other product, gained on that Xeon only from
     # 8M on: both threads then wrote every row and each read the other's on the next step.
+    # Nor did a split by hidden units pay, though each part then had its units of every
+    # gate and cell to itself: at B = 32, where half the rows fill only one vector of the
+    # transposed kernel's lanes, the kernel alone ran faster with all the rows and half the
+    # units (one thread, 16 x 160 x 512 126 GFLOP/s, 32 x 160 x 256 148-163), but the
+    # parts then shared every row of h and c, and the step was no faster for the LSTM
+    # (32,128,32: 32.6, 31.3, 34.2 -> 32.2, 32.0, 33.1 µs) and slower for the GRU (+4%)
+    # and the RNN (9.8 -> 15.4 µs), whose product wrote its units of y in place.
     # With AVX2's slower arithmetic the split pays from smaller steps (Zen 1 EPYC, by
     # columns: RNN 32,128 stepwise inference with 655K 8.2 -> 7.4 ms).
     STEP_SPLIT_MIN_MACS_WIDE = 1 << 19
