@@ -8,15 +8,16 @@
  * (OpenBLAS keeps its threads spinning for a long while after a threaded call) would take
  * that core away on a 2-core machine, which is why recur's large products all come here.
  *
- * What a shared task costs beyond half its work (Xeon with AVX-512, 2 vCPUs; rdtsc
- * around crew_run over RNN and LSTM 32,128,32 layers' recorded steps): posting it
- * 0.11-0.16 µs; the helper begins 0.22-0.28 µs after the post, and is seen done
- * 0.25-0.36 µs after it ends; its part runs 2-9% longer than the caller's, most of that
- * in its first reads of what the caller has just written (the task's description and
- * buffers: 0.23 µs more than the caller before its product starts). About 1 µs a
- * task, 7% of a stepwise training step there. A task's rows given unevenly, 17 of 32 to
- * the caller, did not make the steps faster (bench/, alternate processes: RNN 0.976, LSTM
- * 1.011, GRU 1.022 of the time).
+ * What a shared task costs beyond half its work (Xeon with AVX-512, 2 vCPUs; rdtsc around
+ * crew_run over RNN and LSTM 32,128,32 layers' recorded steps): posting it 0.11-0.16 µs;
+ * the helper begins 0.22-0.28 µs after the post, and is seen done 0.25-0.36 µs after it
+ * ends (timed on a copy whose caller spun without pauses and took the lock only for a
+ * sleeping helper); its part runs 2-9% longer than the caller's, most of that in its first
+ * reads of what the caller has just written (the task's description and buffers: 0.23 µs
+ * more than the caller before its product starts). About 1 µs a task, 7% of a stepwise
+ * training step there. A task's rows given unevenly, 17 of 32 to the caller, did not make
+ * the steps faster (bench/, alternate processes: RNN 0.976, LSTM 1.011, GRU 1.022 of the
+ * time).
  *
  * One caller at a time: a thread that finds the crew busy runs its task alone, with the
  * same result (each part writes its own share). A caller may also hold the crew for a
