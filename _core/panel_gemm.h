@@ -127,6 +127,15 @@
     case n: few_block_##suffix(n, K, A, lda, W, ldw, C, ldc, accumulate, first_row, end_row); \
             break;
 
+/* Rows of C few_columns works on side by side: up to 16 accumulators, which AVX-512's 32
+ * registers hold with room to spare. With half the registers, a row at a time as before
+ * (not measured otherwise). */
+#if VECTOR_BYTES >= 64
+#define FEW_COLUMN_ROWS 4
+#else
+#define FEW_COLUMN_ROWS 1
+#endif
+
 /* Products A Bmat of at most this inner size take few_inner. */
 #define FEW_INNER 4
 #define FEW_INNER_CASE(suffix, k)                                                           \
@@ -455,30 +464,52 @@ lane_sum_##suffix(vec_##suffix v)                                               
     return sum;                                                                             \
 }                                                                                           \
                                                                                             \
-/* Rows [first_row, end_row) of C (M x N, N a constant of at most FEW_COLUMNS) [+]=         \
- * A Wᵀ for W of N rows and K columns: a row of A meets each row of W a vector of k at a     \
- * time, into one accumulator per column, whose lanes sum at the end. */                     \
+/* Rows [i, i + R) of C (M x N, N a constant of at most FEW_COLUMNS) [+]= A Wᵀ for W of N   \
+ * rows and K columns: a row of A meets each row of W a vector of k at a time, into one     \
+ * accumulator per row and column, whose lanes sum at the end. */                           \
+static inline __attribute__((always_inline)) void                                           \
+few_columns_rows_##suffix(const int R, const int N, ptrdiff_t K, const scalar* A,           \
+                          ptrdiff_t lda, const scalar* W, ptrdiff_t ldw, scalar* C,         \
+                          ptrdiff_t ldc, int accumulate, ptrdiff_t i)                       \
+{                                                                                           \
+    vec_##suffix acc[FEW_COLUMN_ROWS][FEW_COLUMNS];                                         \
+    ptrdiff_t k = 0;                                                                        \
+    for (int r = 0; r < R; r++)                                                             \
+        for (int j = 0; j < N; j++) acc[r][j] = (vec_##suffix){0};                          \
+    for (; k + LANES_##suffix <= K; k += LANES_##suffix)                                    \
+        for (int j = 0; j < N; j++) {                                                       \
+            vec_##suffix w = *(const vec_##suffix*)(W + j * ldw + k);                       \
+            for (int r = 0; r < R; r++)                                                     \
+                acc[r][j] += *(const vec_##suffix*)(A + (i + r) * lda + k) * w;             \
+        }                                                                                   \
+    for (int r = 0; r < R; r++) {                                                           \
+        const scalar* a = A + (i + r) * lda;                                                \
+        for (int j = 0; j < N; j++) {                                                       \
+            scalar sum = lane_sum_##suffix(acc[r][j]);                                      \
+            for (ptrdiff_t q = k; q < K; q++) sum += a[q] * W[j * ldw + q];                 \
+            scalar* c = C + (i + r) * ldc + j;                                              \
+            *c = accumulate ? *c + sum : sum;                                               \
+        }                                                                                   \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* Rows [first_row, end_row) of C likewise, FEW_COLUMN_ROWS at a time. A row alone chains   \
+ * each accumulator through every vector of k, and the FMAs waited on one another; rows     \
+ * side by side give them independent work, and each value still sums in the same order     \
+ * (Xeon with AVX-512, one thread, float32, µs: 3200 x 3 x 128 52.3 -> 42.2, 32 x 3 x 128   \
+ * 0.44 -> 0.34; bench/, medians of alternate processes, RNN 32,128,32,100: stepwise        \
+ * training 3.41 -> 3.24 ms, sequence inference 0.760 -> 0.740). */                         \
 static inline __attribute__((always_inline)) void                                           \
 few_block_##suffix(const int N, ptrdiff_t K, const scalar* A, ptrdiff_t lda,               \
                    const scalar* W, ptrdiff_t ldw, scalar* C, ptrdiff_t ldc, int accumulate, \
                    ptrdiff_t first_row, ptrdiff_t end_row)                                  \
 {                                                                                           \
-    for (ptrdiff_t i = first_row; i < end_row; i++) {                                       \
-        const scalar* a = A + i * lda;                                                      \
-        vec_##suffix acc[FEW_COLUMNS];                                                      \
-        ptrdiff_t k = 0;                                                                    \
-        for (int j = 0; j < N; j++) acc[j] = (vec_##suffix){0};                            \
-        for (; k + LANES_##suffix <= K; k += LANES_##suffix) {                              \
-            vec_##suffix row = *(const vec_##suffix*)(a + k);                               \
-            for (int j = 0; j < N; j++)                                                     \
-                acc[j] += row * *(const vec_##suffix*)(W + j * ldw + k);                    \
-        }                                                                                   \
-        for (int j = 0; j < N; j++) {                                                       \
-            scalar sum = lane_sum_##suffix(acc[j]);                                         \
-            for (ptrdiff_t q = k; q < K; q++) sum += a[q] * W[j * ldw + q];                 \
-            C[i * ldc + j] = accumulate ? C[i * ldc + j] + sum : sum;                       \
-        }                                                                                   \
-    }                                                                                       \
+    ptrdiff_t i = first_row;                                                                \
+    for (; i + FEW_COLUMN_ROWS <= end_row; i += FEW_COLUMN_ROWS)                            \
+        few_columns_rows_##suffix(FEW_COLUMN_ROWS, N, K, A, lda, W, ldw, C, ldc,            \
+                                  accumulate, i);                                           \
+    for (; i < end_row; i++)                                                                \
+        few_columns_rows_##suffix(1, N, K, A, lda, W, ldw, C, ldc, accumulate, i);          \
 }                                                                                           \
                                                                                             \
 /* C (M x N) [+]= A Wᵀ for a W of N <= FEW_COLUMNS rows (ldw apart) and K columns, on C's   \
