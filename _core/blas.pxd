@@ -41,13 +41,16 @@ cdef void panel_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
 
 # A recurrent step's gates against weights read in place: C (M x N) = A Wᵀ + A2 W2ᵀ + bias
 # for row-major A (M x K, lda), A2 (M x K2, lda2), W (N x K), W2 (N x K2) and bias (N,),
-# C leaving the kernel once; K2 = 0 leaves out the second product. False, with nothing
-# done, where the kernel would not take the products (no panel kernel, too many rows, too
-# little work) or memory runs out.
+# C leaving the kernel once; K2 = 0 leaves out the second product. The second joins only
+# C's columns below `joined` (N: all); its columns from `joined` on go alone into the same
+# columns of C2 (M x N, ldc too), as the GRU's candidate needs h Wh_nᵀ apart. False, with
+# nothing done, where the kernel would not take the products (no panel kernel, too many
+# rows, too little work) or memory runs out.
 cdef bint gates_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                         Py_ssize_t lda, const floating* W, Py_ssize_t K2, const floating* A2,
                         Py_ssize_t lda2, const floating* W2, const floating* bias,
-                        floating* C, Py_ssize_t ldc) noexcept nogil
+                        floating* C, Py_ssize_t ldc, Py_ssize_t joined,
+                        floating* C2) noexcept nogil
 
 # Operands packed once per backward pass (pack_cache.h): the step nodes of a recurrence
 # share one packing of their weights. NULL when the cache is full or memory runs out (the

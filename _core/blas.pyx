@@ -200,11 +200,14 @@ ctypedef struct Product:
     Py_ssize_t k_stride, n_stride
     void* C
     bint accumulate
-    # a transposed product's second operand (K2 = 0: none) and bias (NULL: none)
-    Py_ssize_t K2, n_stride2
+    # a transposed product's second operand (K2 = 0: none) and bias (NULL: none). The
+    # second joins the first on W's rows below `joined` only; with C2, its rows from
+    # `joined` on go alone into C2's same columns (gates_product)
+    Py_ssize_t K2, n_stride2, joined
     const void* packed2
     const void* src2
     const void* bias
+    void* C2
     # a shared product's units: `unit` rows of C each (by_rows) or `unit` panels
     crew_claims claims
     bint by_rows
@@ -252,34 +255,60 @@ cdef void transposed_part(void* arg, int part, int parts) noexcept nogil:
     # halved, a step over weights read in place ran faster (Zen 3, 2 vCPUs, 256,1024,32,25
     # inference, medians of alternate runs in one process: LSTM 11%, GRU 7%).
     cdef Product* p = <Product*>arg
+    cdef Py_ssize_t rows = transposed_rows(p)
     cdef long unit
     if parts == 1:
-        transposed_range(p, 0, p.N)
+        transposed_range(p, 0, rows)
         return
     while True:
         unit = crew_claim(&p.claims, part)
         if unit < 0:
             return
-        transposed_range(p, unit * p.unit, min(p.N, (unit + 1) * p.unit))
+        transposed_range(p, unit * p.unit, min(rows, (unit + 1) * p.unit))
+
+
+cdef inline Py_ssize_t transposed_rows(const Product* p) noexcept nogil:
+    # Rows of W the parts share: all N, and with C2 the second operand's own rows after.
+    return p.N + (p.N - p.joined if p.C2 != NULL else 0)
 
 
 cdef inline void transposed_units(Product* p) noexcept nogil:
-    cdef Py_ssize_t blocks = (p.N + PANEL_ROWS - 1) // PANEL_ROWS
+    cdef Py_ssize_t rows = transposed_rows(p)
+    cdef Py_ssize_t blocks = (rows + PANEL_ROWS - 1) // PANEL_ROWS
     p.unit = (blocks + PRODUCT_UNITS - 1) // PRODUCT_UNITS * PANEL_ROWS
-    crew_claims_reset(&p.claims, (p.N + p.unit - 1) // p.unit)
+    crew_claims_reset(&p.claims, (rows + p.unit - 1) // p.unit)
 
 
 cdef inline void transposed_range(Product* p, Py_ssize_t first, Py_ssize_t end) noexcept nogil:
+    # Rows [first, end) of transposed_rows: below `joined` both operands, up to N the
+    # first alone (K2 = 0 joins nowhere), past N the second's rows from `joined` on.
+    cdef Py_ssize_t K2 = p.K2 if first < p.joined else 0
+    cdef Py_ssize_t split = min(end, p.joined) if K2 > 0 else min(end, p.N)
+    if first < split:
+        transposed_call(p, p.K, p.packed, p.src, p.n_stride, K2, p.bias, p.C, first, split)
+    if split < min(end, p.N):
+        transposed_call(p, p.K, p.packed, p.src, p.n_stride, 0, p.bias, p.C, split,
+                        min(end, p.N))
+    if end > p.N:
+        first = max(first, p.N) - p.N + p.joined
+        transposed_call(p, p.K2, p.packed2, p.src2, p.n_stride2, 0, NULL, p.C2, first,
+                        end - p.N + p.joined)
+
+
+cdef inline void transposed_call(Product* p, Py_ssize_t K, const void* packed,
+                                 const void* W, Py_ssize_t ldw, Py_ssize_t K2,
+                                 const void* bias, void* C, Py_ssize_t first,
+                                 Py_ssize_t end) noexcept nogil:
     if p.is_f64:
-        panel_gemm_transposed_d(p.M, p.K, <const double*>p.packed, <const double*>p.src,
-                                p.n_stride, p.K2, <const double*>p.packed2,
-                                <const double*>p.src2, p.n_stride2, <const double*>p.bias,
-                                <double*>p.C, p.ldc, p.accumulate, first, end)
+        panel_gemm_transposed_d(p.M, K, <const double*>packed, <const double*>W, ldw, K2,
+                                <const double*>p.packed2, <const double*>p.src2,
+                                p.n_stride2, <const double*>bias, <double*>C, p.ldc,
+                                p.accumulate, first, end)
     else:
-        panel_gemm_transposed_f(p.M, p.K, <const float*>p.packed, <const float*>p.src,
-                                p.n_stride, p.K2, <const float*>p.packed2,
-                                <const float*>p.src2, p.n_stride2, <const float*>p.bias,
-                                <float*>p.C, p.ldc, p.accumulate, first, end)
+        panel_gemm_transposed_f(p.M, K, <const float*>packed, <const float*>W, ldw, K2,
+                                <const float*>p.packed2, <const float*>p.src2,
+                                p.n_stride2, <const float*>bias, <float*>C, p.ldc,
+                                p.accumulate, first, end)
 
 
 cdef void few_columns_part(void* arg, int part, int parts) noexcept nogil:
@@ -490,7 +519,7 @@ cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A
     p.M, p.N, p.K, p.ldc = M, N, K, ldc
     p.src, p.n_stride = W, ldw
     p.C, p.accumulate = C, accumulate
-    p.K2, p.bias = 0, NULL
+    p.K2, p.joined, p.bias, p.C2 = 0, N, NULL, NULL
     transposed_units(&p)
     crew_run(transposed_part, &p, N >= 2 * PANEL_ROWS and M * N * K >= SPLIT_MIN_MACS)
     return True
@@ -499,7 +528,8 @@ cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A
 cdef bint gates_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                         Py_ssize_t lda, const floating* W, Py_ssize_t K2, const floating* A2,
                         Py_ssize_t lda2, const floating* W2, const floating* bias,
-                        floating* C, Py_ssize_t ldc) noexcept nogil:
+                        floating* C, Py_ssize_t ldc, Py_ssize_t joined,
+                        floating* C2) noexcept nogil:
     cdef Product p
     cdef size_t first_bytes = packed_bytes(sizeof(floating), K, M)
     if not PANEL_KERNEL or M >= PANEL_GATHER_ROWS or M * N * (K + K2) <= BLAS_MAX_MACS:
@@ -514,9 +544,11 @@ cdef bint gates_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
     p.is_f64 = floating is double
     p.M, p.N, p.K, p.ldc = M, N, K, ldc
     p.src, p.n_stride, p.K2, p.src2, p.n_stride2, p.bias = W, K, K2, W2, K2, bias
-    p.C, p.accumulate = C, False
+    p.joined = joined if K2 > 0 else N
+    p.C, p.C2, p.accumulate = C, C2 if K2 > 0 and joined < N else NULL, False
     transposed_units(&p)
-    crew_run(transposed_part, &p, N >= 2 * PANEL_ROWS and M * N * (K + K2) >= SPLIT_MIN_MACS)
+    crew_run(transposed_part, &p, transposed_rows(&p) >= 2 * PANEL_ROWS
+             and M * N * (K + K2) >= SPLIT_MIN_MACS)
     return True
 
 

@@ -7,7 +7,7 @@
 # single step, or inference over weights past 8 MB, reads them in place), one elementwise
 # pass for the gates. The RNN and LSTM fold the three into one kernel call: on packed
 # weights [x_t, h_t-1, 1] against Wi, Wh and b stacked (`stacks`), in place
-# blas.gates_product.
+# blas.gates_product, which folds the GRU's too, but for h Wh_nᵀ, kept apart.
 # Backward: per step in reverse, an elementwise pass and one product into dh; after the
 # loop, whole-sequence GEMMs for dWi, dWh (against the states each step saw, h[t-1]; a
 # short sequence's wait to join the next steps') and dX, and db as a column sum. A single
@@ -843,10 +843,17 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
             panel_product(rows, GH, depth, stage, stride, 1, <floating*>w.packed_wi,
                           y_t if d.cell == CELL_RNN else gates_t, GH, False)
         # Likewise on weights read in place (an unrecorded single step): the products
-        # and the bias meet in the kernel, and the gates are written once.
+        # and the bias meet in the kernel, and the gates are written once. The GRU's r and
+        # z join h Whᵀ there too, and its h Wh_nᵀ goes apart into hidden_proj: a product
+        # of its own over all three blocks was one pass more over the gates' rows, and the
+        # input's, with K as short as 32, kept the kernel from its pace (Zen 4 EPYC, one
+        # thread, half a 32,128 step: 16 x 32 x 384 and 16 x 128 x 384 in 5.84 and
+        # 16.12 µs, 16 x 160 x 256, 16 x 32 x 128 and 16 x 128 x 128 in 13.16, 2.01, 5.57).
         fused = stacked or (not d.panels and gates_product(
-            rows, GH, d.n_in, X + t * B * d.n_in, d.n_in, Wi, H if adds_recurrence else 0,
-            h_prev, H, Wh, b, y_t if d.cell == CELL_RNN else gates_t, GH))
+            rows, GH, d.n_in, X + t * B * d.n_in, d.n_in, Wi,
+            H if adds_recurrence or d.cell == CELL_GRU else 0, h_prev, H, Wh, b,
+            y_t if d.cell == CELL_RNN else gates_t, GH,
+            2 * H if d.cell == CELL_GRU else GH, hidden_proj))
         late_bias = NULL
         if not fused:
             # Each step's input projection on top of the bias, just before the step needs
@@ -869,14 +876,15 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
                 step_product(d, rows, 4 * H, H, h_prev, H, Wh, True, pwh, gates_t, 4 * H,
                              True)
             step_elementwise(d, rows, gates_t, NULL, NULL, c_prev, cells + t * kept_stride,
-                             y_t, NULL)
+                             y_t, NULL, False)
             c_prev = cells + t * kept_stride
         elif d.cell == CELL_GRU:
-            step_product(d, rows, 3 * H, H, h_prev, H, Wh, True, pwh, hidden_proj, 3 * H,
-                         False)
+            if not fused:
+                step_product(d, rows, 3 * H, H, h_prev, H, Wh, True, pwh, hidden_proj,
+                             3 * H, False)
             step_elementwise(d, rows, gates_t, hidden_proj, h_prev, NULL,
                              hidden + t * kept_stride if recording else NULL, y_t,
-                             late_bias)
+                             late_bias, fused)
         else:
             step_product(d, rows, 2 * H, H, h_prev, H, Wh, True, pwh, gates_t, 3 * H, True)
             gruv3_reset_forward(rows, H, gates_t, h_prev, hidden + t * kept_stride)
@@ -907,6 +915,7 @@ ctypedef struct StepElementwise:
     void* kept                 # LSTM: c; GRU: h Wh_nᵀ (written forward, read backward,
                                #   where d_n replaces it; NULL in inference)
     const void* bias           # forward, GRU: b where the gates lack it, else NULL
+    bint joined                # forward, GRU: r and z hold h Whᵀ already, and b with them
     void* y                    # the step's output (read backward by the RNN)
     const void* dY             # backward: the step's output gradient
     void* tanh_c               # backward, LSTM: scratch
@@ -933,11 +942,12 @@ cdef inline bint elementwise_pays(const Dims* d, index_t rows) noexcept nogil:
 cdef void step_elementwise(const Dims* d, index_t rows, floating* gates,
                            const floating* hidden_proj, const floating* h_prev,
                            const floating* c_prev, floating* kept, floating* y,
-                           const floating* bias) noexcept nogil:
+                           const floating* bias, bint joined) noexcept nogil:
     cdef StepElementwise job
     job.is_f64, job.backward = floating is double, False
     job.d, job.rows, job.gates, job.hidden_proj = d, rows, gates, hidden_proj
     job.h_prev, job.c_prev, job.kept, job.y, job.bias = h_prev, c_prev, kept, y, bias
+    job.joined = joined
     share(elementwise_part, &job, elementwise_pays(d, rows))
 
 
@@ -966,7 +976,7 @@ cdef void elementwise_rows(const StepElementwise* job, floating* y, index_t r0,
                     <const floating*>job.hidden_proj + r0 * 3 * H,
                     <const floating*>job.h_prev + r0 * H,
                     <floating*>job.kept + r0 * H if job.kept != NULL else NULL, y,
-                    <const floating*>job.bias)
+                    <const floating*>job.bias, job.joined)
 
 
 cdef void lstm_forward(index_t B, index_t H, floating* gates, const floating* c_prev,
@@ -997,10 +1007,11 @@ cdef void lstm_forward(index_t B, index_t H, floating* gates, const floating* c_
 
 cdef void gru_forward(index_t B, index_t H, floating* gates, const floating* hidden_proj,
                       const floating* h_prev, floating* hidden_n, floating* h,
-                      const floating* bias) noexcept nogil:
+                      const floating* bias, bint joined) noexcept nogil:
     # r, z = s(x part + b + h part),  n = tanh(x Wi_nᵀ + b_n + r ⊙ (h Wh_nᵀ)),
     # h' = (1 - z) n + z h = n + z (h - n), with b already in the gates where `bias` is
-    # NULL. Backward needs h Wh_nᵀ: kept in hidden_n (unless NULL).
+    # NULL, and with `joined` the h part of r and z too (hidden_proj then holds only
+    # h Wh_nᵀ). Backward needs h Wh_nᵀ: kept in hidden_n (unless NULL).
     cdef index_t r, j
     cdef floating* reset
     cdef floating* update
@@ -1016,7 +1027,7 @@ cdef void gru_forward(index_t B, index_t H, floating* gates, const floating* hid
         if bias != NULL:
             for j in range(2 * H):
                 reset[j] += bias[j] + p[j]
-        else:
+        elif not joined:
             for j in range(2 * H):
                 reset[j] += p[j]
         logistic_in_place(2 * H, reset)

@@ -949,3 +949,27 @@ def test_inference_over_large_weights_matches_the_recorded_forward(kind, n_in, h
 
     rc.gradient(loss, rc.params(layer))
     _assert_close(inferred, recorded["Y"], rtol=2e-5)
+
+
+@pytest.mark.parametrize("n_in,hidden,batch", [(32, 128, 32), (30, 300, 4), (7, 37, 5),
+                                               (2, 10, 3), (3, 200, 9)])
+def test_gru_steps_on_weights_in_place_match_the_reference(n_in, hidden, batch):
+    # An unrecorded GRU step reads its weights in place: r and z take the input's and the
+    # recurrence's products in one kernel call, and h Wh_nᵀ lands apart for the candidate
+    # (blas.gates_product's `joined` and C2). The shapes take the step's row split (32
+    # rows), the crew's units of W's rows (4 rows, 1.2M multiply-adds: units of 48 rows,
+    # two of them across the r z | n and n | h Wh_nᵀ boundaries), blocks the kernel's rows
+    # do not fill, and the BLAS (3 x 30 x 12, too small for the kernel).
+    rng = np.random.default_rng(17)
+    Wi = rng.standard_normal((3 * hidden, n_in)) * 0.3
+    Wh = rng.standard_normal((3 * hidden, hidden)) * 0.3
+    b = rng.standard_normal(3 * hidden)
+    cell = rc.GRUCell.from_weights(Wi, Wh, b)
+    h = rng.standard_normal((batch, hidden))
+    for _ in range(3):
+        x = rng.standard_normal((batch, n_in))
+        expected = ref.gru_step(Wi, Wh, b, h, x)
+        h_next, y = cell(h, x)
+        _assert_close(np.asarray(h_next), expected, rtol=1e-12, what="h'")
+        _assert_close(np.asarray(y), expected, rtol=1e-12, what="y")
+        h = np.asarray(h_next)
