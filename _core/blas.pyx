@@ -776,10 +776,12 @@ cdef bint queue_product(const DeferredProduct* p) noexcept nogil:
             or not (crew_holds() or crew_hold())):
         return False
     # A slot is free only once the job DEFER_QUEUE before has finished. Jobs of one
-    # gradient may wait in the queue together (run_job keeps their order).
+    # gradient may wait in the queue together (run_job keeps their order). A full queue
+    # means the helper is behind: while it runs that job, this thread takes the next ones
+    # waiting rather than spin.
     n = deferred_queued(q)
     if n >= DEFER_QUEUE:
-        wait_job(q, n - DEFER_QUEUE)
+        wait_job(q, n - DEFER_QUEUE, n - 1)
     memcpy(queued_job(q, n), p, sizeof(DeferredProduct))
     deferred_publish(q)
     if deferred_draining(q):
@@ -793,7 +795,7 @@ cdef bint queue_product(const DeferredProduct* p) noexcept nogil:
     deferred_set_draining(q, 1)
     if not crew_post(drain_queue, NULL):
         deferred_set_draining(q, 0)
-        wait_job(q, n)         # run here
+        wait_job(q, n, n)      # run here
     return True
 
 
@@ -819,12 +821,13 @@ cdef void run_job(DeferredQueue* q, long n) noexcept nogil:
     deferred_mark_done(q, n)
 
 
-cdef void wait_job(DeferredQueue* q, long n) noexcept nogil:
-    # Until job n is done; jobs up to it that nobody has claimed yet run here.
+cdef void wait_job(DeferredQueue* q, long n, long last) noexcept nogil:
+    # Until job n is done; jobs up to `last` (n or later) that nobody has claimed yet run
+    # here meanwhile.
     cdef long m
     cdef unsigned long spins = 0
     while not deferred_done(q, n):
-        m = deferred_claim_upto(q, n)
+        m = deferred_claim_upto(q, last)
         if m >= 0:
             run_job(q, m)
         else:
@@ -850,9 +853,10 @@ cdef void settle_deferred(const void* start, size_t nbytes) noexcept nogil:
         q.retired += 1
     for n in range(q.retired, queued):
         job = queued_job(q, n)
-        if start == NULL or deferred_writes(job, <const char*>start,
-                                            <const char*>start + nbytes):
-            wait_job(q, n)
+        if start == NULL:
+            wait_job(q, n, queued - 1)     # all of them: none left to spin past
+        elif deferred_writes(job, <const char*>start, <const char*>start + nbytes):
+            wait_job(q, n, n)
 
 
 cdef bint segments_product(const DeferredProduct* p, floating* C) noexcept nogil:

@@ -274,7 +274,9 @@ _CLAIMED_UNITS = """
 # gradient) and another's computed as
 # P / 2 (that node reads its gradient mid-pass); then 9 steps of one layer, whose last
 # step's products run when the pass ends, as soon as the first 8 steps' have gone to the
-# background. Prints one digest per repetition.
+# background; then 100 steps of 32 rows, whose 24 products fill the queue, so that the
+# calling thread takes queued ones too, beside the helper (queue_product). Prints one
+# digest per repetition.
 _BACKGROUND_GRADIENTS = """
     import hashlib
     import numpy as np
@@ -303,12 +305,20 @@ _BACKGROUND_GRADIENTS = """
         rc.reset(short)
         return sum(rc.sum(short(x) ** 2) for x in X9)
 
+    long = rc.GRU(32, 128, rng=rng)
+    X100 = rng.standard_normal((100, 32, 32)).astype(np.float32)
+
+    def long_loss():
+        rc.reset(long)
+        return sum(rc.sum(long(x) ** 2) for x in X100)
+
     def digest(f, ws):
         grads = rc.gradient(f, ws)
         return hashlib.sha1(b"".join(np.asarray(grads[p]).tobytes() for p in ws)).hexdigest()
 
     for _ in range(10):
-        print(digest(loss, ps)[:16], digest(short_loss, rc.params(short))[:16])
+        print(digest(loss, ps)[:16], digest(short_loss, rc.params(short))[:16],
+              digest(long_loss, rc.params(long))[:16])
 """
 
 
