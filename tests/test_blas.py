@@ -274,8 +274,8 @@ _CLAIMED_UNITS = """
 # gradient) and another's computed as
 # P / 2 (that node reads its gradient mid-pass); then 9 steps of one layer, whose last
 # step's products run when the pass ends, as soon as the first 8 steps' have gone to the
-# background; then 100 steps of 32 rows, whose 24 products fill the queue, so that the
-# calling thread takes queued ones too, beside the helper (queue_product). Prints one
+# background; then 100 steps of 32 rows, whose 25 or so products fill the queue, so that
+# the calling thread takes queued ones too, beside the helper (queue_product). Prints one
 # digest per repetition.
 _BACKGROUND_GRADIENTS = """
     import hashlib
