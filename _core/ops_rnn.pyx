@@ -814,7 +814,8 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
     cdef floating* y_t
     cdef index_t t, r
     cdef bint stacked = stacks(d)
-    # Whether the recurrence's product joins the input's (the GRUs keep h Whᵀ apart).
+    # Whether the recurrence's product joins the input's on every gate (the GRUs keep h Whᵀ
+    # apart, but for the GRU's r and z on weights read in place: gates_product below).
     cdef bint adds_recurrence = d.cell == CELL_RNN or d.cell == CELL_LSTM
     cdef bint fused
     cdef const floating* late_bias     # GRU: b, where the gates do not hold it yet
@@ -848,7 +849,9 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
         # of its own over all three blocks was one pass more over the gates' rows, and the
         # input's, with K as short as 32, kept the kernel from its pace (Zen 4 EPYC, one
         # thread, half a 32,128 step: 16 x 32 x 384 and 16 x 128 x 384 in 5.84 and
-        # 16.12 µs, 16 x 160 x 256, 16 x 32 x 128 and 16 x 128 x 128 in 13.16, 2.01, 5.57).
+        # 16.12 µs, 16 x 160 x 256, 16 x 32 x 128 and 16 x 128 x 128 in 13.16, 2.01, 5.57;
+        # bench/ stepwise inference, medians of alternate processes: 32,128 5.46 -> 5.20 ms
+        # on one thread, 3.15 -> 2.91 on two; 64,256 and 128,512 5% faster).
         fused = stacked or (not d.panels and gates_product(
             rows, GH, d.n_in, X + t * B * d.n_in, d.n_in, Wi,
             H if adds_recurrence or d.cell == CELL_GRU else 0, h_prev, H, Wh, b,
