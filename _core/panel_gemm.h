@@ -97,6 +97,21 @@
  * process (Xeon with AVX-512, 2 vCPUs): RNN 32,64,16,50 inference 0.139 -> 0.080 ms,
  * LSTM 0.314 -> 0.231; RNN 32,128,32,100 0.86 -> 0.66, LSTM 2.53 -> 2.28. */
 
+/* Rows of a block of W read in place (panel_gemm_transposed) when W's rows lie a multiple
+ * of ALIASING_BYTES apart. The kernel walks a block's rows side by side, a value of k from
+ * each; at such a distance all of them map to one set of the L1 cache, and PANEL_ROWS of
+ * them, more than the set's 8 ways, evict each other's lines before the lines' other
+ * values of k are used. A block of 8 fits the set (Zen 4 EPYC, one thread, GFLOP/s, 12
+ * rows -> 8: 32 x 1024 x 4096 100.4 -> 106.3; W's rows padded to 1040 values instead,
+ * 106.5; `Dense(1024, 1024)` on 16 rows 396 -> 304-309 µs, on two threads 216 -> 167;
+ * `Dense(1024, 4096)` on 32 rows 2.68-2.75 -> 2.49-2.59 ms, on two threads 1.38-1.47 ->
+ * 1.29-1.37; bench/ 256,1024,32,25 inference, medians of alternate processes, one
+ * thread: LSTM sequence 83.5 -> 79.2 ms, stepwise 86.8 -> 82.4, GRU sequence 62.9 ->
+ * 59.9, RNN unchanged; two threads: LSTM 43.8 -> 42.0, GRU 32.3 -> 30.4). Timed while the
+ * machine ran slower, the same products seemed to gain nothing. */
+#define ALIASING_BYTES 4096
+#define ALIASED_ROWS (PANEL_ROWS < 8 ? PANEL_ROWS : 8)
+
 /* __builtin_shuffle, for transpose, is GCC's; elsewhere packing stays scalar (and a
  * stand-in lets the transpose, never called there, compile). */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -637,16 +652,63 @@ static void few_rows_##suffix(ptrdiff_t M, ptrdiff_t K, const scalar* A, ptrdiff
     }                                                                                       \
 }                                                                                           \
                                                                                             \
+/* Rows [i, i + rows) of W, rows <= PANEL_ROWS, against every panel of Aᵀ (and of A2ᵀ),     \
+ * into C's columns [i, i + rows): panel_gemm_transposed's block. */                        \
+static inline __attribute__((always_inline)) void                                           \
+transposed_block_##suffix(ptrdiff_t i, ptrdiff_t rows, ptrdiff_t M, ptrdiff_t K,            \
+                          const scalar* packed, const scalar* packed_end, const scalar* W,  \
+                          ptrdiff_t ldw, ptrdiff_t K2, const scalar* packed2,               \
+                          const scalar* packed2_end, const scalar* W2, ptrdiff_t ldw2,      \
+                          const scalar* bias, scalar* C, ptrdiff_t ldc, int accumulate,     \
+                          scalar* tile)                                                     \
+{                                                                                           \
+    for (ptrdiff_t m0 = 0; m0 < M; m0 += PANEL_##suffix) {                                  \
+        ptrdiff_t width = M - m0 < PANEL_##suffix ? M - m0 : PANEL_##suffix;                \
+        /* Columns of Aᵀ past `width` are zero: a panel at most half full (a batch of       \
+         * up to LANES rows) is computed on its first vector alone (AVX-512, Zen 5, one     \
+         * thread: 16 x 256 x 96 99 -> 156 GFLOP/s; bench/ stepwise inference, medians of   \
+         * 6 alternate runs: GRU 32,64,16,50 0.69 -> 0.46 ms, LSTM 0.88 -> 0.73). */        \
+        if (width <= LANES_##suffix) {                                                      \
+            panel_rows_##suffix(rows, 1, K, W + i * ldw, ldw, 1, packed + m0 * K,           \
+                                PANEL_##suffix, packed_end, tile, PANEL_##suffix,           \
+                                LANES_##suffix, 0);                                         \
+            if (K2 > 0)                                                                     \
+                panel_rows_##suffix(rows, 1, K2, W2 + i * ldw2, ldw2, 1,                    \
+                                    packed2 + m0 * K2, PANEL_##suffix, packed2_end,         \
+                                    tile, PANEL_##suffix, LANES_##suffix, 1);               \
+        } else {                                                                            \
+            panel_rows_##suffix(rows, 2, K, W + i * ldw, ldw, 1, packed + m0 * K,           \
+                                PANEL_##suffix, packed_end, tile, PANEL_##suffix,           \
+                                PANEL_##suffix, 0);                                         \
+            if (K2 > 0)                                                                     \
+                panel_rows_##suffix(rows, 2, K2, W2 + i * ldw2, ldw2, 1,                    \
+                                    packed2 + m0 * K2, PANEL_##suffix, packed2_end,         \
+                                    tile, PANEL_##suffix, PANEL_##suffix, 1);               \
+        }                                                                                   \
+        if (bias != NULL)                                                                   \
+            for (ptrdiff_t r = 0; r < rows; r++)                                            \
+                for (ptrdiff_t m = 0; m < width; m++)                                       \
+                    tile[r * PANEL_##suffix + m] += bias[i + r];                            \
+        for (ptrdiff_t m = 0; m < width; m++) {                                             \
+            scalar* c = C + (m0 + m) * ldc + i;                                             \
+            if (accumulate)                                                                 \
+                for (ptrdiff_t r = 0; r < rows; r++) c[r] += tile[r * PANEL_##suffix + m];  \
+            else                                                                            \
+                for (ptrdiff_t r = 0; r < rows; r++) c[r] = tile[r * PANEL_##suffix + m];   \
+        }                                                                                   \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
 /* C (M x N) [+]= A Wᵀ for a W of N rows (ldw apart) and K columns, computed as its         \
  * transpose W Aᵀ: W, the large operand, is read where it is, a block of PANEL_ROWS rows at  \
- * a time, and only Aᵀ, K x M and small when A is a batch of rows, is packed (`packed`,      \
- * by panel_pack with k_stride 1). Each block of W (PANEL_ROWS x K) meets every panel of Aᵀ  \
- * while it is in cache, and the block of Cᵀ it gives is written into C's columns. Rows      \
- * [first_row, end_row) of W, which are C's columns. With K2 > 0 a second product A2 W2ᵀ     \
- * (A2ᵀ in packed2, W2 of N rows and K2 columns) adds into the same block before it is       \
- * written, and with `bias` (N values, or NULL) so does bias[n] on every row: a recurrent    \
- * step's gates, x Wiᵀ + h Whᵀ + b, leave the kernel once rather than pass through C three \
- * times. */                                                                                \
+ * a time (ALIASED_ROWS at most where they alias), and only Aᵀ, K x M and small when A is a \
+ * batch of rows, is packed (`packed`, by panel_pack with k_stride 1). Each block of W      \
+ * (rows x K) meets every panel of Aᵀ while it is in cache, and the block of Cᵀ it gives is \
+ * written into C's columns. Rows [first_row, end_row) of W, which are C's columns. With  \
+ * K2 > 0 a second product A2 W2ᵀ (A2ᵀ in packed2, W2 of N rows and K2 columns) adds into \
+ * the same block before it is written, and with `bias` (N values, or NULL) so does bias[n] \
+ * on every row: a recurrent step's gates, x Wiᵀ + h Whᵀ + b, leave the kernel once rather  \
+ * than pass through C three times. */                                                      \
 static void panel_gemm_transposed_##suffix(ptrdiff_t M, ptrdiff_t K, const scalar* packed,  \
                                            const scalar* W, ptrdiff_t ldw, ptrdiff_t K2,     \
                                            const scalar* packed2, const scalar* W2,          \
@@ -661,44 +723,28 @@ static void panel_gemm_transposed_##suffix(ptrdiff_t M, ptrdiff_t K, const scala
     const scalar* packed_end = packed + panel_size_##suffix(K, M);                          \
     const scalar* packed2_end = K2 > 0 ? packed2 + panel_size_##suffix(K2, M) : packed2;     \
     if (K2 > 0 && packed2 == packed_end) packed_end = packed2_end;                          \
-    for (ptrdiff_t i = first_row; i < end_row; i += PANEL_ROWS) {                           \
-        ptrdiff_t rows = end_row - i < PANEL_ROWS ? end_row - i : PANEL_ROWS;               \
-        for (ptrdiff_t m0 = 0; m0 < M; m0 += PANEL_##suffix) {                              \
-            ptrdiff_t width = M - m0 < PANEL_##suffix ? M - m0 : PANEL_##suffix;            \
-            /* Columns of Aᵀ past `width` are zero: a panel at most half full (a batch of   \
-             * up to LANES rows) is computed on its first vector alone (AVX-512, Zen 5, one  \
-             * thread: 16 x 256 x 96 99 -> 156 GFLOP/s; bench/ stepwise inference, medians of \
-             * 6 alternate runs: GRU 32,64,16,50 0.69 -> 0.46 ms, LSTM 0.88 -> 0.73). */      \
-            if (width <= LANES_##suffix) {                                                  \
-                panel_rows_##suffix(rows, 1, K, W + i * ldw, ldw, 1, packed + m0 * K,        \
-                                    PANEL_##suffix, packed_end, tile, PANEL_##suffix,       \
-                                    LANES_##suffix, 0);                                     \
-                if (K2 > 0)                                                                 \
-                    panel_rows_##suffix(rows, 1, K2, W2 + i * ldw2, ldw2, 1,                \
-                                        packed2 + m0 * K2, PANEL_##suffix, packed2_end,     \
-                                        tile, PANEL_##suffix, LANES_##suffix, 1);           \
-            } else {                                                                        \
-                panel_rows_##suffix(rows, 2, K, W + i * ldw, ldw, 1, packed + m0 * K,        \
-                                    PANEL_##suffix, packed_end, tile, PANEL_##suffix,       \
-                                    PANEL_##suffix, 0);                                     \
-                if (K2 > 0)                                                                 \
-                    panel_rows_##suffix(rows, 2, K2, W2 + i * ldw2, ldw2, 1,                \
-                                        packed2 + m0 * K2, PANEL_##suffix, packed2_end,     \
-                                        tile, PANEL_##suffix, PANEL_##suffix, 1);           \
-            }                                                                               \
-            if (bias != NULL)                                                               \
-                for (ptrdiff_t r = 0; r < rows; r++)                                        \
-                    for (ptrdiff_t m = 0; m < width; m++)                                   \
-                        tile[r * PANEL_##suffix + m] += bias[i + r];                        \
-            for (ptrdiff_t m = 0; m < width; m++) {                                         \
-                scalar* c = C + (m0 + m) * ldc + i;                                         \
-                if (accumulate)                                                             \
-                    for (ptrdiff_t r = 0; r < rows; r++) c[r] += tile[r * PANEL_##suffix + m]; \
-                else                                                                        \
-                    for (ptrdiff_t r = 0; r < rows; r++) c[r] = tile[r * PANEL_##suffix + m]; \
-            }                                                                               \
+    /* Aliased, W's rows go in the fewest blocks of ALIASED_ROWS at most, as even as can    \
+     * be; otherwise in blocks of PANEL_ROWS and what is left (evened, 16 x 64 x 256 lost   \
+     * 5%). Each loop inlines its own copy of the block: one loop choosing between the two  \
+     * sizes made products whose rows do not alias 1-5% slower (16 x 64 x 256, 16 x 32 x   \
+     * 256, and a recurrent step's 16 x 32 x 256 with 64 more columns of h). */             \
+    const int aliased = (ldw * (ptrdiff_t)sizeof(scalar)) % ALIASING_BYTES == 0             \
+        || (K2 > 0 && (ldw2 * (ptrdiff_t)sizeof(scalar)) % ALIASING_BYTES == 0);            \
+    if (!aliased)                                                                           \
+        for (ptrdiff_t i = first_row; i < end_row; i += PANEL_ROWS)                         \
+            transposed_block_##suffix(i, end_row - i < PANEL_ROWS ? end_row - i         \
+                                         : PANEL_ROWS, M, K, packed, packed_end, W, ldw,    \
+                                      K2, packed2, packed2_end, W2, ldw2, bias, C, ldc,     \
+                                      accumulate, tile);                                    \
+    else                                                                                    \
+        for (ptrdiff_t i = first_row, rows; i < end_row; i += rows) {                       \
+            ptrdiff_t left = end_row - i;                                                   \
+            ptrdiff_t blocks = (left + ALIASED_ROWS - 1) / ALIASED_ROWS;                    \
+            rows = (left + blocks - 1) / blocks;                                            \
+            transposed_block_##suffix(i, rows, M, K, packed, packed_end, W, ldw, K2,        \
+                                      packed2, packed2_end, W2, ldw2, bias, C, ldc,         \
+                                      accumulate, tile);                                    \
         }                                                                                   \
-    }                                                                                       \
 }
 
 DEFINE_PANEL_GEMM(float, f, int32_t)

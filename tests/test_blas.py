@@ -72,6 +72,21 @@ def test_dense_layer_on_the_panel_path_matches_numpy():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_weights_whose_rows_lie_4_kb_apart_match_numpy(dtype):
+    # A Dense layer's x Wᵀ reads W in place a block of rows at a time; with its rows 4 KB
+    # apart (1024 float32 inputs, 512 float64) the blocks are of at most 8 rows, as even as
+    # can be, so output counts that are no multiple of 8 or 12 take blocks of every size.
+    n_in = 4096 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(n_in)
+    for n_out in (37, 203):
+        layer = rc.Dense(n_in, n_out, dtype=dtype)
+        W, b = np.asarray(layer.W).astype(np.float64), np.asarray(layer.b).astype(np.float64)
+        for rows in (1, 7, 16, 33):
+            x = rng.standard_normal((rows, n_in)).astype(dtype)
+            _close(np.asarray(layer(x)), x.astype(np.float64) @ W.T + b, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("bias", [True, False])
 def test_products_with_few_columns_match_numpy(dtype, bias):
     # A Wᵀ with at most 4 columns runs on its own kernel (panel_gemm.h's few_columns): a
