@@ -724,18 +724,20 @@ static void panel_gemm_transposed_##suffix(ptrdiff_t M, ptrdiff_t K, const scala
     const scalar* packed2_end = K2 > 0 ? packed2 + panel_size_##suffix(K2, M) : packed2;     \
     if (K2 > 0 && packed2 == packed_end) packed_end = packed2_end;                          \
     /* Aliased, W's rows go in the fewest blocks of ALIASED_ROWS at most, as even as can    \
-     * be; otherwise in blocks of PANEL_ROWS and what is left (evened, 16 x 64 x 256 lost   \
-     * 5%). Each loop inlines its own copy of the block: one loop choosing between the two  \
-     * sizes made products whose rows do not alias 1-5% slower (16 x 64 x 256, 16 x 32 x   \
-     * 256, and a recurrent step's 16 x 32 x 256 with 64 more columns of h). */             \
+     * be; otherwise in blocks of PANEL_ROWS and what is left (evening those out as well    \
+     * made 16 x 64 x 256 5% slower). Each loop inlines its own copy of the block: one loop \
+     * choosing between the two sizes made products whose rows do not alias 1-5% slower     \
+     * (16 x 64 x 256, 16 x 32 x 256, and a recurrent step's 16 x 32 x 256 with 64 more     \
+     * columns of h). */                                                                    \
     const int aliased = (ldw * (ptrdiff_t)sizeof(scalar)) % ALIASING_BYTES == 0             \
         || (K2 > 0 && (ldw2 * (ptrdiff_t)sizeof(scalar)) % ALIASING_BYTES == 0);            \
     if (!aliased)                                                                           \
-        for (ptrdiff_t i = first_row; i < end_row; i += PANEL_ROWS)                         \
-            transposed_block_##suffix(i, end_row - i < PANEL_ROWS ? end_row - i         \
-                                         : PANEL_ROWS, M, K, packed, packed_end, W, ldw,    \
-                                      K2, packed2, packed2_end, W2, ldw2, bias, C, ldc,     \
+        for (ptrdiff_t i = first_row; i < end_row; i += PANEL_ROWS) {                       \
+            ptrdiff_t rows = end_row - i < PANEL_ROWS ? end_row - i : PANEL_ROWS;           \
+            transposed_block_##suffix(i, rows, M, K, packed, packed_end, W, ldw, K2,        \
+                                      packed2, packed2_end, W2, ldw2, bias, C, ldc,         \
                                       accumulate, tile);                                    \
+        }                                                                                   \
     else                                                                                    \
         for (ptrdiff_t i = first_row, rows; i < end_row; i += rows) {                       \
             ptrdiff_t left = end_row - i;                                                   \
