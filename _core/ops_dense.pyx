@@ -7,6 +7,7 @@ from recur._core.tape cimport (Node, Tape, index_t, recording_tape, constant, is
                                value_of)
 from recur._core.blas cimport gemm, blas_int, defer_product
 from recur._core.registry cimport OP_MATMUL, OP_DENSE
+from recur._core.pool cimport new_array
 
 cnp.import_array()
 
@@ -150,7 +151,7 @@ def dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int act, tup
     cdef int nd = len(out_shape), i
     for i in range(nd):
         dims[i] = out_shape[i]
-    cdef cnp.ndarray y = cnp.PyArray_EMPTY(nd, dims, cnp.PyArray_TYPE(W), 0)
+    cdef cnp.ndarray y = new_array(nd, dims, cnp.PyArray_TYPE(W))
     cdef void* bias = NULL if b is None else cnp.PyArray_DATA(<cnp.ndarray?>b)
     cdef Tape tape
     cdef Node* node

@@ -13,6 +13,7 @@ cimport numpy as cnp
 from recur._core.tape cimport Node, index_t, is_tensor, record_pair
 from recur._core.registry cimport *
 from recur._core.strided cimport next_row
+from recur._core.pool cimport new_array
 
 cnp.import_array()
 
@@ -37,7 +38,7 @@ def same_shape_arithmetic(int op, object a, object b):
             or (cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT and cnp.PyArray_TYPE(x) != cnp.NPY_DOUBLE)
             or not cnp.PyArray_SAMESHAPE(x, y)):
         return None
-    out = cnp.PyArray_EMPTY(x.ndim, cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+    out = new_array(x.ndim, cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x))
     n = cnp.PyArray_SIZE(out)
     if cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE:
         arithmetic_forward(op, n, <double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(y),

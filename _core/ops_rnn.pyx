@@ -33,6 +33,7 @@ from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, p
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
+from recur._core.pool cimport new_array
 
 cdef extern from "memory.h" nogil:
     int BUFFER_LAYER
@@ -327,7 +328,8 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
         empty = np.empty((0, d.B, d.H), dtype=X_value.dtype)
         return constant(empty), ((h, c) if lstm else h)
     # The node's value through the C API: a stepwise loop makes one per step, and
-    # np.empty's lookup and argument parsing cost more than the allocation.
+    # np.empty's lookup and argument parsing cost more than the allocation; its memory is
+    # the pool's (pool.pyx), which the loop's previous steps gave back.
     nd = 0
     if is_sequence:
         dims[0], dims[1], dims[2], nd = d.T + lstm, d.B, d.H, 3
@@ -337,7 +339,7 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
         if batched:
             dims[nd], nd = d.B, nd + 1
         dims[nd], nd = d.H, nd + 1
-    value = cnp.PyArray_EMPTY(nd, dims, cnp.PyArray_TYPE(X_value), 0)
+    value = new_array(nd, dims, cnp.PyArray_TYPE(X_value))
     itemsize = X_value.itemsize
     for i in range(N_INPUTS):
         data[i] = NULL if arrays[i] is None else cnp.PyArray_DATA(<cnp.ndarray>arrays[i])

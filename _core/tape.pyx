@@ -4,11 +4,12 @@
 import threading
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memset, memcpy
-from numpy import empty as np_empty, float32 as np_float32, float64 as np_float64
+from numpy import empty as np_empty
 from cpython.object cimport PyObject, PyTypeObject
 cimport numpy as cnp
 from recur._core.registry cimport OP_LEAF, OP_ALIAS
 from recur._core.blas cimport flush_deferred, settle_deferred, forget_packed, share
+from recur._core.pool cimport new_array
 
 cdef extern from "memory.h" nogil:
     void* aligned_block(size_t nbytes)
@@ -334,6 +335,7 @@ cdef class Tape:
         cdef Node* node
         cdef size_t itemsize
         cdef cnp.ndarray param_grad
+        cdef cnp.npy_intp size
         if root < 0 or root >= self.n_nodes:
             raise IndexError(f"node {root} is not on the tape")
         if self.backward_done:
@@ -369,7 +371,8 @@ cdef class Tape:
                 # A parameter's gradient is written straight into the array grad_of hands
                 # out, rather than copied there from scratch memory after the pass (bench/
                 # LSTM 256,1024: 21 MB of gradients, every training step).
-                param_grad = np_empty(node.size, np_float64 if node.is_f64 else np_float32)
+                size = node.size
+                param_grad = new_array(1, &size, cnp.NPY_DOUBLE if node.is_f64 else cnp.NPY_FLOAT)
                 self.param_grads[i] = param_grad
                 node.grad = cnp.PyArray_DATA(param_grad)
             else:
