@@ -7,7 +7,7 @@ from recur._core.tape cimport (Node, Tape, index_t, recording_tape, constant, is
                                value_of)
 from recur._core.blas cimport gemm, blas_int, defer_product
 from recur._core.registry cimport OP_MATMUL, OP_DENSE
-from recur._core.pool cimport new_array
+from recur._core.pool cimport new_array_shaped
 
 cnp.import_array()
 
@@ -51,7 +51,7 @@ cdef void activation_grad(int act, Py_ssize_t n, const floating* y, const floati
 
 def matmul(a_in, b_in, cnp.ndarray a, cnp.ndarray b, index_t batch, index_t m, index_t inner,
            index_t n, index_t stride_a, index_t stride_b, out_shape):
-    cdef cnp.ndarray c = np.empty(out_shape, dtype=a.dtype)
+    cdef cnp.ndarray c = new_array_shaped(out_shape, cnp.PyArray_TYPE(a))
     cdef Tape tape
     cdef Node* node
     cdef index_t id_a, id_b, k
@@ -147,11 +147,7 @@ def call(layer, x, prepare, activations):
 def dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int act, tuple out_shape):
     cdef index_t rows = cnp.PyArray_SIZE(x) // W.shape[1] if W.shape[1] else 0
     cdef index_t n_in = W.shape[1], n_out = W.shape[0]
-    cdef cnp.npy_intp dims[64]     # NPY_MAXDIMS of numpy 2
-    cdef int nd = len(out_shape), i
-    for i in range(nd):
-        dims[i] = out_shape[i]
-    cdef cnp.ndarray y = new_array(nd, dims, cnp.PyArray_TYPE(W))
+    cdef cnp.ndarray y = new_array_shaped(out_shape, cnp.PyArray_TYPE(W))
     cdef void* bias = NULL if b is None else cnp.PyArray_DATA(<cnp.ndarray?>b)
     cdef Tape tape
     cdef Node* node

@@ -179,6 +179,16 @@ cdef cnp.ndarray new_array(int nd, const cnp.npy_intp* dims, int typenum):
     return array
 
 
+cdef cnp.ndarray new_array_shaped(tuple shape, int typenum):
+    cdef cnp.npy_intp dims[64]         # NPY_MAXDIMS of numpy 2
+    cdef int nd = len(shape), i
+    if nd > 64:
+        return cnp.PyArray_EMPTY(0, NULL, typenum, 0).reshape(shape)   # numpy's own error
+    for i in range(nd):
+        dims[i] = shape[i]
+    return new_array(nd, dims, typenum)
+
+
 def kept():
     """(blocks, bytes) the pool holds for the next arrays (for tests)."""
     cdef Py_ssize_t blocks = 0

@@ -4,12 +4,11 @@
 import threading
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memset, memcpy
-from numpy import empty as np_empty
 from cpython.object cimport PyObject, PyTypeObject
 cimport numpy as cnp
 from recur._core.registry cimport OP_LEAF, OP_ALIAS
 from recur._core.blas cimport flush_deferred, settle_deferred, forget_packed, share
-from recur._core.pool cimport new_array
+from recur._core.pool cimport new_array, new_array_shaped
 
 cdef extern from "memory.h" nogil:
     void* aligned_block(size_t nbytes)
@@ -414,7 +413,7 @@ cdef class Tape:
         if out is not None and node_id not in self.handed_out and out.dtype == dtype:
             self.handed_out.add(node_id)        # a second call gets a copy of its own
             return out.reshape(shape)
-        out = np_empty(shape, dtype)
+        out = new_array_shaped(tuple(shape), cnp.NPY_DOUBLE if node.is_f64 else cnp.NPY_FLOAT)
         memcpy(cnp.PyArray_DATA(out), node.grad, gradient_bytes(node))
         return out
 

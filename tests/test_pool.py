@@ -120,3 +120,34 @@ def test_new_sizes_keep_being_pooled_after_many_others():
         reused = [rc.Dense(4, n_out)(np.ones((8, 4), np.float32)) for _ in range(2)]
         assert pool.kept()[0] == blocks - 2, n_out
         del reused
+
+
+def test_gradients_kept_from_one_step_survive_the_next():
+    rng = np.random.default_rng(5)
+    m = rc.Chain(rc.LSTM(8, 64), rc.Dense(64, 3))
+    X = rng.standard_normal((10, 16, 8)).astype(np.float32)
+    Y = rng.standard_normal((10, 16, 3)).astype(np.float32)
+
+    def loss():
+        rc.reset(m)
+        return rc.mse(m(X), Y)
+
+    first = rc.gradient(loss, m)
+    copies = {p: np.array(g) for p, g in first.items()}
+    second = rc.gradient(loss, m)
+    for p, g in first.items():
+        assert not np.shares_memory(g, second[p])
+        np.testing.assert_array_equal(g, copies[p])
+        np.testing.assert_array_equal(second[p], copies[p])
+
+
+def test_products_take_pooled_memory():
+    a = rc.Tensor(np.ones((16, 64), np.float32))
+    b = np.ones((64, 64), np.float32)
+    products = [a @ b for _ in range(3)]
+    del products
+    gc.collect()
+    blocks, _ = pool.kept()
+    product = a @ b
+    assert pool.kept()[0] == blocks - 1
+    np.testing.assert_array_equal(np.asarray(product), np.full((16, 64), 64, np.float32))
