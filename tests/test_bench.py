@@ -65,3 +65,20 @@ def test_targets_follow_issue_5(style, mode, model, hidden, ratio, fraction, mis
     suite = load_suite()
     row = {"targets": suite.targets(model, style, mode, hidden)}
     assert suite.missed_targets(row, ratio, fraction) == missed
+
+
+def test_new_process_loop_reports_a_row_for_every_cell(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "bench_new_process", SUITE_PATH.parent / "new_process.py")
+    new_process = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(new_process)
+
+    new_process.main(["--rounds", "1", "--seconds", "0.05", "--configs", "8,16,2,5"])
+
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and "8,16,2,5" in line]
+    assert [row[0].strip() for row in rows] == ["rnn", "lstm", "gru"]
+    for row in rows:
+        recur_ms, recur_faults, torch_ms, torch_faults, ratio = map(float, row[2:])
+        assert recur_ms > 0 and torch_ms > 0 and recur_faults >= 0 and torch_faults >= 0
+        assert ratio == pytest.approx(torch_ms / recur_ms, rel=0.01)
