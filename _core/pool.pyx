@@ -11,10 +11,12 @@ against 4.0 with this pool. Kept here, a block comes back without a fault, and s
 
 Only blocks from NUMPY_CACHED_BYTES to POOLED_MAX_BYTES are kept, and KEPT_MAX_BYTES of them
 at most, the sizes given back least recently going first: numpy keeps smaller ones itself,
-and a larger block's first free raises glibc's own thresholds above it. Arrays own their block through a `PooledBlock` as their base.
-A block in an array's use is reported to tracemalloc in numpy's domain, as numpy reports
-its own, so memory tracing sees recur's arrays as it sees any other. Everything here runs
-under the GIL (arrays are made and freed by Python code), which is the pool's only lock."""
+and a larger block's first free raises glibc's own thresholds above it.
+
+Arrays own their block through a `PooledBlock` as their base. A block in an array's use is
+reported to tracemalloc in numpy's domain, as numpy reports its own, so memory tracing sees
+recur's arrays as it sees any other. Everything here runs under the GIL (arrays are made
+and freed by Python code), which is the pool's only lock."""
 cimport cython
 cimport numpy as cnp
 from libc.stdlib cimport free, realloc
@@ -183,7 +185,7 @@ cdef cnp.ndarray new_array_shaped(tuple shape, int typenum):
     cdef cnp.npy_intp dims[64]         # NPY_MAXDIMS of numpy 2
     cdef int nd = len(shape), i
     if nd > 64:
-        return cnp.PyArray_EMPTY(0, NULL, typenum, 0).reshape(shape)   # numpy's own error
+        raise ValueError(f"an array has at most 64 dimensions, got shape {shape}")
     for i in range(nd):
         dims[i] = shape[i]
     return new_array(nd, dims, typenum)
