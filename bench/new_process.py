@@ -34,7 +34,8 @@ if engine == "recur":
 else:
     import torch
     torch.set_grad_enabled(False)
-    step = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}[cell](F, H)
+    cells = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
+    step = cells[cell](F, H)
     xs = [torch.from_numpy(x) for x in xs]
     def one_pass():
         state = (torch.zeros(B, H), torch.zeros(B, H)) if cell == "lstm" else torch.zeros(B, H)
@@ -70,11 +71,12 @@ def main(argv=None):
     parser.add_argument("--configs", nargs="+", default=CONFIGS)
     parser.add_argument("--engines", nargs="+", default=["recur", "torch"])
     args = parser.parse_args(argv)
+    with_ratio = args.engines == ["recur", "torch"]
     print(f"Stepwise inference of a layer alone, each sample a new process "
           f"({args.rounds} rounds of {args.seconds} s, medians)\n")
     print("| cell | F,H,B,T | " + " | ".join(f"{e} ms | {e} faults/step" for e in args.engines)
-          + (" | torch/recur |" if args.engines == ["recur", "torch"] else " |"))
-    print("|---|---|" + "--:|--:|" * len(args.engines) + ("--:|" if len(args.engines) == 2 else ""))
+          + (" | torch/recur |" if with_ratio else " |"))
+    print("|---|---|" + "--:|--:|" * len(args.engines) + ("--:|" if with_ratio else ""))
     for config in args.configs:
         for cell in CELLS:
             runs = {engine: [] for engine in args.engines}
@@ -86,7 +88,7 @@ def main(argv=None):
                        for engine in args.engines}
             row = f"| {cell} | {config} | " + " | ".join(
                 f"{medians[e][0]:.4g} | {medians[e][1]:.2f}" for e in args.engines)
-            if args.engines == ["recur", "torch"]:
+            if with_ratio:
                 row += f" | {medians['torch'][0] / medians['recur'][0]:.2f}"
             print(row + " |", flush=True)
 
