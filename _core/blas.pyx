@@ -135,6 +135,7 @@ cdef extern from "crew.h" nogil:
     void crew_claims_reset(crew_claims* claims, long units)
     long crew_claim(crew_claims* claims, int part)
     int crew_keep_alone(int alone)
+    long crew_now_ns()
 
 
 cdef enum:
@@ -472,6 +473,39 @@ PANEL_KERNEL_BUILT = PANEL_KERNEL
 
 cdef void share(crew_task task, void* arg, bint split) noexcept nogil:
     crew_run(task, arg, split)
+
+
+cdef void nothing_part(void* arg, int part, int parts) noexcept nogil:
+    # A task with no work: what remains of sharing it is the hand-over itself. The helper's
+    # part counts itself, in a line the calling thread leaves alone until the end.
+    if part == 1:
+        (<int*>arg)[0] += 1
+
+
+def handover_seconds(int rounds=25, int per_round=40):
+    """Median seconds the crew takes to hand an empty task to its helper and see it done,
+    over `rounds` rounds of `per_round` tasks; None where recur runs on one thread (its
+    helper then never takes a part). For bench/: a virtual machine may place its two vCPUs
+    in one core complex or in two, and in two every line the threads pass each other costs
+    several times more, every split step with it."""
+    cdef int helper_parts = 0
+    cdef int r, i
+    cdef long start
+    if rounds < 1 or per_round < 1:
+        raise ValueError(f"handover_seconds: rounds and per_round must be positive, "
+                         f"got {rounds} and {per_round}")
+    times = []
+    for r in range(rounds):
+        with nogil:
+            start = crew_now_ns()
+            for i in range(per_round):
+                share(nothing_part, &helper_parts, True)
+            start = crew_now_ns() - start
+        if helper_parts == 0:
+            return None
+        times.append(start * 1e-9 / per_round)
+    times.sort()
+    return times[len(times) // 2]
 
 
 cdef bint keep_alone(bint alone) noexcept nogil:

@@ -22,7 +22,12 @@ threads have stopped spinning, and after WAKE_SECONDS of the engine's own step u
 (the machine's wake-up from the pause); the reported time is the median per-step time.
 While a case is timed, /proc/stat tells how many cores other processes kept busy; above
 FOREIGN_LOAD_TOLERANCE the case is timed again after a pause (up to `--retries` times) and
-the quietest attempt is kept, its load shown in the row. Each thread setting runs in its own
+the quietest attempt is kept, its load shown in the row. Before and after a case, recur's
+crew times its hand-over of an empty task to its helper thread and back (recur's
+handover_seconds): on a virtual machine whose two vCPUs the host sometimes places in two
+core complexes, that round trip and every line one thread passes the other cost several
+times more, and the row shows it (‡ above HANDOVER_FAR_US at either end); such rows are
+timed like any other, not again. Each thread setting runs in its own
 worker process, because OpenBLAS reads OPENBLAS_NUM_THREADS only when it loads: "default"
 leaves the environment alone (both engines use every core), "1" sets OPENBLAS_NUM_THREADS,
 OMP_NUM_THREADS, MKL_NUM_THREADS and RECUR_NUM_THREADS to 1 and calls
@@ -91,6 +96,11 @@ MEMORY_TRAINING_STEPS = 3
 # many-fold slowdowns.
 FOREIGN_LOAD_TOLERANCE = 0.2
 RETRY_PAUSE_SECONDS = 2.0
+# recur's hand-over to its helper and back, in µs, above which the two threads sit far apart:
+# on this host 0.12-0.16 µs with both vCPUs in one core complex, 0.48-0.58 in two (60
+# samples; a cache line's round trip between the two CPUs, timed beside each, took 51-77 ns
+# and 326-373 ns).
+HANDOVER_FAR_US = 0.3
 # Both engines keep worker threads spinning for a while after a parallel call (recur's crew
 # helper, OpenMP for torch), and a spinning worker on a 2-core machine takes a core from
 # whatever runs next: timed back to back, each engine ran against the other's spinning
@@ -305,6 +315,13 @@ def foreign_load_since(mark):
     return max(0.0, (busy - own) / wall)
 
 
+def handover_us():
+    """recur's crew hand-over round trip in µs; None where recur runs on one thread."""
+    from recur._core.blas import handover_seconds
+    seconds = handover_seconds()
+    return None if seconds is None else seconds * 1e6
+
+
 def gemm_step(engine):
     """A function running one float32 GEMM_SIZE³ product through an engine's `@`."""
     rng = np.random.default_rng(1)
@@ -386,6 +403,7 @@ def time_case(engines, model_name, style, mode, config, X, Y, args):
     probes = ({GEMM_PROBE: warmed_up(lambda: gemm_step("recur"), args.min_sample_ms / 1000)}
               if "recur" in prepared else {})
     row["foreign_load"] = None
+    handover_start = handover_us() if "recur" in prepared else None
     for attempt in range(1 + args.retries if prepared else 0):
         if attempt:
             time.sleep(RETRY_PAUSE_SECONDS)
@@ -398,6 +416,8 @@ def time_case(engines, model_name, style, mode, config, X, Y, args):
             row["gemm_gflops"] = gemm_rate(probe) if probe else None
         if load is None or load <= FOREIGN_LOAD_TOLERANCE:
             break
+    row["handover_us"] = ([handover_start, handover_us()] if handover_start is not None
+                          else None)
     times = ", ".join(f"{engine} {seconds * 1e3:.3g} ms" for engine, seconds in row["seconds"].items())
     load = "" if row["foreign_load"] is None else f" (others' load {row['foreign_load']:.2f} cores)"
     print(f"[threads {args.threads[0]}] {model_name} {style} {mode} ({config}): {times}{load}"
@@ -682,8 +702,8 @@ def fmt(value, spec, missing="—"):
 
 def row_table(rows):
     lines = ["| model | F | H | B | T | recur ms | torch ms | torch/recur | recur GFLOP/s "
-             "| GEMM GFLOP/s | of GEMM | target | met | others' load |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|--:|"]
+             "| GEMM GFLOP/s | of GEMM | target | met | others' load | hand-over µs |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|--:|--:|"]
     for row in rows:
         seconds = row["seconds"]
         if row["missed"] is None:
@@ -697,12 +717,23 @@ def row_table(rows):
             f"{fmt(row['ratio'], '.2f')} | {fmt(row['gflops'], '.1f')} | "
             f"{fmt(row.get('gemm_limit'), '.0f')} | {fmt(row['gemm_fraction'], '.0%')} | "
             f"{', '.join(label for label, _, _ in row['targets'])} | {met} | "
-            f"{fmt(row['foreign_load'], '.2f')}{' ⚠' if disturbed(row) else ''} |")
+            f"{fmt(row['foreign_load'], '.2f')}{' ⚠' if disturbed(row) else ''} | "
+            f"{handover_text(row)}{' ‡' if threads_apart(row) else ''} |")
     return lines
 
 
 def disturbed(row):
     return row["foreign_load"] is not None and row["foreign_load"] > FOREIGN_LOAD_TOLERANCE
+
+
+def handover_text(row):
+    handover = row.get("handover_us")
+    return "—" if handover is None else " / ".join(fmt(v, ".2f") for v in handover)
+
+
+def threads_apart(row):
+    handover = row.get("handover_us")
+    return handover is not None and any(v is not None and v > HANDOVER_FAR_US for v in handover)
 
 
 def summary_lines(timings):
@@ -713,11 +744,15 @@ def summary_lines(timings):
         rows = timing["rows"]
         judged = [row for row in rows if row["missed"] is not None]
         noisy = sum(map(disturbed, rows))
+        apart = sum(map(threads_apart, rows))
         lines += ["", f"### {threads_label(timing)}", "",
                   f"Targets met in {sum(not row['missed'] for row in judged)} of {len(judged)} rows"
                   + (f"; {noisy} rows timed while other processes kept more than "
-                     f"{FOREIGN_LOAD_TOLERANCE} cores busy (⚠)." if noisy else ".")
-                  + " torch/recur per case, ✗ where a target is missed:", ""]
+                     f"{FOREIGN_LOAD_TOLERANCE} cores busy (⚠)" if noisy else "")
+                  + (f"; {apart} rows timed while recur's hand-over took more than "
+                     f"{HANDOVER_FAR_US} µs at either end, its threads far apart (‡)"
+                     if apart else "")
+                  + ". torch/recur per case, ✗ where a target is missed:", ""]
         configs = list(dict.fromkeys(tuple(row["config"]) for row in rows))
         lines += ["| case | " + " | ".join(",".join(map(str, c)) for c in configs) + " |",
                   "|---|" + "--:|" * len(configs)]
@@ -742,7 +777,7 @@ def matrix_cell(row):
         text += f" · {row['gemm_fraction']:.0%}"
     if row["missed"]:
         text = f"**{text} ✗**"
-    return text + (" ⚠" if disturbed(row) else "")
+    return text + (" ⚠" if disturbed(row) else "") + (" ‡" if threads_apart(row) else "")
 
 
 def extras_lines(extras):
@@ -794,7 +829,11 @@ def report(machine, command, timings, extras, elapsed, load, retries):
         "between that row's own samples (this limit drifts with the machine's speed; the "
         "rates at each pass's ends are listed under Machine); `others' load` is how many "
         "cores other processes kept busy while the row was timed (from /proc/stat; ⚠ above "
-        f"{FOREIGN_LOAD_TOLERANCE} even after re-timing up to {retries} more times).",
+        f"{FOREIGN_LOAD_TOLERANCE} even after re-timing up to {retries} more times); "
+        "`hand-over µs` is recur's hand-over of an empty task to its helper thread and back, "
+        "before / after the row (‡ above "
+        f"{HANDOVER_FAR_US} µs: the host had placed the two threads' CPUs far apart, and "
+        "every line they pass each other cost several times more).",
         "",
         "## Machine",
         "",

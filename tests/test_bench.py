@@ -37,6 +37,9 @@ def test_quick_run_times_every_case_and_writes_the_report(tmp_path):
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         recur_ms, torch_ms, ratio = cells[5:8]
         assert float(recur_ms) > 0 and float(torch_ms) > 0 and float(ratio) > 0
+        # recur's hand-over before / after the row: two times on the crew, "—" on one thread
+        handover = cells[-1].rstrip(" ‡")
+        assert handover == "—" or all(0 < float(v) < 1e4 for v in handover.split(" / "))
     assert "| peak RSS training LSTM (8,32,1,50), MB |" in report
     assert "| import time, s |" in report
 

@@ -232,6 +232,24 @@ def test_recur_num_threads_1_keeps_to_the_calling_thread():
     assert sum_alone == sum_shared
 
 
+def test_handover_probe_times_the_helper_or_says_there_is_none():
+    # bench/suite.py reports the crew's hand-over round trip with every row: a positive
+    # time where the helper takes its part, None where recur keeps to one thread.
+    if (os.cpu_count() or 1) < 2 or not PANEL_KERNEL_BUILT:
+        pytest.skip("needs two CPUs and the crew")
+    code = """
+        from recur._core.blas import handover_seconds
+        print(handover_seconds(rounds=5, per_round=10))
+    """
+    alone, shared = _run(code, {"RECUR_NUM_THREADS": "1"}), _run(code, {"RECUR_NUM_THREADS": ""})
+    assert alone.returncode == 0 and shared.returncode == 0, alone.stderr + shared.stderr
+    assert alone.stdout.strip() == "None"
+    assert 0 < float(shared.stdout) < 0.01
+    from recur._core.blas import handover_seconds
+    with pytest.raises(ValueError, match="rounds and per_round must be positive, got 0 and 3"):
+        handover_seconds(rounds=0, per_round=3)
+
+
 def test_a_process_allowed_one_cpu_keeps_to_the_calling_thread():
     # Two threads on one CPU would only take turns on it.
     if (not os.path.isdir("/proc/self/task") or not hasattr(os, "sched_setaffinity")
