@@ -484,11 +484,11 @@ cdef void nothing_part(void* arg, int part, int parts) noexcept nogil:
 
 def handover_seconds(int rounds=25, int per_round=40):
     """Median seconds the crew takes to hand an empty task to its helper and see it done,
-    over `rounds` rounds of `per_round` tasks; None where recur runs on one thread (its
-    helper then never takes a part). For bench/: a virtual machine may place its two vCPUs
-    in one core complex or in two, and in two every line the threads pass each other costs
-    several times more, every split step with it."""
-    cdef int helper_parts = 0
+    over `rounds` rounds of `per_round` tasks; None where the helper did not take every
+    task (recur on one thread, or another thread holding the crew). For bench/: a virtual
+    machine may place its two vCPUs in one core complex or in two, and in two every line
+    the threads pass each other costs several times more, every split step with it."""
+    cdef int helper_parts
     cdef int r, i
     cdef long start
     if rounds < 1 or per_round < 1:
@@ -496,12 +496,13 @@ def handover_seconds(int rounds=25, int per_round=40):
                          f"got {rounds} and {per_round}")
     times = []
     for r in range(rounds):
+        helper_parts = 0
         with nogil:
             start = crew_now_ns()
             for i in range(per_round):
                 share(nothing_part, &helper_parts, True)
             start = crew_now_ns() - start
-        if helper_parts == 0:
+        if helper_parts != per_round:
             return None
         times.append(start * 1e-9 / per_round)
     times.sort()
