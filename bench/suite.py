@@ -45,7 +45,10 @@ large products run), timed in the same worker at the same thread count as a thir
 among each row's interleaved samples (its median). A machine shared with others can drift
 by a factor of two over minutes, so the fraction compares two rates taken under the same
 conditions; the product is also timed at the start and end of each pass, for the report's
-header (and as the limit of a row timed without recur).
+header (and as the limit of a row timed without recur). Under each pass's summary, every
+missed row shows the time recur would need to meet it and the rate that time means as a
+fraction of the row's limit: past 100%, meeting it would take more than the arithmetic of
+recur's own large product on this machine.
 
 Fairness notes: torch's GRU has a second bias `b_hn` inside the reset gate's product that
 recur's (Flux's) GRU does not have; it is zeroed before timing and left to train, which does
@@ -762,10 +765,49 @@ def summary_lines(timings):
                          if (row["mode"], row["style"], row["model"]) == case}
             lines.append(f"| {' '.join(case)} | "
                          + " | ".join(matrix_cell(by_config.get(c)) for c in configs) + " |")
+        lines += needs_lines(rows)
         for row in rows:
             for engine, error in row["errors"].items():
                 lines.append(f"- **{engine} failed** on {row['model']} {row['style']} "
                              f"{row['mode']} ({','.join(map(str, row['config']))}): {error}")
+    return lines
+
+
+def needed(row):
+    """For a row that misses a target: the time recur would need to meet every target it
+    misses, in seconds, and the GFLOP/s that time means as a fraction of the row's GEMM
+    limit (above 1: more than recur's own large product reaches on this machine, so no
+    kernel can get the row there by arithmetic speed alone). None where nothing is missed."""
+    if not row["missed"]:
+        return None
+    config = Config(",".join(map(str, row["config"])))
+    flops = gemm_flops(row["model"], config, row["mode"])
+    limit = row["gemm_limit"]
+    times = [row["seconds"]["torch"] / min_ratio if min_ratio is not None
+             else flops / (min_fraction * limit * 1e9)
+             for label, min_ratio, min_fraction in row["targets"] if label in row["missed"]]
+    seconds = min(times)
+    return seconds, flops / seconds / 1e9 / limit
+
+
+def needs_lines(rows):
+    """A table of the pass's misses, each with what meeting it would take."""
+    missed = [row for row in rows if row["missed"]]
+    if not missed:
+        return []
+    lines = ["", "What each miss would need: recur's time to meet the row's missed targets, "
+             "and the rate that time means, against the row's GEMM limit:", "",
+             "| case | config | recur ms | would need, ms | faster by | of GEMM now "
+             "| of GEMM needed | hand-over µs |",
+             "|---|---|--:|--:|--:|--:|--:|--:|"]
+    for row in missed:
+        seconds, fraction = needed(row)
+        recur_s = row["seconds"]["recur"]
+        lines.append(f"| {row['mode']} {row['style']} {row['model']} | "
+                     f"{','.join(map(str, row['config']))} | {recur_s * 1e3:.3g} | "
+                     f"{seconds * 1e3:.3g} | {recur_s / seconds:.2f}x | "
+                     f"{row['gemm_fraction']:.0%} | {fraction:.0%} | "
+                     f"{handover_text(row)}{' ‡' if threads_apart(row) else ''} |")
     return lines
 
 

@@ -85,3 +85,43 @@ def test_new_process_loop_reports_a_row_for_every_cell(capsys):
         recur_ms, recur_faults, torch_ms, torch_faults, ratio = map(float, row[2:])
         assert recur_ms > 0 and torch_ms > 0 and recur_faults >= 0 and torch_faults >= 0
         assert ratio == pytest.approx(torch_ms / recur_ms, rel=0.01)
+
+
+def _missing_row(suite, model, config, recur_ms, torch_ms, limit, handover=None):
+    row = {"model": model, "style": "sequence", "mode": "train",
+           "config": tuple(map(int, config.split(","))),
+           "seconds": {"recur": recur_ms / 1e3, "torch": torch_ms / 1e3},
+           "gemm_limit": limit, "handover_us": handover,
+           "targets": suite.targets(model, "sequence", "train", suite.Config(config).hidden)}
+    flops = suite.gemm_flops(model, suite.Config(config), "train")
+    row["gemm_fraction"] = flops / row["seconds"]["recur"] / 1e9 / limit
+    row["missed"] = suite.missed_targets(row, torch_ms / recur_ms, row["gemm_fraction"])
+    return row, flops
+
+
+def test_each_miss_says_what_meeting_it_would_take():
+    suite = load_suite()
+    # LSTM at hidden 64 needs 3x: torch's 2.4 ms wants recur at 0.8 ms, 1.25x faster.
+    row, flops = _missing_row(suite, "lstm", "32,64,16,50", 1.0, 2.4, 200.0, (0.13, 0.52))
+    assert row["missed"] == ["≥3x"]
+    seconds, fraction = suite.needed(row)
+    assert seconds == pytest.approx(0.8e-3)
+    assert fraction == pytest.approx(flops / 0.8e-3 / 1e9 / 200.0)
+    # At hidden 512 the ratio is met and the GEMM share missed: the time at 80% of the limit.
+    big, big_flops = _missing_row(suite, "lstm", "128,512,64,50", 300.0, 400.0, 150.0)
+    assert big["missed"] == ["≥80% GEMM"]
+    assert suite.needed(big) == pytest.approx((big_flops / (0.8 * 150.0e9), 0.8))
+    # Both missed: the stricter of the two.
+    both, both_flops = _missing_row(suite, "gru", "128,512,64,50", 200.0, 220.0, 150.0)
+    assert both["missed"] == ["≥1.3x", "≥80% GEMM"]
+    assert suite.needed(both)[0] == pytest.approx(min(220e-3 / 1.3, both_flops / (0.8 * 150e9)))
+    met, _ = _missing_row(suite, "lstm", "32,64,16,50", 0.5, 2.4, 200.0)
+    assert met["missed"] == [] and suite.needed(met) is None
+
+    lines = suite.needs_lines([row, met, big])
+    table = [line for line in lines if line.startswith("| train ")]
+    assert len(table) == 2
+    cells = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert cells[:5] == ["train sequence lstm", "32,64,16,50", "1", "0.8", "1.25x"]
+    assert cells[6] == f"{fraction:.0%}" and cells[7] == "0.13 / 0.52 ‡"
+    assert suite.needs_lines([met]) == []
