@@ -18,7 +18,11 @@ from recur._core.blas import PANEL_KERNEL_BUILT
 # Above 16384 multiply-adds a product leaves the BLAS for the panel kernel. The shapes give
 # partial panels, row counts that are no multiple of the kernel's blocks, a single narrow
 # panel, a long k that is cut into chunks, and a tall A whose blocks are gathered first.
-LARGE_SHAPES = [(70, 90, 80), (13, 300, 257), (600, 5, 200), (40, 1000, 70), (700, 33, 300)]
+# (50, 40, 60): B's gradient, 40 x 60 over 50 rows, is one whole panel of float32 and a
+# part of one, its units rows of the transposed product, each sent into B's gradient by
+# the thread that computed it (blas.pyx: send_transposed).
+LARGE_SHAPES = [(70, 90, 80), (13, 300, 257), (600, 5, 200), (40, 1000, 70), (700, 33, 300),
+                (50, 40, 60)]
 
 
 def _product_and_grads(a, b, seed):
