@@ -48,6 +48,14 @@ cdef extern from "panel_gemm.h" nogil:
                                  const double* packed2, const double* W2, Py_ssize_t ldw2,
                                  const double* bias, double* C, Py_ssize_t ldc, int accumulate,
                                  Py_ssize_t first_row, Py_ssize_t end_row)
+    void panel_transpose_into_f(Py_ssize_t first_row, Py_ssize_t end_row,
+                                Py_ssize_t first_column, Py_ssize_t end_column,
+                                const float* block, Py_ssize_t ld, float* into,
+                                Py_ssize_t into_ld, int accumulate)
+    void panel_transpose_into_d(Py_ssize_t first_row, Py_ssize_t end_row,
+                                Py_ssize_t first_column, Py_ssize_t end_column,
+                                const double* block, Py_ssize_t ld, double* into,
+                                Py_ssize_t into_ld, int accumulate)
     void few_columns_f(Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
                        const float* W, Py_ssize_t ldw, float* C, Py_ssize_t ldc,
                        int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
@@ -185,7 +193,6 @@ cdef enum:
     # Aᵀ, two threads, training, ms: GRU 32,128,32,100 by rows 6.65 -> 6.95, in halves
     # 6.78 -> 6.35, in quarters 6.73 -> 6.43).
     GRADIENT_PANEL_UNITS = 2
-    TRANSPOSE_TILE = 16
 
 
 # One product (or one packing) as the crew sees it: each part takes its own share.
@@ -717,26 +724,13 @@ cdef bint gradient_as_transpose(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const 
 cdef void into_columns(Py_ssize_t first_row, Py_ssize_t end_row, Py_ssize_t first_column,
                        Py_ssize_t end_column, const floating* block, Py_ssize_t ld,
                        floating* into, Py_ssize_t into_ld, bint accumulate) noexcept nogil:
-    # into[j][i] [+]= block[i][j] over rows i and columns j of the block, a tile of
-    # TRANSPOSE_TILE x TRANSPOSE_TILE at a time: a whole column of the block at once
-    # would cross as many lines as the block has rows for each value written.
-    cdef Py_ssize_t tile = TRANSPOSE_TILE, i0, j0, i, j
-    cdef floating* row
-    cdef const floating* column
-    j0 = first_column
-    while j0 < end_column:
-        i0 = first_row
-        while i0 < end_row:
-            for j in range(j0, min(end_column, j0 + tile)):
-                row, column = into + j * into_ld, block + j
-                if accumulate:
-                    for i in range(i0, min(end_row, i0 + tile)):
-                        row[i] += column[i * ld]
-                else:
-                    for i in range(i0, min(end_row, i0 + tile)):
-                        row[i] = column[i * ld]
-            i0 += tile
-        j0 += tile
+    # into[j][i] [+]= block[i][j] over rows i and columns j of the block.
+    if floating is float:
+        panel_transpose_into_f(first_row, end_row, first_column, end_column, block, ld, into,
+                               into_ld, accumulate)
+    else:
+        panel_transpose_into_d(first_row, end_row, first_column, end_column, block, ld, into,
+                               into_ld, accumulate)
 
 
 cdef int blas_int(Py_ssize_t n) except -1:

@@ -53,6 +53,22 @@ def test_large_products_and_their_gradients_match_numpy(m, k, n, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("m,k,n", LARGE_SHAPES)
+def test_a_weight_gradient_adds_onto_the_one_already_there(m, k, n, dtype):
+    # B in two products: the second's Aᵀ dC adds onto the gradient the first left, through
+    # every path a weight gradient takes into C (the transposed one's tiles and edges too).
+    rng = np.random.default_rng(m + k * n)
+    a1, a2 = rng.standard_normal((m, k)), rng.standard_normal((m + 3, k))
+    b = rng.standard_normal((k, n))
+    s1, s2 = rng.standard_normal((m, n)), rng.standard_normal((m + 3, n))
+    A1, A2, B = (rc.param(x.astype(dtype)) for x in (a1, a2, b))
+    S1, S2 = s1.astype(dtype), s2.astype(dtype)
+    dB = rc.gradient(lambda: rc.sum((A1 @ B) * S1) + rc.sum((A2 @ B) * S2), [B])[B]
+    a1, a2, s1, s2 = (x.astype(dtype).astype(np.float64) for x in (a1, a2, s1, s2))
+    _close(dB, a1.T @ s1 + a2.T @ s2, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_every_row_count_up_to_three_blocks_matches_numpy(dtype):
     # The kernel cuts a product's rows into blocks as even as can be (8 + 8 for 16 rows):
     # every count up to three blocks of AVX-512's 12 rows takes its own mix of block sizes.
