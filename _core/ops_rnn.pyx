@@ -163,6 +163,12 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     if not d.shared_packing:
         carve_packings(w, block, &used, d, itemsize)
     if stacks(d):
+        # Both parts stream the packed panels every step, and a hardware prefetcher runs on
+        # past their end: right after them, the first part's stage was fetched by the other
+        # core at every step and taken back by its writer (two threads on cores far apart,
+        # LSTM 32,64,16,50 inference: the first part's steps 5.97 -> 5.41 µs, the second's
+        # 4.85).
+        take(block, &used, gap)
         w.stage = take(block, &used, itemsize * d.B * stage_stride(d, itemsize) + gap)
     if recording:
         # The LSTM's and the GRU's gate gradients overwrite their gates (lstm_backward,
