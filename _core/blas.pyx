@@ -262,11 +262,13 @@ cdef inline void send_transposed(Product* p, Py_ssize_t first_row, Py_ssize_t en
     if p.into == NULL:
         return
     if p.is_f64:
-        into_columns(first_row, end_row, first_column, end_column, <const double*>p.C, p.ldc,
-                     <double*>p.into, p.into_ld, p.into_accumulate)
+        panel_transpose_into_d(first_row, end_row, first_column, end_column,
+                               <const double*>p.C, p.ldc, <double*>p.into, p.into_ld,
+                               p.into_accumulate)
     else:
-        into_columns(first_row, end_row, first_column, end_column, <const float*>p.C, p.ldc,
-                     <float*>p.into, p.into_ld, p.into_accumulate)
+        panel_transpose_into_f(first_row, end_row, first_column, end_column,
+                               <const float*>p.C, p.ldc, <float*>p.into, p.into_ld,
+                               p.into_accumulate)
 
 
 cdef inline void product_range(Product* p, Py_ssize_t first_row, Py_ssize_t end_row,
@@ -719,18 +721,6 @@ cdef bint gradient_as_transpose(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const 
         product(n, whole, k, b, 1, ldb, NULL, a, lda, width, result, m, False,
                 GRADIENT_PANEL_UNITS, c, ldc, accumulate)
     return True
-
-
-cdef void into_columns(Py_ssize_t first_row, Py_ssize_t end_row, Py_ssize_t first_column,
-                       Py_ssize_t end_column, const floating* block, Py_ssize_t ld,
-                       floating* into, Py_ssize_t into_ld, bint accumulate) noexcept nogil:
-    # into[j][i] [+]= block[i][j] over rows i and columns j of the block.
-    if floating is float:
-        panel_transpose_into_f(first_row, end_row, first_column, end_column, block, ld, into,
-                               into_ld, accumulate)
-    else:
-        panel_transpose_into_d(first_row, end_row, first_column, end_column, block, ld, into,
-                               into_ld, accumulate)
 
 
 cdef int blas_int(Py_ssize_t n) except -1:
