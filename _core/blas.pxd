@@ -59,6 +59,10 @@ cdef const floating* packed_for_backward(Py_ssize_t K, Py_ssize_t N, const float
                                          Py_ssize_t k_stride,
                                          Py_ssize_t n_stride) noexcept nogil
 
+cdef void gradient_of_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                           Py_ssize_t lda, const floating* const* b_rows, floating* c,
+                           Py_ssize_t ldc) noexcept nogil
+
 cdef void forget_packed() noexcept nogil
 
 # A task split between the calling thread and the crew's helper (crew.h): task(arg, part,

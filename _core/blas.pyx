@@ -697,12 +697,14 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
 
 cdef bint gradient_as_transpose(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
                                Py_ssize_t lda, const floating* b, Py_ssize_t ldb, floating* c,
-                               Py_ssize_t ldc, bint accumulate) noexcept nogil:
+                               Py_ssize_t ldc, bint accumulate,
+                               const floating* const* b_rows=NULL) noexcept nogil:
     # C (m x n) [+]= Aᵀ B for A (k x m) and B (k x n), a weight gradient over many rows, as
     # the transpose of Bᵀ A: A's rows are already panels of Bᵀ A's right operand, read where
-    # they lie, so only Bᵀ's blocks are gathered, and neither operand is packed. The
-    # product goes to a buffer of its own, n x m, and each part of it into C's columns as
-    # soon as it is done (send_transposed). False (nothing done) without memory for it.
+    # they lie, so only Bᵀ's blocks are gathered (from b_rows[k] where given, else b's rows
+    # ldb apart), and neither operand is packed. The product goes to a buffer of its own,
+    # n x m, and each part of it into C's columns as soon as it is done (send_transposed).
+    # False (nothing done) without memory for it.
     cdef Py_ssize_t width = panel_width(floating is double), whole = m // width * width
     cdef floating* result = <floating*>thread_buffer(BUFFER_TRANSPOSED,
                                                      n * m * sizeof(floating))
@@ -715,12 +717,81 @@ cdef bint gradient_as_transpose(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const 
         if packed == NULL:
             return False
         pack(k, m - whole, a + whole, lda, 1, packed)
-        product(n, m - whole, k, b, 1, ldb, NULL, packed, width, k * width, result + whole, m,
-                False, 0, c + whole * ldc, ldc, accumulate)
+        product(n, m - whole, k, b, 1, ldb, b_rows, packed, width, k * width, result + whole,
+                m, False, 0, c + whole * ldc, ldc, accumulate)
     if whole > 0:
-        product(n, whole, k, b, 1, ldb, NULL, a, lda, width, result, m, False,
+        product(n, whole, k, b, 1, ldb, b_rows, a, lda, width, result, m, False,
                 GRADIENT_PANEL_UNITS, c, ldc, accumulate)
     return True
+
+
+cdef void gradient_of_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                           Py_ssize_t lda, const floating* const* b_rows, floating* c,
+                           Py_ssize_t ldc) noexcept nogil:
+    # C (m x n) += Aᵀ B for A (k x m, rows lda apart) and B (k x n) whose rows lie wherever
+    # b_rows says: a weight gradient over rows kept in an order of their own (ops_rnn: a
+    # sequence's gates part by part) against inputs in the batch's order. At once, after
+    # the products running in the background into C; the paths are gemm's for Aᵀ B, with
+    # B's rows gathered rather than read ldb apart.
+    cdef floating* packed
+    cdef Py_ssize_t j, run
+    if m <= 0 or n <= 0 or k <= 0:
+        return
+    settle_deferred(c, deferred_extent(m, n, ldc, floating is double))
+    if (PANEL_KERNEL and not takes_few_rows(m, n, sizeof(floating))
+            and <double>m * n * k > BLAS_MAX_MACS):
+        if (m > FEW_COLUMNS and m * sizeof(floating) <= TRANSPOSED_GRADIENT_MAX_ROW_BYTES
+                and gradient_as_transpose(m, n, k, a, lda, b_rows[0], 0, c, ldc, True,
+                                          b_rows)):
+            return
+        packed = <floating*>thread_buffer(BUFFER_PACKED, packed_bytes(sizeof(floating), k, n))
+        if packed != NULL:
+            pack_rows(k, n, b_rows, packed)
+            panel_product(m, n, k, a, 1, lda, packed, c, ldc, True)
+            return
+    # One product for each run of B's rows that lie end to end.
+    j = 0
+    while j < k:
+        run = rows_end_to_end(b_rows, j, k, n)
+        gemm(True, False, m, n, run, 1, a + j * lda, lda, b_rows[j], n, 1, c, ldc)
+        j += run
+
+
+cdef void pack_rows(Py_ssize_t K, Py_ssize_t N, const floating* const* rows,
+                    floating* packed) noexcept nogil:
+    # Packs B (K x N) whose rows lie wherever rows[k] says, as pack does one array: shared
+    # by panels, each part packing its panels from every run of rows end to end.
+    cdef Product p
+    p.is_f64 = floating is double
+    p.K, p.N, p.a_columns, p.packed = K, N, <const void* const*>rows, packed
+    p.panel_stride = K * panel_width(p.is_f64)
+    p.panels = panel_count(p.is_f64, N)
+    crew_run(pack_rows_part, &p, p.panels >= 2 and K * N >= SPLIT_MIN_PACKED)
+
+
+cdef void pack_rows_part(void* arg, int part, int parts) noexcept nogil:
+    cdef Product* p = <Product*>arg
+    cdef Py_ssize_t first = p.panels * part // parts, end = p.panels * (part + 1) // parts
+    cdef Py_ssize_t width = panel_width(p.is_f64), j = 0, run
+    while j < p.K:
+        if p.is_f64:
+            run = rows_end_to_end(<const double* const*>p.a_columns, j, p.K, p.N)
+            panel_pack_d(run, p.N, (<const double* const*>p.a_columns)[j], p.N, 1,
+                         <double*>p.packed + j * width, p.panel_stride, first, end)
+        else:
+            run = rows_end_to_end(<const float* const*>p.a_columns, j, p.K, p.N)
+            panel_pack_f(run, p.N, (<const float* const*>p.a_columns)[j], p.N, 1,
+                         <float*>p.packed + j * width, p.panel_stride, first, end)
+        j += run
+
+
+cdef inline Py_ssize_t rows_end_to_end(const floating* const* rows, Py_ssize_t first,
+                                       Py_ssize_t k, Py_ssize_t n) noexcept nogil:
+    # How many rows of n values from rows[first] on lie end to end in memory.
+    cdef Py_ssize_t j = first + 1
+    while j < k and rows[j] == rows[j - 1] + n:
+        j += 1
+    return j - first
 
 
 cdef int blas_int(Py_ssize_t n) except -1:

@@ -19,7 +19,7 @@
 # GRU and GRUv3 [r z n]; Wh has the same blocks except GRUv3's [r z].
 #   value   Y (T, B, H); the LSTM appends c_T: (T + 1, B, H)
 #   inputs  0 X, 1 h0, 2 c0, 3 Wi, 4 Wh, 5 b, 6 Wh_h   (slots a cell lacks stay -1)
-#   ints    cell, act, T, B, n_in, H, h0 broadcast, c0 broadcast, panels
+#   ints    cell, act, T, B, n_in, H, h0 broadcast, c0 broadcast, panels, part-major
 #   saved   [0] the node's Buffers
 from libc.string cimport memcmp, memcpy, memmove, memset
 from cython cimport floating
@@ -29,7 +29,8 @@ from recur._core.tape cimport (Node, Tape, index_t, recording_tape, constant, is
                                value_of, alias)
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
                                pack_stacked, panel_product, gates_product, share,
-                               defer_product, packed_for_backward, keep_alone, wide_vectors)
+                               defer_product, gradient_of_rows, packed_for_backward,
+                               keep_alone, wide_vectors)
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
@@ -45,7 +46,7 @@ cnp.import_array()
 RNN, LSTM, GRU, GRUV3 = CELL_RNN, CELL_LSTM, CELL_GRU, CELL_GRUV3
 
 cdef enum:
-    N_INTS = 9
+    N_INTS = 10
 
 
 ctypedef struct Dims:
@@ -57,11 +58,14 @@ ctypedef struct Dims:
     bint panels            # per-step products against weights packed once (panel_gemm.h)
     bint shared_packing    # a recorded single step: its packing is the one every step of
                            #   the recording shares (recorded_packing), not its own
+    bint part_major        # buffers kept for backward go part by part (Buffers, part_major)
 
 
 # The working memory of one node: one block carved into named buffers, NULL where a cell
 # needs none. Buffers marked [t] keep every step while recording, for backward; otherwise
-# they hold one step and each step overwrites the last (their step stride is 0).
+# they hold one step and each step overwrites the last (their step stride is 0). Kept, they
+# lie as (T, B, ·), or with d.part_major part by part: the first half of the batch's rows
+# as (T, B/2, ·), then a gap, then the second half's (kept_rows).
 ctypedef struct Buffers:
     void* gates            # input projections, then the activated gates [t] (G·H); RNN: Y
     void* cells            # LSTM: c_t [t]
@@ -141,12 +145,13 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     # inference, whose block serves the next call too. A single step's in training are
     # its own and written once.
     cdef size_t gap = SPLIT_GAP_BYTES if d.T > 1 or not recording else 0
-    cdef size_t kept_gap = 0 if recording else gap
+    # The gap between the halves of a buffer kept part by part, or of one step's.
+    cdef size_t kept_gap = gap if d.part_major or not recording else 0
     memset(w, 0, sizeof(Buffers))
     w.split_gap = gap
     # Backward reads every step's gates; inference needs only the current step's.
-    w.gates = Y if cell == CELL_RNN else take(block, &used, all_gates if recording else
-                                              itemsize * d.B * input_blocks(d.cell) * d.H
+    w.gates = Y if cell == CELL_RNN else take(block, &used, all_gates + kept_gap if recording
+                                              else itemsize * d.B * input_blocks(d.cell) * d.H
                                               + gap)
     # A recorded single step's c is the second half of its value, (h, c): kept there, it
     # is written once rather than into a buffer of its own and then copied.
@@ -174,7 +179,8 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
         # The LSTM's and the GRU's gate gradients overwrite their gates (lstm_backward,
         # gru_backward), the RNN's the gradient of its output (backward_kernel).
         w.d_gates = (w.gates if cell == CELL_LSTM or cell == CELL_GRU
-                     else NULL if cell == CELL_RNN else take(block, &used, all_gates))
+                     else NULL if cell == CELL_RNN else take(block, &used,
+                                                             all_gates + kept_gap))
         w.dh = take(block, &used, step + gap)
         w.dc = take(block, &used, step + gap if cell == CELL_LSTM else 0)
         w.tanh_c = take(block, &used, step + gap if cell == CELL_LSTM else 0)
@@ -185,6 +191,46 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
             w.packed_wh_h_back = take(block, &used, packed_bytes(itemsize, H, H)
                                       if cell == CELL_GRUV3 else 0)
     return used
+
+
+cdef inline bint part_major(const Dims* d, bint recording, size_t itemsize) noexcept nogil:
+    # Whether a recorded sequence keeps its gates, c and h Wh_nᵀ part by part. In the (T, B, ·)
+    # layout each part's rows of a step lie end to end with the other part's rows of that
+    # step and the next; the other core's hardware prefetcher, streaming its own, pulled
+    # them over, and their writer took them back at every step (LSTM 32,64,16,50, two
+    # threads on cores far apart: a part's forward step 8.9-9.3 µs, 5.4 with each part's
+    # rows its own). The halves do not depend on the thread count, so that one thread
+    # (which runs them in turn) sums the gradients in the same order as two. The RNN keeps
+    # only its output. A shorter sequence's weight gradients wait to join the next
+    # nodes' (blas.pyx: defer_product), which takes their rows in one uniform layout.
+    return (recording and d.T >= 2 and d.panels and d.cell != CELL_RNN
+            and rows_may_split(d, itemsize) and d.T * (d.B // 2) >= PART_MAJOR_MIN_DEPTH)
+
+
+cdef inline index_t kept_blocks(const Dims* d) noexcept nogil:
+    return 2 if d.part_major else 1
+
+
+cdef inline void* kept_rows(const Dims* d, const Buffers* w, void* buffer, index_t r0,
+                            index_t row_values, size_t itemsize) noexcept nogil:
+    # Where the rows [r0, ...) of a part begin in a buffer kept for every step: at row r0
+    # of step 0, or part-major, the second half w.split_gap bytes past the first's end
+    # (carve leaves the room). Its steps then lie kept_step_rows rows apart.
+    if buffer == NULL:
+        return NULL
+    if d.part_major:
+        return <char*>buffer + r0 * d.T * row_values * itemsize + (w.split_gap if r0 > 0
+                                                                  else 0)
+    return <char*>buffer + r0 * row_values * itemsize
+
+
+cdef inline index_t kept_step_rows(const Dims* d, index_t rows) noexcept nogil:
+    # Rows from one step to the next in a buffer kept for every step, for a part of `rows`.
+    return rows if d.part_major else d.B
+
+
+cdef inline index_t block_start(const Dims* d, index_t block) noexcept nogil:
+    return d.B * block // kept_blocks(d)
 
 
 cdef void carve_packings(Buffers* w, char* block, size_t* used, const Dims* d,
@@ -323,7 +369,7 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
                          f"input, got shape {(<object>X_value).shape}")
     d.h_broadcast = broadcasts(layer, "h", arrays[IN_H0], &d, batched)
     d.c_broadcast = lstm and broadcasts(layer, "c", arrays[IN_C0], &d, batched)
-    d.shared_packing = False
+    d.shared_packing = d.part_major = False
     d.panels = packing_pays(&d)
     check_layout(layer, arrays)
     blas_int(d.T * d.B)
@@ -371,6 +417,7 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
         # 29.2 -> 24.8, RNN 10.6 -> 9.5). Training keeps its panels, which the backward's
         # products need (LSTM there trains in 113 ms packed, 140 in place).
         d.panels = False
+    d.part_major = part_major(&d, recording, itemsize)
     nbytes = carve(w, NULL, &d, recording, itemsize, NULL, NULL, NULL)
     if recording:
         w = <Buffers*>tape.meta_alloc(sizeof(Buffers))
@@ -412,6 +459,7 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
         # are a sequence's own.
         node.ints[6] = d.h_broadcast; node.ints[7] = d.c_broadcast
         node.ints[8] = d.panels and not d.shared_packing
+        node.ints[9] = d.part_major
         node.saved[0] = w
         parent = tape.tensor(value, tape.n_nodes - 1)
     else:
@@ -588,7 +636,8 @@ cdef int check_layout(object layer, list arrays) except -1:
 # Rows of a batch are independent sequences: the recurrence over rows [r0, r1) needs no
 # other row. So with panels the crew splits a whole sequence by rows, forward and backward,
 # one hand-over per sequence instead of one per step, and each core keeps its own rows'
-# states in its own cache. Buffers keep their full-batch layout; a part offsets into them.
+# states in its own cache. A part offsets into buffers of the full batch, or where they are
+# kept part by part (part_major), takes its half; one thread alone takes the halves in turn.
 ctypedef struct Recurrence:
     bint is_f64
     const Dims* d
@@ -607,6 +656,10 @@ ctypedef struct Recurrence:
 cdef enum:
     # Fewer rows than this per part would leave the kernel's row blocks mostly empty.
     SPLIT_MIN_ROWS = 4
+    # A sequence's rows per half (T x B/2) from which its kept buffers go part by part
+    # (part_major): blas.pyx's DEFER_DEPTH, the depth from which a weight gradient's
+    # product runs at once rather than waiting to join others.
+    PART_MAJOR_MIN_DEPTH = 256
     # Bytes between the two parts' rows in the buffers both rewrite at every step (the
     # stacked product's stage, dh, an inference's gates...). Packed end to end, the lines
     # on one side of the boundary were fetched by the other core's prefetcher as it
@@ -728,19 +781,28 @@ cdef inline void* part_rows(const Buffers* w, void* buffer, index_t r0, index_t 
     return <char*>buffer + r0 * row_values * itemsize + (w.split_gap if r0 > 0 else 0)
 
 
+cdef inline index_t row_blocks(const Dims* d, int parts) noexcept nogil:
+    # The blocks of the batch's rows the parts run, each a recurrence of its own (part p
+    # the blocks from blocks * p // parts on): the halves where buffers are kept part by
+    # part, both for one part alone; otherwise one block a part.
+    return kept_blocks(d) if d.part_major else parts
+
+
 cdef void forward_part(void* arg, int part, int parts) noexcept nogil:
     cdef Recurrence* job = <Recurrence*>arg
-    cdef index_t r0 = job.d.B * part // parts, r1 = job.d.B * (part + 1) // parts
-    if job.is_f64:
-        forward_rows[double](job.d, job.w, job.recording, <const double*>job.X,
-                             <const double*>job.Wi, <const double*>job.Wh,
-                             <const double*>job.b, <const double*>job.Wh_h, <double*>job.Y,
-                             r0, r1)
-    else:
-        forward_rows[float](job.d, job.w, job.recording, <const float*>job.X,
-                            <const float*>job.Wi, <const float*>job.Wh,
-                            <const float*>job.b, <const float*>job.Wh_h, <float*>job.Y,
-                            r0, r1)
+    cdef index_t blocks = row_blocks(job.d, parts), block, r0, r1
+    for block in range(blocks * part // parts, blocks * (part + 1) // parts):
+        r0, r1 = job.d.B * block // blocks, job.d.B * (block + 1) // blocks
+        if job.is_f64:
+            forward_rows[double](job.d, job.w, job.recording, <const double*>job.X,
+                                 <const double*>job.Wi, <const double*>job.Wh,
+                                 <const double*>job.b, <const double*>job.Wh_h,
+                                 <double*>job.Y, r0, r1)
+        else:
+            forward_rows[float](job.d, job.w, job.recording, <const float*>job.X,
+                                <const float*>job.Wi, <const float*>job.Wh,
+                                <const float*>job.b, <const float*>job.Wh_h, <float*>job.Y,
+                                r0, r1)
 
 
 cdef void pack_weights(const Dims* d, const Buffers* w, const floating* Wi,
@@ -792,17 +854,18 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
                        const floating* Wh_h, floating* Y, index_t r0,
                        index_t r1) noexcept nogil:
     cdef index_t T = d.T, B = d.B, H = d.H, BH = d.B * d.H, rows = r1 - r0
-    cdef index_t GH = input_blocks(d.cell) * H
-    cdef index_t kept_stride = BH if recording else 0
-    cdef index_t gates_stride = B * GH if recording or d.cell == CELL_RNN else 0
+    cdef index_t GH = input_blocks(d.cell) * H, step_rows = kept_step_rows(d, rows)
+    cdef index_t kept_stride = step_rows * H if recording else 0
+    cdef index_t gates_stride = step_rows * GH if recording or d.cell == CELL_RNN else 0
     cdef size_t itemsize = sizeof(floating)
-    # Buffers kept for backward hold the batch's rows as one array; one step's, apart.
+    # Buffers kept for backward (and the RNN's, Y) as kept_rows lays them; one step's apart.
     cdef floating* gates = <floating*>(
         part_rows(w, w.gates, r0, GH, itemsize) if gates_stride == 0
-        else <floating*>w.gates + r0 * GH)
-    cdef floating* cells = <floating*>(<floating*>w.cells + r0 * H if recording
+        else kept_rows(d, w, w.gates, r0, GH, itemsize))
+    cdef floating* cells = <floating*>(kept_rows(d, w, w.cells, r0, H, itemsize) if recording
                                        else part_rows(w, w.cells, r0, H, itemsize))
-    cdef floating* hidden = <floating*>(<floating*>w.hidden + r0 * H if recording
+    cdef floating* hidden = <floating*>(kept_rows(d, w, w.hidden, r0, H, itemsize)
+                                        if recording
                                         else part_rows(w, w.hidden, r0, H, itemsize))
     cdef floating* hidden_proj = <floating*>part_rows(w, w.hidden_proj, r0, 3 * H, itemsize)
     cdef void* own
@@ -1098,16 +1161,19 @@ cdef Dims dims_of(const Node* node) noexcept nogil:
     d.T, d.B, d.n_in, d.H = node.ints[2], node.ints[3], node.ints[4], node.ints[5]
     d.h_broadcast, d.c_broadcast, d.panels = node.ints[6], node.ints[7], node.ints[8]
     d.shared_packing = False
+    d.part_major = node.ints[9]
     return d
 
 
 cdef void backward_part(void* arg, int part, int parts) noexcept nogil:
     cdef Recurrence* job = <Recurrence*>arg
-    cdef index_t r0 = job.d.B * part // parts, r1 = job.d.B * (part + 1) // parts
-    if job.is_f64:
-        backward_rows[double](job.node, job.d, job.w, <const double*>job.dY, r0, r1)
-    else:
-        backward_rows[float](job.node, job.d, job.w, <const float*>job.dY, r0, r1)
+    cdef index_t blocks = row_blocks(job.d, parts), block, r0, r1
+    for block in range(blocks * part // parts, blocks * (part + 1) // parts):
+        r0, r1 = job.d.B * block // blocks, job.d.B * (block + 1) // blocks
+        if job.is_f64:
+            backward_rows[double](job.node, job.d, job.w, <const double*>job.dY, r0, r1)
+        else:
+            backward_rows[float](job.node, job.d, job.w, <const float*>job.dY, r0, r1)
 
 
 cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const floating* dY,
@@ -1118,14 +1184,17 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
     cdef index_t GH = input_blocks(d.cell) * H, hidden_GH = hidden_blocks(d.cell) * H
     cdef const floating* Wh = <floating*>node.in_values[IN_WH]
     cdef const floating* Wh_h = <floating*>node.in_values[IN_WH_H]
-    cdef const floating* Y = <floating*>node.value + r0 * H
-    cdef const floating* gates = <floating*>w.gates + r0 * GH
-    cdef const floating* cells = <floating*>w.cells + r0 * H
-    cdef const floating* c0 = <floating*>w.c0 + r0 * H
-    cdef floating* hidden = <floating*>w.hidden + r0 * H
-    cdef const floating* h0 = <floating*>w.h0 + r0 * H
-    cdef floating* d_gates = <floating*>w.d_gates + r0 * GH
     cdef size_t itemsize = sizeof(floating)
+    cdef const floating* Y = <floating*>node.value + r0 * H
+    # Kept buffers' steps lie `step_rows` rows apart (kept_rows), Y's and dY's B.
+    cdef index_t step_rows = kept_step_rows(d, rows)
+    cdef index_t gates_step = step_rows * GH, kept_step = step_rows * H
+    cdef const floating* gates = <floating*>kept_rows(d, w, w.gates, r0, GH, itemsize)
+    cdef const floating* cells = <floating*>kept_rows(d, w, w.cells, r0, H, itemsize)
+    cdef const floating* c0 = <floating*>w.c0 + r0 * H
+    cdef floating* hidden = <floating*>kept_rows(d, w, w.hidden, r0, H, itemsize)
+    cdef const floating* h0 = <floating*>w.h0 + r0 * H
+    cdef floating* d_gates = <floating*>kept_rows(d, w, w.d_gates, r0, GH, itemsize)
     cdef floating* dh = <floating*>part_rows(w, w.dh, r0, H, itemsize)
     cdef floating* dc = <floating*>part_rows(w, w.dc, r0, H, itemsize)
     cdef floating* tanh_c = <floating*>part_rows(w, w.tanh_c, r0, H, itemsize)
@@ -1140,22 +1209,22 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
         h_prev = Y + (t - 1) * BH if t > 0 else h0
         if d.cell != CELL_GRUV3:
             step_backward_elementwise(d, rows, dY + t * BH, Y + t * BH,
-                                      cells + (t - 1) * BH if t > 0 else c0,
-                                      <floating*>cells + t * BH if d.cell == CELL_LSTM
-                                      else hidden + t * BH,
-                                      h_prev, tanh_c, dh, dc, d_gates + t * B * GH)
+                                      cells + (t - 1) * kept_step if t > 0 else c0,
+                                      <floating*>cells + t * kept_step
+                                      if d.cell == CELL_LSTM else hidden + t * kept_step,
+                                      h_prev, tanh_c, dh, dc, d_gates + t * gates_step)
         else:
             # h_t is both this step's output and the next step's state.
             add_to(rows * H, dY + t * BH, dh)
-            gruv3_output_backward(rows, H, gates + t * B * GH, h_prev, dh,
-                                  d_gates + t * B * GH)
-            step_product(d, rows, H, H, d_gates + t * B * GH + 2 * H, 3 * H, Wh_h, False,
+            gruv3_output_backward(rows, H, gates + t * gates_step, h_prev, dh,
+                                  d_gates + t * gates_step)
+            step_product(d, rows, H, H, d_gates + t * gates_step + 2 * H, 3 * H, Wh_h, False,
                          <floating*>w.packed_wh_h_back, d_reset, H, False)
-            gruv3_reset_backward(rows, H, gates + t * B * GH, h_prev, d_reset, dh,
-                                 d_gates + t * B * GH)
+            gruv3_reset_backward(rows, H, gates + t * gates_step, h_prev, d_reset, dh,
+                                 d_gates + t * gates_step)
         if t > 0 or node.inputs[IN_H0] >= 0:
             # RNN and LSTM reach h only through h Whᵀ; the GRUs' direct paths are in dh.
-            step_product(d, rows, H, hidden_GH, d_gates + t * B * GH, GH, Wh,
+            step_product(d, rows, H, hidden_GH, d_gates + t * gates_step, GH, Wh,
                          False, <floating*>w.packed_wh_back, dh, H,
                          d.cell == CELL_GRU or d.cell == CELL_GRUV3)
     # The gradients reaching h0 and c0 end as one (B, H) array each (backward_kernel):
@@ -1188,6 +1257,8 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     cdef bint background
     cdef char* scratch
     cdef size_t used = 0, step_bytes = BH * sizeof(floating) + SPLIT_GAP_BYTES
+    cdef size_t itemsize = sizeof(floating)
+    cdef index_t block, r0
     if d.cell == CELL_RNN:
         # The RNN's gate gradients, dY (1 - y²) for tanh, take the place of dY itself:
         # each step's rows of dY are read before theirs are written, and nothing reads
@@ -1231,51 +1302,113 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     if d.cell == CELL_LSTM and inputs[IN_C0] >= 0:
         add_state_grad(d.c_broadcast, B, H, dc, <floating*>nodes[inputs[IN_C0]].grad)
 
-    # Whole-sequence weight gradients: every step's rows in one product each; a short
-    # sequence's (a step's) wait to join the next steps' (defer_product, blas.pxd), and a
-    # small layer's run in the background.
+    # Whole-sequence weight gradients: every step's rows in one product each (one each
+    # half where they are kept part by part); a short sequence's (a step's) wait to join
+    # the next steps' (defer_product, blas.pxd), and a small layer's run in the background.
     background = weight_bytes(&d, sizeof(floating)) <= BACKGROUND_MAX_WEIGHT_BYTES
     if inputs[IN_WH] >= 0:        # step 0 saw h0, step t > 0 saw Y[t - 1]
-        defer_product(floating is double, hidden_GH, H, B, d_gates, GH, h0, H,
-                      nodes[inputs[IN_WH]].grad, H, background)
-        defer_product(floating is double, hidden_GH, H, (T - 1) * B, d_gates + B * GH, GH, Y, H,
-                      nodes[inputs[IN_WH]].grad, H, background)
+        if d.part_major:
+            for block in range(kept_blocks(&d)):
+                gradient_of_block(&d, w, block, hidden_GH, H, d_gates, GH, h0, Y,
+                                  <floating*>nodes[inputs[IN_WH]].grad, background)
+        else:
+            defer_product(floating is double, hidden_GH, H, B, d_gates, GH, h0, H,
+                          nodes[inputs[IN_WH]].grad, H, background)
+            defer_product(floating is double, hidden_GH, H, (T - 1) * B, d_gates + B * GH, GH,
+                          Y, H, nodes[inputs[IN_WH]].grad, H, background)
     if d.cell == CELL_GRUV3 and inputs[IN_WH_H] >= 0:     # the n block against r ⊙ h
-        defer_product(floating is double, H, H, T * B, d_gates + 2 * H, 3 * H, hidden, H,
-                      nodes[inputs[IN_WH_H]].grad, H, background)
+        for block in range(kept_blocks(&d)):       # both kept alike: one product a block
+            r0 = block_start(&d, block)
+            defer_product(floating is double, H, H, T * (block_start(&d, block + 1) - r0),
+                          <floating*>kept_rows(&d, w, d_gates, r0, GH, itemsize) + 2 * H,
+                          3 * H, kept_rows(&d, w, <void*>hidden, r0, H, itemsize), H,
+                          nodes[inputs[IN_WH_H]].grad, H, background)
     # The input side: d_gates, but for the GRU, whose n block there is d_n in `hidden`
     # (gru_backward), its first two blocks and that one.
     if d.cell == CELL_GRU:
-        input_side(&d, nodes, inputs, background, 2 * H, 0, d_gates, GH, X, Wi)
-        input_side(&d, nodes, inputs, background, H, 2 * H, hidden, H, X, Wi)
+        input_side(&d, w, nodes, inputs, background, 2 * H, 0, d_gates, GH, X, Wi)
+        input_side(&d, w, nodes, inputs, background, H, 2 * H, hidden, H, X, Wi)
     else:
-        input_side(&d, nodes, inputs, background, GH, 0, d_gates, GH, X, Wi)
+        input_side(&d, w, nodes, inputs, background, GH, 0, d_gates, GH, X, Wi)
 
 
-cdef void input_side(const Dims* d, Node* nodes, const index_t* inputs, bint background,
-                     index_t width, index_t first, const floating* d_x, index_t ld,
-                     const floating* X, const floating* Wi) noexcept nogil:
+cdef void gradient_of_block(const Dims* d, const Buffers* w, index_t block, index_t m,
+                            index_t n, const floating* d_x, index_t ld,
+                            const floating* at_start, const floating* source, floating* C,
+                            bint background) noexcept nogil:
+    # C (m x n) += d_xᵀ S over one half's rows of a sequence kept part by part: d_x, m of
+    # every row of the half (ld apart, kept_rows), against the rows S each step saw, in
+    # the batch's layout: with `at_start` (h0), step 0 saw it and step t > 0 source's
+    # step t - 1 (Y); without, step t saw source's step t (X). One product over all the
+    # half's steps, S's rows gathered where they lie; without memory for their
+    # addresses, one deferred product a step.
+    cdef index_t r0 = block_start(d, block), rows = block_start(d, block + 1) - r0
+    cdef index_t T = d.T, B = d.B, lag = 1 if at_start != NULL else 0, t, i
+    cdef const floating* a = <const floating*>kept_rows(d, w, <void*>d_x, r0, ld,
+                                                        sizeof(floating))
+    cdef const floating** seen = <const floating**>thread_buffer(
+        BUFFER_STEP, T * rows * sizeof(floating*))
+    cdef const floating* step_rows
+    for t in range(T):
+        step_rows = (at_start + r0 * n if t < lag else source + ((t - lag) * B + r0) * n)
+        if seen == NULL:
+            defer_product(floating is double, m, n, rows, a + t * rows * ld, ld, step_rows,
+                          n, C, n, background)
+            continue
+        for i in range(rows):
+            seen[t * rows + i] = step_rows + i * n
+    if seen != NULL:
+        gradient_of_rows(m, n, T * rows, a, ld, seen, C, n)
+
+
+cdef void input_side(const Dims* d, const Buffers* w, Node* nodes, const index_t* inputs,
+                     bint background, index_t width, index_t first, const floating* d_x,
+                     index_t ld, const floating* X, const floating* Wi) noexcept nogil:
     # Gradients through x Wiᵀ + b of gate columns [first, first + width), whose gradient
-    # d_x (T·B rows, ld apart) holds: Wi's rows and b's values there, and X's.
-    cdef index_t rows = d.T * d.B, n_in = d.n_in, r
+    # d_x (T·B rows, ld apart, as kept_rows lays them) holds: Wi's rows and b's values
+    # there, and X's.
+    cdef index_t T = d.T, B = d.B, n_in = d.n_in, r, t, block, r0, rows
     cdef floating* db
+    cdef floating* dX
+    cdef const floating* d_block
     cdef const floating* packed_wi_back = NULL
     if inputs[IN_WI] >= 0:
-        defer_product(floating is double, width, n_in, rows, d_x, ld, X, n_in,
-                      <floating*>nodes[inputs[IN_WI]].grad + first * n_in, n_in, background)
+        if d.part_major:
+            for block in range(kept_blocks(d)):
+                gradient_of_block(d, w, block, width, n_in, d_x, ld, NULL, X,
+                                  <floating*>nodes[inputs[IN_WI]].grad + first * n_in,
+                                  background)
+        else:
+            defer_product(floating is double, width, n_in, T * B, d_x, ld, X, n_in,
+                          <floating*>nodes[inputs[IN_WI]].grad + first * n_in, n_in,
+                          background)
     if inputs[IN_B] >= 0:
         db = <floating*>nodes[inputs[IN_B]].grad + first
-        for r in range(rows):
-            add_to(width, d_x + r * ld, db)
+        for r in range(T * B):     # the halves' rows one after the other, as they lie
+            add_to(width, d_x + r * ld + (w.split_gap // sizeof(floating)
+                                          if d.part_major and r >= T * (B // 2) else 0), db)
     if inputs[IN_X] >= 0:
+        dX = <floating*>nodes[inputs[IN_X]].grad
         packed_wi_back = (packed_for_backward(width, n_in, Wi + first * n_in, n_in, 1)
                           if has_panel_kernel() else NULL)
-        if packed_wi_back != NULL:
-            panel_product(rows, n_in, width, d_x, ld, 1, packed_wi_back,
-                          <floating*>nodes[inputs[IN_X]].grad, n_in, True)
-        else:
-            gemm(False, False, rows, n_in, width, 1, d_x, ld, Wi + first * n_in, n_in,
-                 1, <floating*>nodes[inputs[IN_X]].grad, n_in)
+        if not d.part_major:
+            if packed_wi_back != NULL:
+                panel_product(T * B, n_in, width, d_x, ld, 1, packed_wi_back, dX, n_in, True)
+            else:
+                gemm(False, False, T * B, n_in, width, 1, d_x, ld, Wi + first * n_in, n_in,
+                     1, dX, n_in)
+            return
+        # Each half's rows of a step go to X's rows of that step.
+        for block in range(kept_blocks(d)):
+            r0, rows = block_start(d, block), block_start(d, block + 1) - block_start(d, block)
+            d_block = <const floating*>kept_rows(d, w, <void*>d_x, r0, ld, sizeof(floating))
+            for t in range(T):
+                if packed_wi_back != NULL:
+                    panel_product(rows, n_in, width, d_block + t * rows * ld, ld, 1,
+                                  packed_wi_back, dX + (t * B + r0) * n_in, n_in, True)
+                else:
+                    gemm(False, False, rows, n_in, width, 1, d_block + t * rows * ld, ld,
+                         Wi + first * n_in, n_in, 1, dX + (t * B + r0) * n_in, n_in)
 
 
 # A step's elementwise backward over its rows (StepElementwise, backward), shared like the

@@ -470,7 +470,11 @@ static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdi
           for (ptrdiff_t i = 0; i < M; i += PANEL_ROWS) {                                   \
             ptrdiff_t rows = M - i < PANEL_ROWS ? M - i : PANEL_ROWS;                       \
             const scalar* from = A + i * a_row + k0 * a_k;                                  \
-            if (a_columns != NULL)                                                          \
+            if (a_columns != NULL && rows == PANEL_ROWS)                                    \
+                for (ptrdiff_t k = 0; k < depth; k++)                                       \
+                    memcpy(gathered + k * PANEL_ROWS, a_columns[k0 + k] + first_row + i,    \
+                           sizeof(scalar) * PANEL_ROWS);                                    \
+            else if (a_columns != NULL)                                                     \
                 for (ptrdiff_t k = 0; k < depth; k++) {                                     \
                     const scalar* column = a_columns[k0 + k] + first_row + i;               \
                     for (ptrdiff_t r = 0; r < rows; r++)                                    \

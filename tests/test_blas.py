@@ -386,6 +386,41 @@ def _alone_and_shared(code):
     return alone.stdout.split("\n"), shared.stdout.split("\n")
 
 
+# Sequences that keep their gates half by half (ops_rnn: part_major): two threads run a
+# half each, one thread both in turn, and the weight gradients go half by half with the
+# rows each step saw gathered where they lie (blas.pyx: gradient_of_rows). Stacked, so
+# that the second layer's input gradient goes back half by half too; a GRUv3, whose
+# gradients of r ⊙ h are kept that way; and an odd batch, of halves 6 and 7, in float64.
+_PART_BY_PART = """
+    import hashlib
+    import numpy as np
+    import recur as rc
+    rng = np.random.default_rng(12)
+    stacked = rc.Chain(rc.GRU(24, 96, rng=rng), rc.LSTM(96, 64, rng=rng), rc.Dense(64, 3, rng=rng))
+    X = rc.param(rng.standard_normal((40, 16, 24)).astype(np.float32))
+    Y = rng.standard_normal((40, 16, 3)).astype(np.float32)
+    v3 = rc.GRUv3(24, 48, rng=rng)
+    odd = rc.LSTM(5, 37, rng=rng, dtype=np.float64)
+    X_odd = rng.standard_normal((45, 13, 5))
+
+    def digest(f, ws):
+        grads = rc.gradient(f, ws)
+        return hashlib.sha1(b"".join(np.asarray(grads[p]).tobytes() for p in ws)).hexdigest()
+
+    for _ in range(3):
+        print(digest(lambda: (rc.reset(stacked), rc.mse(stacked(X), Y))[1],
+                     [X, *rc.params(stacked)])[:16],
+              digest(lambda: (rc.reset(v3), rc.sum(v3(X) ** 2))[1], rc.params(v3))[:16],
+              digest(lambda: (rc.reset(odd), rc.sum(odd(X_odd) ** 2))[1], rc.params(odd))[:16])
+"""
+
+
+def test_sequences_kept_part_by_part_give_one_threads_gradients_exactly():
+    alone_lines, shared_lines = _alone_and_shared(_PART_BY_PART)
+    assert len(alone_lines) == 4 and len(set(alone_lines[:3])) == 1
+    assert shared_lines == alone_lines
+
+
 def test_gradients_computed_in_the_background_match_one_threads_exactly():
     alone_lines, shared_lines = _alone_and_shared(_BACKGROUND_GRADIENTS)
     assert len(alone_lines) == 11 and len(set(alone_lines[:10])) == 1

@@ -256,20 +256,24 @@ def test_sequence_equals_stacked_steps(layer):
 # from 8 rows on, the crew splits it by batch rows; a single step packs per product. These
 # sizes give partial panels (4 * 37 gates is no multiple of a panel), remainders of the
 # kernel's row blocks (batch 13, 25), and batches too small for the row split (7, 3),
-# whose products the crew splits by columns instead.
-PANEL_SIZES = [(37, 13), (37, 25), (128, 7), (130, 3)]
+# whose products the crew splits by columns instead. From 256 rows in each half of the
+# batch (time x batch / 2) a recorded sequence keeps its gates, c and h Wh_nᵀ half by half
+# (ops_rnn: part_major): halves of 6 and 7 rows, of 16, and of 8 with 4 x 140 gates, whose
+# weight gradients pack the rows each step saw (blas.pyx: gradient_of_rows).
+PANEL_SIZES = [(37, 13, 4), (37, 25, 4), (128, 7, 4), (130, 3, 4), (37, 13, 45), (20, 32, 17),
+               (140, 16, 33)]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("hidden,batch", PANEL_SIZES)
+@pytest.mark.parametrize("hidden,batch,time", PANEL_SIZES)
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU", "GRUv3"])
-def test_sequence_equals_steps_at_panel_sizes(kind, hidden, batch, dtype):
+def test_sequence_equals_steps_at_panel_sizes(kind, hidden, batch, time, dtype):
     rng = np.random.default_rng(hidden + batch)
     layer = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU, "GRUv3": GRUv3}[kind](5, hidden, dtype=dtype)
     for p in rc.params(layer):
         p.value = (p.value + 0.2 * rng.standard_normal(p.shape)).astype(dtype)
-    X = rc.param(rng.standard_normal((4, batch, 5)).astype(dtype))
-    seed = rng.standard_normal((4, batch, hidden)).astype(dtype)
+    X = rc.param(rng.standard_normal((time, batch, 5)).astype(dtype))
+    seed = rng.standard_normal((time, batch, hidden)).astype(dtype)
     results = {}
     for path in ("sequence", "steps"):
         def loss():
