@@ -81,6 +81,8 @@ ctypedef struct Buffers:
     void* dc               # backward, LSTM: gradient reaching c_t (B, H)
     void* tanh_c           # backward, LSTM: tanh(c_t) of the current step (B, H)
     void* d_reset          # backward, GRUv3: gradient of r ⊙ h (B, H)
+    void* d_bias           # backward, kept part by part: each half's sum of its rows'
+                           #   gate gradients (G·H), the halves a gap apart (bias_part)
     void* packed_wi        # with panels: Wiᵀ, Whᵀ and Wh_hᵀ packed for the forward products,
     void* packed_wh        #   Wh and Wh_h for the backward ones; stacked (see `stacks`),
                            #   packed_wi holds Wiᵀ, Whᵀ and b as one operand
@@ -185,6 +187,7 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
         w.dc = take(block, &used, step + gap if cell == CELL_LSTM else 0)
         w.tanh_c = take(block, &used, step + gap if cell == CELL_LSTM else 0)
         w.d_reset = take(block, &used, step + gap if cell == CELL_GRUV3 else 0)
+        w.d_bias = take(block, &used, 2 * bias_part_bytes(d, itemsize) if d.part_major else 0)
         if d.panels and not d.shared_packing:
             w.packed_wh_back = take(block, &used,
                                     packed_bytes(itemsize, hidden_blocks(cell) * H, H))
@@ -205,6 +208,17 @@ cdef inline bint part_major(const Dims* d, bint recording, size_t itemsize) noex
     # nodes' (blas.pyx: defer_product), which takes their rows in one uniform layout.
     return (recording and d.T >= 2 and d.panels and d.cell != CELL_RNN
             and rows_may_split(d, itemsize) and d.T * (d.B // 2) >= PART_MAJOR_MIN_DEPTH)
+
+
+cdef inline size_t bias_part_bytes(const Dims* d, size_t itemsize) noexcept nogil:
+    # From one half's sum of gate gradients to the other's (w.d_bias): each half's thread
+    # writes its own at every step.
+    return ((input_blocks(d.cell) * d.H * itemsize + 63) & ~(<size_t>63)) + SPLIT_GAP_BYTES
+
+
+cdef inline void* bias_part(const Dims* d, const Buffers* w, index_t r0,
+                            size_t itemsize) noexcept nogil:
+    return <char*>w.d_bias + (bias_part_bytes(d, itemsize) if r0 > 0 else 0)
 
 
 cdef inline index_t kept_blocks(const Dims* d) noexcept nogil:
@@ -1200,7 +1214,15 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
     cdef floating* tanh_c = <floating*>part_rows(w, w.tanh_c, r0, H, itemsize)
     cdef floating* d_reset = <floating*>part_rows(w, w.d_reset, r0, H, itemsize)
     cdef const floating* h_prev
-    cdef index_t t
+    cdef index_t t, r
+    # Kept part by part, each half sums its rows' gate gradients into db's part as it goes,
+    # while they are in its cache: afterwards, the calling thread alone went over all of
+    # them, half of them in the other core's cache (input_side).
+    cdef floating* d_bias = (<floating*>bias_part(d, w, r0, itemsize)
+                             if d.part_major and node.inputs[IN_B] >= 0 else NULL)
+    cdef const floating* d_step
+    if d_bias != NULL:
+        memset(d_bias, 0, GH * sizeof(floating))
     dY += r0 * H
     memset(dh, 0, rows * H * sizeof(floating))
     if d.cell == CELL_LSTM:
@@ -1222,6 +1244,14 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
                          <floating*>w.packed_wh_h_back, d_reset, H, False)
             gruv3_reset_backward(rows, H, gates + t * gates_step, h_prev, d_reset, dh,
                                  d_gates + t * gates_step)
+        if d_bias != NULL:       # the input side's: the GRU's n block is d_n, in `hidden`
+            d_step = d_gates + t * gates_step
+            for r in range(rows):
+                if d.cell == CELL_GRU:
+                    add_to(2 * H, d_step + r * GH, d_bias)
+                    add_to(H, hidden + (t * rows + r) * H, d_bias + 2 * H)
+                else:
+                    add_to(GH, d_step + r * GH, d_bias)
         if t > 0 or node.inputs[IN_H0] >= 0:
             # RNN and LSTM reach h only through h Whᵀ; the GRUs' direct paths are in dh.
             step_product(d, rows, H, hidden_GH, d_gates + t * gates_step, GH, Wh,
@@ -1384,9 +1414,13 @@ cdef void input_side(const Dims* d, const Buffers* w, Node* nodes, const index_t
                           background)
     if inputs[IN_B] >= 0:
         db = <floating*>nodes[inputs[IN_B]].grad + first
-        for r in range(T * B):     # the halves' rows one after the other, as they lie
-            add_to(width, d_x + r * ld + (w.split_gap // sizeof(floating)
-                                          if d.part_major and r >= T * (B // 2) else 0), db)
+        if d.part_major:           # each half's sum (backward_rows), the first's first
+            for block in range(kept_blocks(d)):
+                add_to(width, <floating*>bias_part(d, w, block_start(d, block),
+                                                   sizeof(floating)) + first, db)
+        else:
+            for r in range(T * B):
+                add_to(width, d_x + r * ld, db)
     if inputs[IN_X] >= 0:
         dX = <floating*>nodes[inputs[IN_X]].grad
         packed_wi_back = (packed_for_backward(width, n_in, Wi + first * n_in, n_in, 1)
