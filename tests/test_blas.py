@@ -390,7 +390,8 @@ def _alone_and_shared(code):
 # half each, one thread both in turn, and the weight gradients go half by half with the
 # rows each step saw gathered where they lie (blas.pyx: gradient_of_rows). Stacked, so
 # that the second layer's input gradient goes back half by half too; a GRUv3, whose
-# gradients of r ⊙ h are kept that way; and an odd batch, of halves 6 and 7, in float64.
+# gradients of r ⊙ h are kept that way; an odd batch, of halves 6 and 7, in float64; and
+# 4 x 160 gates, whose Wh gradient packs the rows each step saw in a packing the crew shares.
 _PART_BY_PART = """
     import hashlib
     import numpy as np
@@ -402,6 +403,8 @@ _PART_BY_PART = """
     v3 = rc.GRUv3(24, 48, rng=rng)
     odd = rc.LSTM(5, 37, rng=rng, dtype=np.float64)
     X_odd = rng.standard_normal((45, 13, 5))
+    wide = rc.LSTM(16, 160, rng=rng)
+    X_wide = rng.standard_normal((30, 32, 16)).astype(np.float32)
 
     def digest(f, ws):
         grads = rc.gradient(f, ws)
@@ -411,7 +414,9 @@ _PART_BY_PART = """
         print(digest(lambda: (rc.reset(stacked), rc.mse(stacked(X), Y))[1],
                      [X, *rc.params(stacked)])[:16],
               digest(lambda: (rc.reset(v3), rc.sum(v3(X) ** 2))[1], rc.params(v3))[:16],
-              digest(lambda: (rc.reset(odd), rc.sum(odd(X_odd) ** 2))[1], rc.params(odd))[:16])
+              digest(lambda: (rc.reset(odd), rc.sum(odd(X_odd) ** 2))[1], rc.params(odd))[:16],
+              digest(lambda: (rc.reset(wide), rc.sum(wide(X_wide) ** 2))[1],
+                     rc.params(wide))[:16])
 """
 
 

@@ -258,10 +258,11 @@ def test_sequence_equals_stacked_steps(layer):
 # kernel's row blocks (batch 13, 25), and batches too small for the row split (7, 3),
 # whose products the crew splits by columns instead. From 256 rows in each half of the
 # batch (time x batch / 2) a recorded sequence keeps its gates, c and h Wh_nᵀ half by half
-# (ops_rnn: part_major): halves of 6 and 7 rows, of 16, and of 8 with 4 x 140 gates, whose
-# weight gradients pack the rows each step saw (blas.pyx: gradient_of_rows).
+# (ops_rnn: part_major): halves of 6 and 7 rows, of 16, and of 8 and 16 with 4 x 140 and
+# 4 x 160 gates, whose weight gradients pack the rows each step saw (blas.pyx:
+# gradient_of_rows), the second's Wh gradient in a packing the crew shares.
 PANEL_SIZES = [(37, 13, 4), (37, 25, 4), (128, 7, 4), (130, 3, 4), (37, 13, 45), (20, 32, 17),
-               (140, 16, 33)]
+               (140, 16, 33), (160, 32, 30)]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
