@@ -13,7 +13,8 @@
 # short sequence's wait to join the next steps') and dX, and db as a column sum. A single
 # step's backward products run on the one packing of its weights that every step of the
 # pass shares (pack_cache.h). The two loops run over a range of batch rows, which the crew
-# of two threads splits.
+# of two threads splits; a long sequence keeps its steps half by half for them
+# (part_major), and its GEMMs and db then go a half at a time.
 #
 # Row-major layout, H = hidden size. Gate blocks of Wi and b: RNN [a], LSTM [i f g o],
 # GRU and GRUv3 [r z n]; Wh has the same blocks except GRUv3's [r z].
