@@ -650,8 +650,7 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
         return
     if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and k > 0
             and <double>m * n * k > BLAS_MAX_MACS):
-        if (trans_a and not trans_b and m > FEW_COLUMNS
-                and m * sizeof(floating) <= TRANSPOSED_GRADIENT_MAX_ROW_BYTES
+        if (trans_a and not trans_b and transposes_gradient(m, sizeof(floating))
                 and gradient_as_transpose(m, n, k, a, lda, b, ldb, c, ldc, beta == 1)):
             return
         # A wider weight gradient's transposed A (Aᵀ B over every step's rows) is gathered a
@@ -693,6 +692,12 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
         sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
     else:
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+
+
+cdef inline bint transposes_gradient(Py_ssize_t m, size_t itemsize) noexcept nogil:
+    # Whether a weight gradient Aᵀ B with rows of m values in A goes as its transpose
+    # (gradient_as_transpose, TRANSPOSED_GRADIENT_MAX_ROW_BYTES).
+    return m > FEW_COLUMNS and m * itemsize <= TRANSPOSED_GRADIENT_MAX_ROW_BYTES
 
 
 cdef bint gradient_as_transpose(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
@@ -740,7 +745,7 @@ cdef void gradient_of_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float
     settle_deferred(c, deferred_extent(m, n, ldc, floating is double))
     if (PANEL_KERNEL and not takes_few_rows(m, n, sizeof(floating))
             and <double>m * n * k > BLAS_MAX_MACS):
-        if (m > FEW_COLUMNS and m * sizeof(floating) <= TRANSPOSED_GRADIENT_MAX_ROW_BYTES
+        if (transposes_gradient(m, sizeof(floating))
                 and gradient_as_transpose(m, n, k, a, lda, b_rows[0], 0, c, ldc, True,
                                           b_rows)):
             return

@@ -188,7 +188,8 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
         w.dc = take(block, &used, step + gap if cell == CELL_LSTM else 0)
         w.tanh_c = take(block, &used, step + gap if cell == CELL_LSTM else 0)
         w.d_reset = take(block, &used, step + gap if cell == CELL_GRUV3 else 0)
-        w.d_bias = take(block, &used, 2 * bias_part_bytes(d, itemsize) if d.part_major else 0)
+        w.d_bias = take(block, &used, 2 * itemsize * input_blocks(cell) * H + gap
+                        if d.part_major else 0)
         if d.panels and not d.shared_packing:
             w.packed_wh_back = take(block, &used,
                                     packed_bytes(itemsize, hidden_blocks(cell) * H, H))
@@ -211,15 +212,12 @@ cdef inline bint part_major(const Dims* d, bint recording, size_t itemsize) noex
             and rows_may_split(d, itemsize) and d.T * (d.B // 2) >= PART_MAJOR_MIN_DEPTH)
 
 
-cdef inline size_t bias_part_bytes(const Dims* d, size_t itemsize) noexcept nogil:
-    # From one half's sum of gate gradients to the other's (w.d_bias): each half's thread
-    # writes its own at every step.
-    return ((input_blocks(d.cell) * d.H * itemsize + 63) & ~(<size_t>63)) + SPLIT_GAP_BYTES
-
-
 cdef inline void* bias_part(const Dims* d, const Buffers* w, index_t r0,
                             size_t itemsize) noexcept nogil:
-    return <char*>w.d_bias + (bias_part_bytes(d, itemsize) if r0 > 0 else 0)
+    # The sum of gate gradients of the half from row r0 (w.d_bias): a row a half, a gap
+    # apart as one step's rows are (part_rows), since each half's thread writes its own at
+    # every step.
+    return part_rows(w, w.d_bias, 1 if r0 > 0 else 0, input_blocks(d.cell) * d.H, itemsize)
 
 
 cdef inline index_t kept_blocks(const Dims* d) noexcept nogil:
