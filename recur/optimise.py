@@ -331,14 +331,17 @@ def _check_rule(where, opt):
                         f"got {type(opt).__name__}")
 
 
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))     # native byte order only
+
+
 def _value_of(p):
     """The array an optimiser updates in place for the parameter `p`."""
     value = getattr(p, "value", None)
     if not isinstance(value, np.ndarray):
         raise TypeError(f"update: expected parameters with a .value array (pass "
                         f"recur.params(model)), got {type(p).__name__}")
-    if value.dtype not in (np.float32, np.float64) or not value.flags.c_contiguous \
-            or not value.flags.writeable:
+    flags = value.flags
+    if value.dtype not in _FLOAT_DTYPES or not flags.c_contiguous or not flags.writeable:
         raise TypeError(f"update: a parameter's value must be a writable C-contiguous "
                         f"float32 or float64 array, got {value.dtype} "
                         f"(contiguous={value.flags.c_contiguous}, "
@@ -352,6 +355,8 @@ def _gradient_array(value, g):
     if g.shape != value.shape:
         raise ValueError(f"update: gradient of shape {g.shape} for a parameter of shape "
                          f"{value.shape}")
+    if g.dtype == value.dtype:      # the usual case, spared can_cast's 0.4 µs a parameter
+        return g if g.flags.c_contiguous else np.ascontiguousarray(g)
     if not np.can_cast(g.dtype, value.dtype, "same_kind"):
         raise TypeError(f"update: a {g.dtype} gradient cannot update a {value.dtype} "
                         "parameter")

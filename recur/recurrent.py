@@ -17,7 +17,7 @@ from recur import ops
 from recur._core import ops_rnn as kernels
 from recur.layers import FUSED_ACTIVATIONS, Layer, glorot_uniform, layer_input, zeros
 from recur.tensor import Param, Tensor, as_array
-from recur.walk import walk
+from recur.walk import containers
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "GRUv3Cell", "Recur", "RNN", "LSTM", "GRU",
            "GRUv3", "reset", "truncate", "unroll"]
@@ -309,7 +309,7 @@ def GRUv3(n_in, n_out, **options):
 # ---------------------------------------------------------------- whole models
 
 def _recurs(model):
-    return [m for m in walk(model) if isinstance(m, Recur)]
+    return [m for m in containers(model) if isinstance(m, Recur)]
 
 
 def reset(model):

@@ -148,6 +148,35 @@ def test_params_walks_nested_structures():
     assert len(rc.params(model)) == 6
 
 
+def test_containers_are_what_walk_finds_but_the_leaves_in_its_order():
+    from recur.walk import _LEAF, _kind, containers, walk
+
+    class Pair:                 # names its children itself
+        def __init__(self, a, b):
+            self.a, self.b = a, b
+
+        def _children(self):
+            return [("second", self.b), ("first", self.a)]
+
+    class Holder:               # plain attributes, a private one skipped
+        def __init__(self):
+            self.layers = (rc.LSTM(2, 3), {"gru": rc.GRU(3, 2), "fn": np.tanh})
+            self._hidden = rc.RNN(1, 1)
+            self.scale = 2.0
+
+    shared = rc.Chain(rc.RNN(2, 2), rc.Dense(2, 2))
+    model = {"encoder": [shared, Holder(), Pair(shared, rc.Dense(1, 1))],
+             "decoder": (rc.Chain(shared, rc.LSTM(2, 2)), [np.zeros(3), "text", None])}
+    model["encoder"].append(model["encoder"])          # a cycle
+    expected = [x for x in walk(model) if _kind(type(x)) != _LEAF]
+    found = containers(model)
+    assert [id(x) for x in found] == [id(x) for x in expected]
+    assert len(expected) > 10
+    assert containers(np.zeros(2)) == [] and containers(rc.Dense(1, 1).W) == []
+    recurs = [m for m in found if isinstance(m, rc.Recur)]
+    assert len(recurs) == 4         # the shared RNN once; the private RNN not at all
+
+
 @pytest.mark.parametrize("make", [lambda: rc.Dense(2, 3), lambda: rc.LSTM(2, 3),
                                   lambda: rc.GRUCell(2, 3), lambda: rc.Embedding(4, 2),
                                   lambda: rc.Chain(rc.RNN(2, 3), rc.Dense(3, 1))])
