@@ -175,6 +175,10 @@ def test_containers_are_what_walk_finds_but_the_leaves_in_its_order():
     assert containers(np.zeros(2)) == [] and containers(rc.Dense(1, 1).W) == []
     recurs = [m for m in found if isinstance(m, rc.Recur)]
     assert len(recurs) == 4         # the shared RNN once; the private RNN not at all
+    lstm, dense = rc.LSTM(2, 3), rc.Dense(3, 1)
+    chain = rc.Chain(lstm, dense)   # the LSTM's state0 tuple is its cell's, met once
+    assert [id(x) for x in containers(chain)] == [id(chain), id(lstm), id(lstm.cell),
+                                                  id(lstm.state0), id(dense)]
 
 
 @pytest.mark.parametrize("make", [lambda: rc.Dense(2, 3), lambda: rc.LSTM(2, 3),
