@@ -344,8 +344,8 @@ def _value_of(p):
     if value.dtype not in _FLOAT_DTYPES or not flags.c_contiguous or not flags.writeable:
         raise TypeError(f"update: a parameter's value must be a writable C-contiguous "
                         f"float32 or float64 array, got {value.dtype} "
-                        f"(contiguous={value.flags.c_contiguous}, "
-                        f"writable={value.flags.writeable})")
+                        f"(contiguous={flags.c_contiguous}, "
+                        f"writable={flags.writeable})")
     return value
 
 
