@@ -373,6 +373,10 @@ def update(opt, ps, gs):
     gradient is checked before any parameter changes.
     """
     _check_rule("update", opt)
+    if isinstance(gs, (list, tuple, np.ndarray)):
+        raise TypeError(f"update: gs must map each parameter to its gradient (the Grads "
+                        f"that recur.gradient returns, or a dict keyed by parameter), got a "
+                        f"{type(gs).__name__}")
     lookup = gs.get if hasattr(gs, "get") else gs.__getitem__
     params, grads, seen = [], [], set()
     for p in ps:

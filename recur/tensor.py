@@ -326,13 +326,23 @@ def params(*models):
     return found
 
 
-def _as_params(ps):
+def _as_params(ps, caller):
     if isinstance(ps, Params):
         return ps
     if isinstance(ps, Param):
         return Params([ps])
     if isinstance(ps, (list, tuple)) and all(isinstance(p, Param) for p in ps):
         return Params(ps)
+    # A model's walk skips plain arrays, so these would give an empty Grads: the user meant
+    # them as parameters, which they are not.
+    items = ps if isinstance(ps, (list, tuple)) else (ps,)
+    for i, item in enumerate(items):
+        if isinstance(item, (np.ndarray, Tensor)) and not isinstance(item, Param):
+            what = "an ndarray" if isinstance(item, np.ndarray) else "a Tensor"
+            where = f" as item {i} of a {type(ps).__name__}" if items is ps else ""
+            raise TypeError(
+                f"{caller}: ps must be recur.Params, a list of Params or a model; got "
+                f"{what}{where}, which is not trainable (make one with recur.param(array))")
     return params(ps)
 
 
@@ -340,7 +350,11 @@ def value_and_gradient(f, ps):
     """Calls `f()` while recording and returns `(loss, grads)`: the loss as a float and the
     gradient of the loss with respect to every Param of `ps` (None where it does not depend
     on it)."""
-    ps = _as_params(ps)
+    return _value_and_gradient(f, ps, "value_and_gradient")
+
+
+def _value_and_gradient(f, ps, caller):
+    ps = _as_params(ps, caller)
     tape = _tape.thread_tape()
     tape.start(ps)
     try:
@@ -358,7 +372,7 @@ def value_and_gradient(f, ps):
 
 def gradient(f, ps):
     """The gradient of the scalar `f()` with respect to the Params `ps`, as `Grads`."""
-    return value_and_gradient(f, ps)[1]
+    return _value_and_gradient(f, ps, "gradient")[1]
 
 
 def _scalar_loss(out):

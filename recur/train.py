@@ -53,12 +53,17 @@ def train(loss, ps, data, opt, *, epochs=1, cb=None, progress=None, file=None):
         raise TypeError(f"train: cb must be a function cb(step, loss) or None, got {type(cb).__name__}")
     if progress not in (None, True, False):
         raise TypeError(f"train: progress must be None, True or False, got {progress!r}")
-    if epochs > 1 and iter(data) is data:
+    try:
+        iterator = iter(data)
+    except TypeError:
+        raise TypeError(f"train: data must be an iterable of data items (a list, a "
+                        f"recur.DataLoader, zip(xs, ys)), got {type(data).__name__}") from None
+    if epochs > 1 and iterator is data:
         raise TypeError(
             f"train: epochs={epochs} needs data that can be iterated again, but "
             f"{type(data).__name__} is a one-shot iterator; pass a list (e.g. list(zip(xs, ys))) "
             "or a recur.DataLoader")
-    ps = _as_params(ps)
+    ps = _as_params(ps, "train")
     stream = sys.stderr if file is None else file
     if progress is None:
         progress = _is_terminal(stream)

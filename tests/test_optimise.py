@@ -449,6 +449,13 @@ def test_update_errors():
     with pytest.raises(TypeError, match=r"update: expected parameters with a \.value array "
                                         r"\(pass recur\.params\(model\)\), got object"):
         update(Adam(), [object()], {})
+    for gradients in ([np.zeros((2, 3))], (np.zeros((2, 3)),), np.zeros((1, 2, 3))):
+        with pytest.raises(TypeError, match=r"update: gs must map each parameter to its "
+                                            r"gradient \(the Grads that recur\.gradient "
+                                            r"returns, or a dict keyed by parameter\), got a "
+                                            + type(gradients).__name__):
+            update(Adam(), [p], gradients)
+    np.testing.assert_array_equal(p.value, 0.0)
 
 
 @pytest.mark.parametrize("value", [np.zeros(3, np.int64), np.zeros(6)[::2],

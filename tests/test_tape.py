@@ -153,6 +153,22 @@ def test_non_scalar_result_raises():
         rc.gradient(lambda: "loss", [W])
 
 
+@pytest.mark.parametrize("call", [rc.gradient, rc.value_and_gradient])
+def test_arrays_passed_as_parameters_raise_instead_of_giving_no_gradients(call):
+    x = np.ones(3)
+    name = call.__name__
+    with pytest.raises(TypeError, match=rf"{name}: ps must be recur\.Params, a list of Params "
+                                        r"or a model; got an ndarray as item 0 of a list, "
+                                        r"which is not trainable \(make one with "
+                                        r"recur\.param\(array\)\)"):
+        call(lambda: rc.sum(rc.tanh(x)), [x])
+    with pytest.raises(TypeError, match=rf"{name}: .*got a Tensor, which is not trainable"):
+        call(lambda: rc.sum(x), rc.Tensor(x))
+    # A model holding arrays among its layers is walked as before, arrays skipped.
+    W = rc.param(np.ones(3))
+    assert call(lambda: rc.sum(W * 2), {"W": W, "table": x}) is not None
+
+
 def test_unused_parameter_gets_none():
     used, unused = rc.param(np.ones(2)), rc.param(np.ones(2))
     gs = rc.gradient(lambda: rc.sum(used * 2), [used, unused])

@@ -231,6 +231,22 @@ def test_bad_arguments_raise_clear_errors(kwargs, error, message):
         train(lambda x: rc.sum(model(x)), model, [np.ones(3)], Adam(), **kwargs)
 
 
+def test_data_that_is_not_iterable_is_refused():
+    model = rc.Dense(3, 1)
+    with pytest.raises(TypeError, match=r"train: data must be an iterable of data items "
+                                        r"\(a list, a recur\.DataLoader, zip\(xs, ys\)\), "
+                                        r"got int"):
+        train(lambda x: rc.sum(model(x)), model, 5, Adam())
+
+
+def test_arrays_as_ps_are_refused_before_training():
+    model = rc.Dense(3, 1)
+    before = model.W.value.copy()
+    with pytest.raises(TypeError, match=r"train: ps must be recur\.Params.*got an ndarray"):
+        train(lambda x: rc.sum(model(x)), [model.W.value], [np.ones(3)], Adam())
+    np.testing.assert_array_equal(model.W.value, before)
+
+
 def test_an_optimiser_class_instead_of_a_rule_is_refused():
     model = rc.Dense(3, 1)
     with pytest.raises(TypeError, match="call it: Adam()"):
