@@ -91,6 +91,9 @@ ctypedef struct Buffers:
     void* packed_wh_h
     void* packed_wh_back
     void* packed_wh_h_back
+    size_t packing_copy    # bytes from the first part's forward packings to the second's
+                           #   (each part of a row split packs its own); 0: one for both
+    size_t back_packing_copy   # the same for packed_wh_back and packed_wh_h_back
     size_t split_gap       # bytes between the parts' rows in one step's buffers (part_rows)
 
 
@@ -137,7 +140,7 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
                   void* Y, void* h0, void* c0) noexcept nogil:
     """Lays the buffers out in `block` and returns the bytes they take (measure first with
     `block` NULL). Y, h0 and c0 are the node's value and initial states."""
-    cdef size_t used = 0
+    cdef size_t used = 0, start
     cdef size_t step = itemsize * d.B * d.H
     cdef size_t kept = step * (d.T if recording else 1)
     cdef size_t all_gates = itemsize * d.T * d.B * input_blocks(d.cell) * d.H
@@ -169,7 +172,8 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     w.h0 = take(block, &used, step) if d.h_broadcast else h0
     w.c0 = take(block, &used, step) if d.c_broadcast else c0
     if not d.shared_packing:
-        carve_packings(w, block, &used, d, itemsize)
+        carve_packings(w, block, &used, d, itemsize,
+                       2 if d.panels and rows_may_split(d, itemsize) else 1)
     if stacks(d):
         # Both parts stream the packed panels every step, and a hardware prefetcher runs on
         # past their end: right after them, the first part's stage was fetched by the other
@@ -191,10 +195,13 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
         w.d_bias = take(block, &used, 2 * itemsize * input_blocks(cell) * H + gap
                         if d.part_major else 0)
         if d.panels and not d.shared_packing:
+            start = used
             w.packed_wh_back = take(block, &used,
                                     packed_bytes(itemsize, hidden_blocks(cell) * H, H))
             w.packed_wh_h_back = take(block, &used, packed_bytes(itemsize, H, H)
                                       if cell == CELL_GRUV3 else 0)
+            w.back_packing_copy = used - start if rows_may_split(d, itemsize) else 0
+            used += w.back_packing_copy
     return used
 
 
@@ -247,9 +254,11 @@ cdef inline index_t block_start(const Dims* d, index_t block) noexcept nogil:
 
 
 cdef void carve_packings(Buffers* w, char* block, size_t* used, const Dims* d,
-                         size_t itemsize) noexcept nogil:
-    # The forward's packed weights, from `block` on as `carve` lays out the rest.
+                         size_t itemsize, int copies) noexcept nogil:
+    # The forward's packed weights, from `block` on as `carve` lays out the rest; with two
+    # copies, the second part's follow the first's (packing_copy).
     cdef index_t H = d.H, GH = input_blocks(d.cell) * d.H
+    cdef size_t start = used[0]
     if stacks(d):
         w.packed_wi = take(block, used, packed_bytes(itemsize, stacked_depth(d), GH))
     elif d.panels:
@@ -257,6 +266,8 @@ cdef void carve_packings(Buffers* w, char* block, size_t* used, const Dims* d,
         w.packed_wh = take(block, used, packed_bytes(itemsize, H, hidden_blocks(d.cell) * H))
         w.packed_wh_h = take(block, used, packed_bytes(itemsize, H, H)
                              if d.cell == CELL_GRUV3 else 0)
+    w.packing_copy = used[0] - start if copies == 2 else 0
+    used[0] += w.packing_copy
 
 
 cdef bint packing_pays(const Dims* d) noexcept nogil:
@@ -445,7 +456,7 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
         used = 0
         carve_packings(w, <char*>recorded_packing(tape, layer, &d, arrays, data, itemsize,
                                                   &packs),
-                       &used, &d, itemsize)
+                       &used, &d, itemsize, 1)
     if itemsize == sizeof(double):
         with nogil:
             recurrent_forward[double](&d, w, recording, packs, <double*>data[IN_X],
@@ -539,7 +550,7 @@ cdef void* recorded_packing(Tape tape, object layer, const Dims* d, list arrays,
                 and entry.is_f64 == is_f64):
             packs[0] = False
             return entry.block
-    carve_packings(&layout, NULL, &nbytes, d, itemsize)
+    carve_packings(&layout, NULL, &nbytes, d, itemsize, 1)
     block = tape.scratch(nbytes)
     tape.check_before_backward(PackingCheck.of(layer, d, arrays, data, itemsize, block, nbytes))
     entry = &recorded_packings[next_recorded_packing]
@@ -578,7 +589,7 @@ cdef class PackingCheck:
         cdef bint same
         if again == NULL:
             raise MemoryError()
-        carve_packings(&layout, again, &used, &self.d, self.itemsize)
+        carve_packings(&layout, again, &used, &self.d, self.itemsize, 1)
         with nogil:
             if self.itemsize == sizeof(double):
                 pack_weights[double](&self.d, &layout, <double*>self.data[IN_WI],
@@ -656,6 +667,8 @@ ctypedef struct Recurrence:
     const Dims* d
     const Buffers* w
     bint recording
+    bint packs_in_parts    # each part first packs the weights its steps stream (forward:
+                           #   Wi, Wh and b; backward: Wh) into its own copy
     const void* X
     const void* Wi
     const void* Wh
@@ -801,18 +814,42 @@ cdef inline index_t row_blocks(const Dims* d, int parts) noexcept nogil:
     return kept_blocks(d) if d.part_major else parts
 
 
+cdef inline void* offset_or_null(void* p, size_t nbytes) noexcept nogil:
+    return NULL if p == NULL else <char*>p + nbytes
+
+
 cdef void forward_part(void* arg, int part, int parts) noexcept nogil:
     cdef Recurrence* job = <Recurrence*>arg
     cdef index_t blocks = row_blocks(job.d, parts), block, r0, r1
+    cdef const Buffers* w = job.w
+    cdef Buffers own
+    if job.packs_in_parts:
+        # The panels every step of this part streams, packed by this part's thread into
+        # its own copy. Packed by one thread for both, each call's writes went to lines
+        # the other core had read the call before, each a trip between the cores, while
+        # the other waited (LSTM 32,64,16,50 inference, medians of alternate processes:
+        # 0.269 -> 0.259 ms with the vCPUs close, 0.350 -> 0.305 far apart).
+        own = job.w[0]
+        if part == 1:
+            own.packed_wi = offset_or_null(own.packed_wi, own.packing_copy)
+            own.packed_wh = offset_or_null(own.packed_wh, own.packing_copy)
+            own.packed_wh_h = offset_or_null(own.packed_wh_h, own.packing_copy)
+        if job.is_f64:
+            pack_weights[double](job.d, &own, <const double*>job.Wi, <const double*>job.Wh,
+                                 <const double*>job.b, <const double*>job.Wh_h)
+        else:
+            pack_weights[float](job.d, &own, <const float*>job.Wi, <const float*>job.Wh,
+                                <const float*>job.b, <const float*>job.Wh_h)
+        w = &own
     for block in range(blocks * part // parts, blocks * (part + 1) // parts):
         r0, r1 = job.d.B * block // blocks, job.d.B * (block + 1) // blocks
         if job.is_f64:
-            forward_rows[double](job.d, job.w, job.recording, <const double*>job.X,
+            forward_rows[double](job.d, w, job.recording, <const double*>job.X,
                                  <const double*>job.Wi, <const double*>job.Wh,
                                  <const double*>job.b, <const double*>job.Wh_h,
                                  <double*>job.Y, r0, r1)
         else:
-            forward_rows[float](job.d, job.w, job.recording, <const float*>job.X,
+            forward_rows[float](job.d, w, job.recording, <const float*>job.X,
                                 <const float*>job.Wi, <const float*>job.Wh,
                                 <const float*>job.b, <const float*>job.Wh_h, <float*>job.Y,
                                 r0, r1)
@@ -842,7 +879,8 @@ cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording, bin
     # step packed them already).
     cdef index_t T = d.T, B = d.B, H = d.H
     cdef Recurrence job
-    if packs:
+    job.packs_in_parts = packs and w.packing_copy != 0
+    if packs and not job.packs_in_parts:
         pack_weights(d, w, Wi, Wh, b, Wh_h)
     if d.h_broadcast:
         copy_rows(B, H, h0, <floating*>w.h0)
@@ -1178,15 +1216,40 @@ cdef Dims dims_of(const Node* node) noexcept nogil:
     return d
 
 
+cdef void pack_back_weights(const Dims* d, const Buffers* w, const floating* Wh,
+                            const floating* Wh_h) noexcept nogil:
+    # The backward's packings of Wh (and GRUv3's Wh_h) for dh = d_gates Wh.
+    pack(hidden_blocks(d.cell) * d.H, d.H, Wh, d.H, 1, <floating*>w.packed_wh_back)
+    if d.cell == CELL_GRUV3:
+        pack(d.H, d.H, Wh_h, d.H, 1, <floating*>w.packed_wh_h_back)
+
+
 cdef void backward_part(void* arg, int part, int parts) noexcept nogil:
     cdef Recurrence* job = <Recurrence*>arg
     cdef index_t blocks = row_blocks(job.d, parts), block, r0, r1
+    cdef const Buffers* w = job.w
+    cdef Buffers own
+    if job.packs_in_parts:
+        # Each part's own packing of Wh, as the forward's (forward_part): LSTM
+        # 32,64,16,50 training with both 1.068 -> 1.029 ms far apart, 0.705 -> 0.703 close.
+        own = job.w[0]
+        if part == 1:
+            own.packed_wh_back = offset_or_null(own.packed_wh_back, own.back_packing_copy)
+            own.packed_wh_h_back = offset_or_null(own.packed_wh_h_back,
+                                                  own.back_packing_copy)
+        if job.is_f64:
+            pack_back_weights[double](job.d, &own, <const double*>job.node.in_values[IN_WH],
+                                      <const double*>job.node.in_values[IN_WH_H])
+        else:
+            pack_back_weights[float](job.d, &own, <const float*>job.node.in_values[IN_WH],
+                                     <const float*>job.node.in_values[IN_WH_H])
+        w = &own
     for block in range(blocks * part // parts, blocks * (part + 1) // parts):
         r0, r1 = job.d.B * block // blocks, job.d.B * (block + 1) // blocks
         if job.is_f64:
-            backward_rows[double](job.node, job.d, job.w, <const double*>job.dY, r0, r1)
+            backward_rows[double](job.node, job.d, w, <const double*>job.dY, r0, r1)
         else:
-            backward_rows[float](job.node, job.d, job.w, <const float*>job.dY, r0, r1)
+            backward_rows[float](job.node, job.d, w, <const float*>job.dY, r0, r1)
 
 
 cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const floating* dY,
@@ -1308,10 +1371,11 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
             w.tanh_c = take(scratch, &used, step_bytes if d.cell == CELL_LSTM else 0)
             w.d_reset = take(scratch, &used, step_bytes if d.cell == CELL_GRUV3 else 0)
             dh, dc = <floating*>w.dh, <floating*>w.dc
-    if d.panels:
-        pack(hidden_GH, H, Wh, H, 1, <floating*>w.packed_wh_back)
-        if d.cell == CELL_GRUV3:
-            pack(H, H, Wh_h, H, 1, <floating*>w.packed_wh_h_back)
+    job.packs_in_parts = d.panels and w.back_packing_copy != 0
+    if d.panels and not job.packs_in_parts:
+        pack_back_weights(&d, w, Wh, Wh_h)
+    elif d.panels:
+        pass            # each part packs its own copy (backward_part)
     elif has_panel_kernel() and B * hidden_GH * H >= (SHARED_PACKING_MIN_MACS_WIDE
                                                          if wide_vectors()
                                                          else SHARED_PACKING_MIN_MACS_NARROW):

@@ -369,6 +369,10 @@ _BACKGROUND_GRADIENTS = """
         grads = rc.gradient(f, ws)
         return hashlib.sha1(b"".join(np.asarray(grads[p]).tobytes() for p in ws)).hexdigest()
 
+    def inference():
+        outputs = [stacked(X.value), v3(X.value), odd(X_odd), wide(X_wide)]
+        return hashlib.sha1(b"".join(np.asarray(y).tobytes() for y in outputs)).hexdigest()
+
     for _ in range(10):
         print(digest(loss, ps)[:16], digest(short_loss, rc.params(short))[:16],
               digest(long_loss, rc.params(long))[:16])
@@ -392,6 +396,7 @@ def _alone_and_shared(code):
 # that the second layer's input gradient goes back half by half too; a GRUv3, whose
 # gradients of r ⊙ h are kept that way; an odd batch, of halves 6 and 7, in float64; and
 # 4 x 160 gates, whose Wh gradient packs the rows each step saw in a packing the crew shares.
+# The last column is the same layers' inference, whose parts each pack the weights.
 _PART_BY_PART = """
     import hashlib
     import numpy as np
@@ -410,19 +415,25 @@ _PART_BY_PART = """
         grads = rc.gradient(f, ws)
         return hashlib.sha1(b"".join(np.asarray(grads[p]).tobytes() for p in ws)).hexdigest()
 
+    def inference():
+        outputs = [stacked(X.value), v3(X.value), odd(X_odd), wide(X_wide)]
+        return hashlib.sha1(b"".join(np.asarray(y).tobytes() for y in outputs)).hexdigest()
+
     for _ in range(3):
         print(digest(lambda: (rc.reset(stacked), rc.mse(stacked(X), Y))[1],
                      [X, *rc.params(stacked)])[:16],
               digest(lambda: (rc.reset(v3), rc.sum(v3(X) ** 2))[1], rc.params(v3))[:16],
               digest(lambda: (rc.reset(odd), rc.sum(odd(X_odd) ** 2))[1], rc.params(odd))[:16],
               digest(lambda: (rc.reset(wide), rc.sum(wide(X_wide) ** 2))[1],
-                     rc.params(wide))[:16])
+                     rc.params(wide))[:16],
+              (rc.reset([stacked, v3, odd, wide]), inference())[1][:16])
 """
 
 
-def test_sequences_kept_part_by_part_give_one_threads_gradients_exactly():
+def test_sequences_kept_part_by_part_give_one_threads_gradients_and_outputs_exactly():
     alone_lines, shared_lines = _alone_and_shared(_PART_BY_PART)
     assert len(alone_lines) == 4 and len(set(alone_lines[:3])) == 1
+    assert len(alone_lines[0].split()) == 5
     assert shared_lines == alone_lines
 
 
