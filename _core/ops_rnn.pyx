@@ -93,7 +93,6 @@ ctypedef struct Buffers:
     void* packed_wh_h_back
     size_t packing_copy    # bytes from the first part's forward packings to the second's
                            #   (each part of a row split packs its own); 0: one for both
-    size_t back_packing_copy   # the same for packed_wh_back and packed_wh_h_back
     size_t split_gap       # bytes between the parts' rows in one step's buffers (part_rows)
 
 
@@ -140,7 +139,7 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
                   void* Y, void* h0, void* c0) noexcept nogil:
     """Lays the buffers out in `block` and returns the bytes they take (measure first with
     `block` NULL). Y, h0 and c0 are the node's value and initial states."""
-    cdef size_t used = 0, start
+    cdef size_t used = 0
     cdef size_t step = itemsize * d.B * d.H
     cdef size_t kept = step * (d.T if recording else 1)
     cdef size_t all_gates = itemsize * d.T * d.B * input_blocks(d.cell) * d.H
@@ -172,8 +171,12 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     w.h0 = take(block, &used, step) if d.h_broadcast else h0
     w.c0 = take(block, &used, step) if d.c_broadcast else c0
     if not d.shared_packing:
+        # An inference's parts pack a copy each (forward_part). Training keeps one: there
+        # the parts' own copies gained only at 32,64 with the vCPUs far apart and lost
+        # 1-2% at 32,128 (bench/ sequence training, medians of alternate processes).
         carve_packings(w, block, &used, d, itemsize,
-                       2 if d.panels and rows_may_split(d, itemsize) else 1)
+                       2 if d.panels and not recording and rows_may_split(d, itemsize)
+                       else 1)
     if stacks(d):
         # Both parts stream the packed panels every step, and a hardware prefetcher runs on
         # past their end: right after them, the first part's stage was fetched by the other
@@ -195,13 +198,10 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
         w.d_bias = take(block, &used, 2 * itemsize * input_blocks(cell) * H + gap
                         if d.part_major else 0)
         if d.panels and not d.shared_packing:
-            start = used
             w.packed_wh_back = take(block, &used,
                                     packed_bytes(itemsize, hidden_blocks(cell) * H, H))
             w.packed_wh_h_back = take(block, &used, packed_bytes(itemsize, H, H)
                                       if cell == CELL_GRUV3 else 0)
-            w.back_packing_copy = used - start if rows_may_split(d, itemsize) else 0
-            used += w.back_packing_copy
     return used
 
 
@@ -667,8 +667,8 @@ ctypedef struct Recurrence:
     const Dims* d
     const Buffers* w
     bint recording
-    bint packs_in_parts    # each part first packs the weights its steps stream (forward:
-                           #   Wi, Wh and b; backward: Wh) into its own copy
+    bint packs_in_parts    # forward: each part first packs the weights its steps stream
+                           #   into its own copy
     const void* X
     const void* Wi
     const void* Wh
@@ -827,8 +827,9 @@ cdef void forward_part(void* arg, int part, int parts) noexcept nogil:
         # The panels every step of this part streams, packed by this part's thread into
         # its own copy. Packed by one thread for both, each call's writes went to lines
         # the other core had read the call before, each a trip between the cores, while
-        # the other waited (LSTM 32,64,16,50 inference, medians of alternate processes:
-        # 0.269 -> 0.259 ms with the vCPUs close, 0.350 -> 0.305 far apart).
+        # the other waited (bench/ sequence inference, medians of alternate processes,
+        # vCPUs close / far apart: LSTM 32,64,16,50 0.269 -> 0.259 / 0.350 -> 0.305 ms,
+        # 32,128,32,100 2.871 -> 2.830 / 3.219 -> 3.048).
         own = job.w[0]
         if part == 1:
             own.packed_wi = offset_or_null(own.packed_wi, own.packing_copy)
@@ -1216,40 +1217,15 @@ cdef Dims dims_of(const Node* node) noexcept nogil:
     return d
 
 
-cdef void pack_back_weights(const Dims* d, const Buffers* w, const floating* Wh,
-                            const floating* Wh_h) noexcept nogil:
-    # The backward's packings of Wh (and GRUv3's Wh_h) for dh = d_gates Wh.
-    pack(hidden_blocks(d.cell) * d.H, d.H, Wh, d.H, 1, <floating*>w.packed_wh_back)
-    if d.cell == CELL_GRUV3:
-        pack(d.H, d.H, Wh_h, d.H, 1, <floating*>w.packed_wh_h_back)
-
-
 cdef void backward_part(void* arg, int part, int parts) noexcept nogil:
     cdef Recurrence* job = <Recurrence*>arg
     cdef index_t blocks = row_blocks(job.d, parts), block, r0, r1
-    cdef const Buffers* w = job.w
-    cdef Buffers own
-    if job.packs_in_parts:
-        # Each part's own packing of Wh, as the forward's (forward_part): LSTM
-        # 32,64,16,50 training with both 1.068 -> 1.029 ms far apart, 0.705 -> 0.703 close.
-        own = job.w[0]
-        if part == 1:
-            own.packed_wh_back = offset_or_null(own.packed_wh_back, own.back_packing_copy)
-            own.packed_wh_h_back = offset_or_null(own.packed_wh_h_back,
-                                                  own.back_packing_copy)
-        if job.is_f64:
-            pack_back_weights[double](job.d, &own, <const double*>job.node.in_values[IN_WH],
-                                      <const double*>job.node.in_values[IN_WH_H])
-        else:
-            pack_back_weights[float](job.d, &own, <const float*>job.node.in_values[IN_WH],
-                                     <const float*>job.node.in_values[IN_WH_H])
-        w = &own
     for block in range(blocks * part // parts, blocks * (part + 1) // parts):
         r0, r1 = job.d.B * block // blocks, job.d.B * (block + 1) // blocks
         if job.is_f64:
-            backward_rows[double](job.node, job.d, w, <const double*>job.dY, r0, r1)
+            backward_rows[double](job.node, job.d, job.w, <const double*>job.dY, r0, r1)
         else:
-            backward_rows[float](job.node, job.d, w, <const float*>job.dY, r0, r1)
+            backward_rows[float](job.node, job.d, job.w, <const float*>job.dY, r0, r1)
 
 
 cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const floating* dY,
@@ -1371,11 +1347,10 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
             w.tanh_c = take(scratch, &used, step_bytes if d.cell == CELL_LSTM else 0)
             w.d_reset = take(scratch, &used, step_bytes if d.cell == CELL_GRUV3 else 0)
             dh, dc = <floating*>w.dh, <floating*>w.dc
-    job.packs_in_parts = d.panels and w.back_packing_copy != 0
-    if d.panels and not job.packs_in_parts:
-        pack_back_weights(&d, w, Wh, Wh_h)
-    elif d.panels:
-        pass            # each part packs its own copy (backward_part)
+    if d.panels:
+        pack(hidden_GH, H, Wh, H, 1, <floating*>w.packed_wh_back)
+        if d.cell == CELL_GRUV3:
+            pack(H, H, Wh_h, H, 1, <floating*>w.packed_wh_h_back)
     elif has_panel_kernel() and B * hidden_GH * H >= (SHARED_PACKING_MIN_MACS_WIDE
                                                          if wide_vectors()
                                                          else SHARED_PACKING_MIN_MACS_NARROW):
@@ -1388,6 +1363,7 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
         d.panels = w.packed_wh_back != NULL and (d.cell != CELL_GRUV3
                                                  or w.packed_wh_h_back != NULL)
     job.is_f64 = floating is double
+    job.packs_in_parts = False
     job.d, job.w, job.node, job.dY = &d, w, node, dY
     run_recurrence(&job, True)
     if inputs[IN_H0] >= 0:
