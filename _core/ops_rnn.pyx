@@ -171,12 +171,8 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     w.h0 = take(block, &used, step) if d.h_broadcast else h0
     w.c0 = take(block, &used, step) if d.c_broadcast else c0
     if not d.shared_packing:
-        # An inference's parts pack a copy each (forward_part). Training keeps one: there
-        # the parts' own copies gained only at 32,64 with the vCPUs far apart and lost
-        # 1-2% at 32,128 (bench/ sequence training, medians of alternate processes).
         carve_packings(w, block, &used, d, itemsize,
-                       2 if d.panels and not recording and rows_may_split(d, itemsize)
-                       else 1)
+                       2 if parts_pack_their_own(d, recording, itemsize) else 1)
     if stacks(d):
         # Both parts stream the packed panels every step, and a hardware prefetcher runs on
         # past their end: right after them, the first part's stage was fetched by the other
@@ -268,6 +264,23 @@ cdef void carve_packings(Buffers* w, char* block, size_t* used, const Dims* d,
                              if d.cell == CELL_GRUV3 else 0)
     w.packing_copy = used[0] - start if copies == 2 else 0
     used[0] += w.packing_copy
+
+
+cdef inline bint parts_pack_their_own(const Dims* d, bint recording,
+                                      size_t itemsize) noexcept nogil:
+    # Whether each part of a row split packs the forward's weights into a copy of its own
+    # (forward_part), measured against one packing for both (bench/, medians of
+    # alternate processes, vCPUs close / far apart):
+    # - inference of the LSTM and GRU at 32,64 and 32,128, where the packings take 99-330
+    #   KB: 1.4-3.7% / 5-13% faster;
+    # - LSTM inference at 64,256 (1.3 MB) unchanged, at 128,512 (5.2 MB) 0.8% slower close;
+    # - RNN inference 32,64 3.6% / 10% faster but 32,128 2.3% / 2.8% slower, for no cause
+    #   found (a gap between the copies, or shifting one by half a page, changed nothing);
+    # - training: only LSTM 32,64 far apart gained (3.6%); LSTM and GRU at 32,128 lost
+    #   1-2% close, and the backward's own copies of Wh gained nothing.
+    return (d.panels and not recording and d.cell != CELL_RNN
+            and weight_bytes(d, itemsize) <= PART_PACKING_MAX_BYTES
+            and rows_may_split(d, itemsize))
 
 
 cdef bint packing_pays(const Dims* d) noexcept nogil:
@@ -708,6 +721,8 @@ cdef enum:
     # offsets (panel_gemm.h), rows won there (medians of alternate processes: inference
     # 30.8 -> 29.3 ms, training 99.1 -> 95.6).
     ROW_SPLIT_MAX_WEIGHT_BYTES = 8 << 20
+    # The largest weights each part of an inference packs a copy of (parts_pack_their_own).
+    PART_PACKING_MAX_BYTES = 512 << 10
     # Below that, per row of a part: the fewer rows a part has, the fewer multiply-adds
     # each weight streamed in serves (Xeon with AVX-512, medians of alternate runs in one
     # process, by columns against by rows: RNN 256,1024,32,25 with 5.2 MB, 16 rows a part,
@@ -825,11 +840,10 @@ cdef void forward_part(void* arg, int part, int parts) noexcept nogil:
     cdef Buffers own
     if job.packs_in_parts:
         # The panels every step of this part streams, packed by this part's thread into
-        # its own copy. Packed by one thread for both, each call's writes went to lines
-        # the other core had read the call before, each a trip between the cores, while
-        # the other waited (bench/ sequence inference, medians of alternate processes,
-        # vCPUs close / far apart: LSTM 32,64,16,50 0.269 -> 0.259 / 0.350 -> 0.305 ms,
-        # 32,128,32,100 2.871 -> 2.830 / 3.219 -> 3.048).
+        # its own copy (where parts_pack_their_own says so). Packed by one thread for
+        # both, each call's writes went to lines the other core had read the call
+        # before, each a trip between the cores, while the other waited (LSTM 32,64,16,50
+        # inference, vCPUs close / far apart: 0.269 -> 0.259 / 0.350 -> 0.305 ms).
         own = job.w[0]
         if part == 1:
             own.packed_wi = offset_or_null(own.packed_wi, own.packing_copy)
