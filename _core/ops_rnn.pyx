@@ -274,10 +274,13 @@ cdef inline bint parts_pack_their_own(const Dims* d, bint recording,
     # - inference of the LSTM and GRU at 32,64 and 32,128, where the packings take 99-330
     #   KB: 1.4-3.7% / 5-13% faster;
     # - LSTM inference at 64,256 (1.3 MB) unchanged, at 128,512 (5.2 MB) 0.8% slower close;
-    # - RNN inference 32,64 3.6% / 10% faster but 32,128 2.3% / 2.8% slower, for no cause
+    # - RNN inference 32,64 3.6% / 10% faster but 32,128 1.7% / 2.8% slower, for no cause
     #   found (a gap between the copies, or shifting one by half a page, changed nothing);
     # - training: only LSTM 32,64 far apart gained (3.6%); LSTM and GRU at 32,128 lost
     #   1-2% close, and the backward's own copies of Wh gained nothing.
+    # The RNN's 32,128 figures come from copies of both builds; the rest ran the source
+    # tree's own files against a copy of the base's, and the same files can run 3% apart
+    # by where they lie (RNN 32,128 inference in place 0.776 ms, from a copy 0.752).
     return (d.panels and not recording and d.cell != CELL_RNN
             and weight_bytes(d, itemsize) <= PART_PACKING_MAX_BYTES
             and rows_may_split(d, itemsize))
