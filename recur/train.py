@@ -3,6 +3,7 @@
     losses = train(lambda x, y: mse(model(x), y), model, DataLoader((X, Y), 32), Adam(),
                    epochs=10)
 """
+import collections.abc
 import math
 import numbers
 import sys
@@ -53,12 +54,12 @@ def train(loss, ps, data, opt, *, epochs=1, cb=None, progress=None, file=None):
         raise TypeError(f"train: cb must be a function cb(step, loss) or None, got {type(cb).__name__}")
     if progress not in (None, True, False):
         raise TypeError(f"train: progress must be None, True or False, got {progress!r}")
-    try:
-        iterator = iter(data)
-    except TypeError:
+    # Checked without calling iter(data): a shuffling DataLoader draws its epoch's order
+    # there, and an extra draw would change the order training sees.
+    if not (hasattr(type(data), "__iter__") or hasattr(type(data), "__getitem__")):
         raise TypeError(f"train: data must be an iterable of data items (a list, a "
-                        f"recur.DataLoader, zip(xs, ys)), got {type(data).__name__}") from None
-    if epochs > 1 and iterator is data:
+                        f"recur.DataLoader, zip(xs, ys)), got {type(data).__name__}")
+    if epochs > 1 and isinstance(data, collections.abc.Iterator):
         raise TypeError(
             f"train: epochs={epochs} needs data that can be iterated again, but "
             f"{type(data).__name__} is a one-shot iterator; pass a list (e.g. list(zip(xs, ys))) "

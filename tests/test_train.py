@@ -100,6 +100,21 @@ def test_epochs_go_through_the_data_again():
     assert len(losses) == 6
 
 
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_a_shuffling_loader_gives_training_the_order_it_gives_a_loop(epochs):
+    X, _ = regression_data(rows=12)
+    seen = []
+    model = rc.Dense(3, 1)
+    train(lambda x: (seen.append(x.copy()), rc.sum(model(x)))[1], model,
+          DataLoader(X, 4, shuffle=True, rng=np.random.default_rng(5)), Descent(0.0),
+          epochs=epochs)
+    loader = DataLoader(X, 4, shuffle=True, rng=np.random.default_rng(5))
+    expected = [batch for _ in range(epochs) for batch in loader]
+    assert len(seen) == len(expected) == 3 * epochs
+    for got, want in zip(seen, expected):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_epochs_over_a_one_shot_iterator_raise_before_training():
     X, Y = regression_data()
     model = rc.Dense(3, 1)
