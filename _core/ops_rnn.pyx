@@ -5,9 +5,9 @@
 # product for the step's input and one for the recurrence (against weights packed once
 # per sequence, blas.pxd, or once per recording for its single steps; an unrecorded
 # single step, or inference over weights past 8 MB, reads them in place), one elementwise
-# pass for the gates. The RNN and LSTM fold the three into one kernel call: on packed
-# weights [x_t, h_t-1, 1] against Wi, Wh and b stacked (`stacks`), in place
-# blas.gates_product, which folds the GRU's too, but for h Wh_nᵀ, kept apart.
+# pass for the gates. The cells fold the three into one kernel call: on packed weights
+# [x_t, h_t-1, 1] against Wi, Wh and b stacked (`stacks`), in place blas.gates_product;
+# the GRU keeps its candidate's h Wh_nᵀ apart in both (GRUv3 folds none).
 # Backward: per step in reverse, an elementwise pass and one product into dh; after the
 # loop, whole-sequence GEMMs for dWi, dWh (against the states each step saw, h[t-1]; a
 # short sequence's wait to join the next steps') and dX, and db as a column sum. A single
@@ -86,8 +86,10 @@ ctypedef struct Buffers:
                            #   gate gradients (G·H), the halves a gap apart (bias_part)
     void* packed_wi        # with panels: Wiᵀ, Whᵀ and Wh_hᵀ packed for the forward products,
     void* packed_wh        #   Wh and Wh_h for the backward ones; stacked (see `stacks`),
-                           #   packed_wi holds Wiᵀ, Whᵀ and b as one operand
-    void* stage            # stacked: each row's [x_t, h_t-1, 1], the A of that product
+                           #   packed_wi holds Wiᵀ, Whᵀ and b as one operand (the GRU's
+                           #   three: gru_packings)
+    void* stage            # stacked: each row's [x_t, h_t-1, 1] (stage_h_first), the A of
+                           #   that product
     void* packed_wh_h
     void* packed_wh_back
     void* packed_wh_h_back
@@ -105,13 +107,25 @@ cdef inline index_t hidden_blocks(int cell) noexcept nogil:
 
 
 cdef inline bint stacks(const Dims* d) noexcept nogil:
-    # Whether a step's gates come from one product, [x_t, h_t-1, 1] against Wi, Wh and b
-    # stacked in one packing: the RNN's and LSTM's, where input and recurrence add up
-    # before any activation (the GRU's new-gate candidate keeps h Wh_nᵀ apart). Two
-    # products over the same gates would load and store them twice, and the input's, with
-    # K as short as 32, keeps the kernel from its pace (Zen 5, one thread, 16 x 512: K = 32
-    # 184 GFLOP/s, K = 128 232, K = 160 235).
-    return d.panels and (d.cell == CELL_RNN or d.cell == CELL_LSTM)
+    # Whether a step's gates come from one row of values, [x_t, h_t-1, 1] (the GRU's
+    # [h_t-1, x_t, 1]: stage_h_first), against Wi, Wh and b stacked in packings made for it:
+    # where input and recurrence add up before any activation (the RNN's and LSTM's gates,
+    # the GRU's r and z), one packing of all three; for the GRU's candidate, x Wi_nᵀ with
+    # b_n and h Wh_nᵀ apart (gru_packings). Two products over the same gates would load
+    # and store them twice, and the input's, with K as short as 32, keeps the kernel from
+    # its pace (Zen 5, one thread, 16 x 512: K = 32 184 GFLOP/s, K = 128 232, K = 160 235).
+    # The GRU's, against a product for the input and one for the recurrence over all
+    # three blocks (Zen 4 EPYC, 2 vCPUs, bench/, medians of alternate processes, copies of
+    # both builds): sequence inference 32,128,32,100 2.185 -> 2.128 ms, on one thread
+    # 4.37 -> 4.27, and 32,64,16,50 on one thread 0.382 -> 0.371; sequence training
+    # 32,128,32,100 with the vCPUs far apart 8.47 -> 8.03.
+    return d.panels and d.cell != CELL_GRUV3
+
+
+cdef inline bint stage_h_first(const Dims* d) noexcept nogil:
+    # The GRU's stage puts h first, so that both of its candidate's products read one
+    # run of it: h alone, and x with the 1 after it.
+    return d.cell == CELL_GRU
 
 
 cdef inline index_t stacked_depth(const Dims* d) noexcept nogil:
@@ -249,13 +263,30 @@ cdef inline index_t block_start(const Dims* d, index_t block) noexcept nogil:
     return d.B * block // kept_blocks(d)
 
 
+cdef inline size_t gru_packings_bytes(const Dims* d, size_t itemsize) noexcept nogil:
+    # The stacked GRU's three packings end to end in packed_wi (gru_packings).
+    return (packed_bytes(itemsize, stacked_depth(d), 2 * d.H)
+            + packed_bytes(itemsize, d.n_in + 1, d.H) + packed_bytes(itemsize, d.H, d.H))
+
+
+cdef inline void gru_packings(const Dims* d, void* packed_wi, size_t itemsize,
+                              void** rz, void** candidate_x, void** candidate_h) noexcept nogil:
+    # Where the stacked GRU's packings lie in packed_wi: r and z against the whole stage
+    # [h, x, 1]; the candidate's x Wi_nᵀ + b_n against its [x, 1]; its h Wh_nᵀ against h.
+    rz[0] = packed_wi
+    candidate_x[0] = <char*>rz[0] + packed_bytes(itemsize, stacked_depth(d), 2 * d.H)
+    candidate_h[0] = <char*>candidate_x[0] + packed_bytes(itemsize, d.n_in + 1, d.H)
+
+
 cdef void carve_packings(Buffers* w, char* block, size_t* used, const Dims* d,
                          size_t itemsize, int copies) noexcept nogil:
     # The forward's packed weights, from `block` on as `carve` lays out the rest; with two
     # copies, the second part's follow the first's (packing_copy).
     cdef index_t H = d.H, GH = input_blocks(d.cell) * d.H
     cdef size_t start = used[0]
-    if stacks(d):
+    if stacks(d) and d.cell == CELL_GRU:
+        w.packed_wi = take(block, used, gru_packings_bytes(d, itemsize))
+    elif stacks(d):
         w.packed_wi = take(block, used, packed_bytes(itemsize, stacked_depth(d), GH))
     elif d.panels:
         w.packed_wi = take(block, used, packed_bytes(itemsize, d.n_in, GH))
@@ -878,7 +909,19 @@ cdef void pack_weights(const Dims* d, const Buffers* w, const floating* Wi,
                        const floating* Wh_h) noexcept nogil:
     # The forward's packings, into the buffers carve_packings laid out.
     cdef index_t H = d.H, GH = input_blocks(d.cell) * d.H, depth = stacked_depth(d)
-    if stacks(d):
+    cdef void* rz
+    cdef void* candidate_x
+    cdef void* candidate_h
+    if stacks(d) and d.cell == CELL_GRU:
+        gru_packings(d, w.packed_wi, sizeof(floating), &rz, &candidate_x, &candidate_h)
+        pack_stacked(H, 2 * H, Wh, 1, H, <floating*>rz, 0, depth)
+        pack_stacked(d.n_in, 2 * H, Wi, 1, d.n_in, <floating*>rz, H, depth)
+        pack_stacked(1, 2 * H, b, 2 * H, 1, <floating*>rz, H + d.n_in, depth)
+        pack_stacked(d.n_in, H, Wi + 2 * H * d.n_in, 1, d.n_in, <floating*>candidate_x, 0,
+                     d.n_in + 1)
+        pack_stacked(1, H, b + 2 * H, H, 1, <floating*>candidate_x, d.n_in, d.n_in + 1)
+        pack(H, H, Wh + 2 * H * H, 1, H, <floating*>candidate_h)
+    elif stacks(d):
         pack_stacked(d.n_in, GH, Wi, 1, d.n_in, <floating*>w.packed_wi, 0, depth)
         pack_stacked(H, GH, Wh, 1, H, <floating*>w.packed_wi, d.n_in, depth)
         pack_stacked(1, GH, b, GH, 1, <floating*>w.packed_wi, d.n_in + H, depth)
@@ -937,15 +980,25 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
                                         if recording
                                         else part_rows(w, w.hidden, r0, H, itemsize))
     cdef floating* hidden_proj = <floating*>part_rows(w, w.hidden_proj, r0, 3 * H, itemsize)
-    cdef void* own
-    if recording and T == 1 and hidden_proj != NULL:
-        # A recorded step's h Whᵀ lives only until its activations: in this thread's one
-        # reused buffer it stays in cache, where the node's own, carved fresh for every
-        # step of a stepwise pass, was a trip to memory and back. (Without the memory,
-        # the node's own.)
-        own = thread_buffer(BUFFER_STEP, rows * 3 * H * itemsize)
-        if own != NULL:
-            hidden_proj = <floating*>own
+    cdef bint stacked = stacks(d)
+    cdef index_t depth = stacked_depth(d), stride = stage_stride(d, sizeof(floating))
+    cdef floating* stage = <floating*>part_rows(w, w.stage, r0, stride, itemsize)
+    # A recorded step's h Whᵀ lives only until its activations (stacked, the GRU keeps its
+    # part in `hidden` at once), and its stage only until its product: in this thread's
+    # one reused buffer they stay in cache, where the node's own, carved fresh for every
+    # step of a stepwise pass, were a trip to memory and back. (Without the memory, the
+    # node's own.)
+    cdef size_t own_proj = (rows * 3 * H * itemsize if recording and T == 1
+                            and hidden_proj != NULL and not stacked else 0)
+    cdef size_t own_stage = rows * stride * itemsize if stacked and d.shared_packing else 0
+    cdef char* own = NULL
+    if own_proj + own_stage > 0:
+        own = <char*>thread_buffer(BUFFER_STEP, own_stage + own_proj)
+    if own != NULL:
+        if own_stage > 0:
+            stage = <floating*>own
+        if own_proj > 0:
+            hidden_proj = <floating*>(own + own_stage)
     cdef const floating* h_prev = <floating*>w.h0 + r0 * H
     cdef const floating* c_prev = <floating*>w.c0 + r0 * H
     cdef const floating* pwh = <floating*>w.packed_wh
@@ -953,20 +1006,20 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
     cdef floating* gates_t
     cdef floating* y_t
     cdef index_t t, r
-    cdef bint stacked = stacks(d)
     # Whether the recurrence's product joins the input's on every gate (the GRUs keep h Whᵀ
-    # apart, but for the GRU's r and z on weights read in place: gates_product below).
+    # apart, but for the GRU's r and z, stacked or on weights read in place).
     cdef bint adds_recurrence = d.cell == CELL_RNN or d.cell == CELL_LSTM
     cdef bint fused
     cdef const floating* late_bias     # GRU: b, where the gates do not hold it yet
-    cdef index_t depth = stacked_depth(d), stride = stage_stride(d, sizeof(floating))
-    cdef floating* stage = <floating*>part_rows(w, w.stage, r0, stride, itemsize)
-    if stacked and d.shared_packing:
-        # Likewise a recorded step's stage, which only its product reads (without the
-        # memory, the node's own).
-        own = thread_buffer(BUFFER_STEP, rows * stride * itemsize)
-        if own != NULL:
-            stage = <floating*>own
+    # The stage's x and h: [x, h, 1], or the GRU's [h, x, 1].
+    cdef index_t x_at = H if stage_h_first(d) else 0
+    cdef index_t h_at = 0 if stage_h_first(d) else d.n_in
+    cdef void* gru_rz
+    cdef floating* candidate_t = NULL     # the stacked GRU's h Wh_nᵀ this step
+    cdef void* gru_candidate_x
+    cdef void* gru_candidate_h
+    if stacked and d.cell == CELL_GRU:
+        gru_packings(d, w.packed_wi, itemsize, &gru_rz, &gru_candidate_x, &gru_candidate_h)
     X += r0 * d.n_in
     Y += r0 * H
     if stacked:
@@ -978,11 +1031,23 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
         if stacked:
             # The step's pre-activations, bias included, in one product.
             for r in range(rows):
-                memcpy(stage + r * stride, X + (t * B + r) * d.n_in,
+                memcpy(stage + r * stride + x_at, X + (t * B + r) * d.n_in,
                        d.n_in * sizeof(floating))
-                memcpy(stage + r * stride + d.n_in, h_prev + r * H, H * sizeof(floating))
-            panel_product(rows, GH, depth, stage, stride, 1, <floating*>w.packed_wi,
-                          y_t if d.cell == CELL_RNN else gates_t, GH, False)
+                memcpy(stage + r * stride + h_at, h_prev + r * H, H * sizeof(floating))
+            if d.cell == CELL_GRU:
+                # r and z whole; the candidate's x Wi_nᵀ + b_n into its gates, and its
+                # h Wh_nᵀ apart, where backward keeps it (or, in inference, into
+                # hidden_proj), for the elementwise pass.
+                candidate_t = hidden + t * kept_stride if recording else hidden_proj
+                panel_product(rows, 2 * H, depth, stage, stride, 1, <floating*>gru_rz,
+                              gates_t, GH, False)
+                panel_product(rows, H, d.n_in + 1, stage + x_at, stride, 1,
+                              <floating*>gru_candidate_x, gates_t + 2 * H, GH, False)
+                panel_product(rows, H, H, stage + h_at, stride, 1,
+                              <floating*>gru_candidate_h, candidate_t, H, False)
+            else:
+                panel_product(rows, GH, depth, stage, stride, 1, <floating*>w.packed_wi,
+                              y_t if d.cell == CELL_RNN else gates_t, GH, False)
         # Likewise on weights read in place (an unrecorded single step): the products
         # and the bias meet in the kernel, and the gates are written once. The GRU's r and
         # z join h Whᵀ there too, and its h Wh_nᵀ goes apart into hidden_proj: a product
@@ -1018,14 +1083,17 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
             if not fused:
                 step_product(d, rows, 4 * H, H, h_prev, H, Wh, True, pwh, gates_t, 4 * H,
                              True)
-            step_elementwise(d, rows, gates_t, NULL, NULL, c_prev, cells + t * kept_stride,
+            step_elementwise(d, rows, gates_t, NULL, NULL, 0, NULL, c_prev,
+                             cells + t * kept_stride,
                              y_t, NULL, False)
             c_prev = cells + t * kept_stride
         elif d.cell == CELL_GRU:
             if not fused:
                 step_product(d, rows, 3 * H, H, h_prev, H, Wh, True, pwh, hidden_proj,
                              3 * H, False)
-            step_elementwise(d, rows, gates_t, hidden_proj, h_prev, NULL,
+            step_elementwise(d, rows, gates_t, hidden_proj,
+                             candidate_t if stacked else hidden_proj + 2 * H,
+                             H if stacked else 3 * H, h_prev, NULL,
                              hidden + t * kept_stride if recording else NULL, y_t,
                              late_bias, fused)
         else:
@@ -1052,7 +1120,9 @@ ctypedef struct StepElementwise:
     const Dims* d
     index_t rows
     void* gates                # forward: the step's gates, for the GRU its input projection
-    const void* hidden_proj    # forward, GRU: h Whᵀ
+    const void* hidden_proj    # forward, GRU: h Whᵀ (B, 3H), where r and z lack it
+    const void* candidate_proj # forward, GRU: h Wh_nᵀ, its rows candidate_ld apart
+    index_t candidate_ld
     const void* h_prev         # GRU
     const void* c_prev         # LSTM
     void* kept                 # LSTM: c; GRU: h Wh_nᵀ (written forward, read backward,
@@ -1083,12 +1153,14 @@ cdef inline bint elementwise_pays(const Dims* d, index_t rows) noexcept nogil:
 
 
 cdef void step_elementwise(const Dims* d, index_t rows, floating* gates,
-                           const floating* hidden_proj, const floating* h_prev,
+                           const floating* hidden_proj, const floating* candidate_proj,
+                           index_t candidate_ld, const floating* h_prev,
                            const floating* c_prev, floating* kept, floating* y,
                            const floating* bias, bint joined) noexcept nogil:
     cdef StepElementwise job
     job.is_f64, job.backward = floating is double, False
     job.d, job.rows, job.gates, job.hidden_proj = d, rows, gates, hidden_proj
+    job.candidate_proj, job.candidate_ld = candidate_proj, candidate_ld
     job.h_prev, job.c_prev, job.kept, job.y, job.bias = h_prev, c_prev, kept, y, bias
     job.joined = joined
     share(elementwise_part, &job, elementwise_pays(d, rows))
@@ -1117,7 +1189,8 @@ cdef void elementwise_rows(const StepElementwise* job, floating* y, index_t r0,
     else:
         gru_forward(rows, H, <floating*>job.gates + r0 * GH,
                     <const floating*>job.hidden_proj + r0 * 3 * H,
-                    <const floating*>job.h_prev + r0 * H,
+                    <const floating*>job.candidate_proj + r0 * job.candidate_ld,
+                    job.candidate_ld, <const floating*>job.h_prev + r0 * H,
                     <floating*>job.kept + r0 * H if job.kept != NULL else NULL, y,
                     <const floating*>job.bias, job.joined)
 
@@ -1149,12 +1222,14 @@ cdef void lstm_forward(index_t B, index_t H, floating* gates, const floating* c_
 
 
 cdef void gru_forward(index_t B, index_t H, floating* gates, const floating* hidden_proj,
+                      const floating* candidate_proj, index_t candidate_ld,
                       const floating* h_prev, floating* hidden_n, floating* h,
                       const floating* bias, bint joined) noexcept nogil:
     # r, z = s(x part + b + h part),  n = tanh(x Wi_nᵀ + b_n + r ⊙ (h Wh_nᵀ)),
     # h' = (1 - z) n + z h = n + z (h - n), with b already in the gates where `bias` is
-    # NULL, and with `joined` the h part of r and z too (hidden_proj then holds only
-    # h Wh_nᵀ). Backward needs h Wh_nᵀ: kept in hidden_n (unless NULL).
+    # NULL, and with `joined` the h part of r and z too (hidden_proj then unread). h Wh_nᵀ
+    # comes from candidate_proj, and backward needs it: copied to hidden_n (unless NULL,
+    # or already there).
     cdef index_t r, j
     cdef floating* reset
     cdef floating* update
@@ -1166,7 +1241,7 @@ cdef void gru_forward(index_t B, index_t H, floating* gates, const floating* hid
         reset = gates + r * 3 * H
         update, candidate = reset + H, reset + 2 * H
         p = hidden_proj + r * 3 * H
-        p_candidate = p + 2 * H
+        p_candidate = candidate_proj + r * candidate_ld
         if bias != NULL:
             for j in range(2 * H):
                 reset[j] += bias[j] + p[j]
@@ -1174,7 +1249,7 @@ cdef void gru_forward(index_t B, index_t H, floating* gates, const floating* hid
             for j in range(2 * H):
                 reset[j] += p[j]
         logistic_in_place(2 * H, reset)
-        if hidden_n != NULL:
+        if hidden_n != NULL and hidden_n + r * H != p_candidate:
             memcpy(hidden_n + r * H, p_candidate, H * sizeof(floating))
         if bias != NULL:
             b_candidate = bias + 2 * H

@@ -978,3 +978,49 @@ def test_gru_steps_on_weights_in_place_match_the_reference(n_in, hidden, batch):
         _assert_close(np.asarray(h_next), expected, rtol=1e-12, what="h'")
         _assert_close(np.asarray(y), expected, rtol=1e-12, what="y")
         h = np.asarray(h_next)
+
+
+@pytest.mark.parametrize("n_in,hidden,batch,time", [(32, 128, 32, 3), (7, 37, 5, 4),
+                                                    (1, 10, 2, 6), (3, 200, 9, 2)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gru_on_stacked_packings_matches_the_reference(n_in, hidden, batch, time, dtype):
+    # On packed weights the GRU's step reads one stage [h, x, 1] three ways (ops_rnn:
+    # gru_packings): r and z against all of it, the candidate's x Wi_nᵀ + b_n against
+    # [x, 1], its h Wh_nᵀ against h. The shapes take the row split (32 rows), r z and n
+    # blocks that end inside a panel, a single input and a depth past one panel group;
+    # each runs as an unrecorded sequence, a recorded one (whose h Wh_nᵀ goes straight to
+    # where backward keeps it) and recorded single steps (one packing for all of them).
+    rng = np.random.default_rng(23)
+    Wi = rng.standard_normal((3 * hidden, n_in)) * 0.3
+    Wh = rng.standard_normal((3 * hidden, hidden)) * 0.3
+    b = rng.standard_normal(3 * hidden)
+    h0 = rng.standard_normal((batch, hidden))
+    X = rng.standard_normal((time, batch, n_in))
+    dY = rng.standard_normal((time, batch, hidden))
+    Y_want, _ = ref.gru_sequence(Wi, Wh, b, h0, X)
+    want = ref.gru_sequence_backward(Wi, Wh, b, h0, X, dY)
+    rtol = 1e-10 if dtype == np.float64 else 2e-4
+    cell = rc.GRUCell.from_weights(Wi.astype(dtype), Wh.astype(dtype), b.astype(dtype))
+    X_cast, dY_cast = X.astype(dtype), dY.astype(dtype)
+    _, Y = cell(h0.astype(dtype), X_cast)
+    _assert_close(np.asarray(Y), Y_want, rtol=rtol, what="Y, unrecorded")
+
+    for stepwise in (False, True):
+        h0_param = rc.param(h0, dtype)
+
+        def loss():
+            if not stepwise:
+                _, Y = cell(h0_param, X_cast)
+                return rc.sum(Y * dY_cast)
+            h, total = h0_param, 0
+            for x, seed in zip(X_cast, dY_cast):
+                h, y = cell(h, x)
+                total = total + rc.sum(y * seed)
+            return total
+
+        how = "steps" if stepwise else "sequence"
+        gs = rc.gradient(loss, [h0_param, cell.Wi, cell.Wh, cell.b])
+        _assert_close(gs[h0_param], want["h0"], rtol=rtol, what=f"h0 ({how})")
+        for name in ("Wi", "Wh", "b"):
+            _assert_close(gs[getattr(cell, name)], want[name], rtol=rtol,
+                          what=f"{name} ({how})")
