@@ -739,12 +739,17 @@ cdef enum:
     # streamed its own rows, and the part writing them took them back at every step: in a
     # loop of the RNN's steps in C, two threads of 16 rows each, the second part took
     # 3.95-4.05 µs a step against the first's 3.74, and 3.74 both with the stage's parts
-    # apart. Two pages keep a page the prefetchers do not enter between them (Xeon with
-    # AVX-512, bench/, medians of alternate processes: LSTM 32,128,32,100 stepwise
-    # inference 3.94 -> 3.64 ms, LSTM 32,64,16,50 inference 0.252 -> 0.243, GRU 32,128
-    # inference 1.84 -> 1.78; a single step's buffers in training, written once, go
-    # without: there the gap cost stepwise training 3%).
-    SPLIT_GAP_BYTES = 8192
+    # apart. On a Xeon with AVX-512 two pages were enough (bench/, medians of alternate
+    # processes: LSTM 32,128,32,100 stepwise inference 3.94 -> 3.64 ms, LSTM 32,64,16,50
+    # inference 0.252 -> 0.243, GRU 32,128 inference 1.84 -> 1.78; a single step's
+    # buffers in training, written once, go without: there the gap cost stepwise
+    # training 3%). On a Zen 4 EPYC with its two vCPUs far apart, the second part's
+    # elementwise pass of a GRU step still took 2-3 times the first's, whichever thread
+    # ran it; four pages evened them (GRU 32,128,32,100 stepwise inference, copies of
+    # both builds alternated, far apart 3.34 -> 3.05 ms, close 2.70 -> 2.68; 8 pages and
+    # 16.5 no better). Elsewhere within 1% (LSTM 32,64,16,50 inference far apart 0.306 ->
+    # 0.300; its training close 0.698 -> 0.702).
+    SPLIT_GAP_BYTES = 16384
     # Each part of a row split streams all the weights every step. Past this size they come
     # from L3 rather than L2 and the stream, not the arithmetic, sets the pace; the two
     # threads then do better sharing each step's product by columns, each streaming half
