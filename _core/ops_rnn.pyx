@@ -307,13 +307,15 @@ cdef inline bint parts_pack_their_own(const Dims* d, bint recording,
     # - LSTM inference at 64,256 (1.3 MB) unchanged, at 128,512 (5.2 MB) 0.8% slower close;
     # - RNN inference 32,64 3.6% / 10% faster but 32,128 1.7% / 2.8% slower, for no cause
     #   found (a gap between the copies, or shifting one by half a page, changed nothing);
-    # - training: only LSTM 32,64 far apart gained (3.6%); LSTM and GRU at 32,128 lost
+    # - training: LSTM and GRU at 32,64 (99 and 74 KB) 3.8% / 3.9% faster far apart, within
+    #   0.5% close (copies of both builds); LSTM and GRU at 32,128 (327 and 247 KB) lost
     #   1-2% close, and the backward's own copies of Wh gained nothing.
     # The RNN's 32,128 figures come from copies of both builds; the rest ran the source
     # tree's own files against a copy of the base's, and the same files can run 3% apart
     # by where they lie (RNN 32,128 inference in place 0.776 ms, from a copy 0.752).
-    return (d.panels and not recording and d.cell != CELL_RNN
-            and weight_bytes(d, itemsize) <= PART_PACKING_MAX_BYTES
+    return (d.panels and d.cell != CELL_RNN
+            and weight_bytes(d, itemsize) <= (TRAINING_PART_PACKING_MAX_BYTES if recording
+                                              else PART_PACKING_MAX_BYTES)
             and rows_may_split(d, itemsize))
 
 
@@ -760,8 +762,10 @@ cdef enum:
     # offsets (panel_gemm.h), rows won there (medians of alternate processes: inference
     # 30.8 -> 29.3 ms, training 99.1 -> 95.6).
     ROW_SPLIT_MAX_WEIGHT_BYTES = 8 << 20
-    # The largest weights each part of an inference packs a copy of (parts_pack_their_own).
+    # The largest weights each part of an inference, and of a recorded sequence, packs a
+    # copy of (parts_pack_their_own).
     PART_PACKING_MAX_BYTES = 512 << 10
+    TRAINING_PART_PACKING_MAX_BYTES = 128 << 10
     # Below that, per row of a part: the fewer rows a part has, the fewer multiply-adds
     # each weight streamed in serves (Xeon with AVX-512, medians of alternate runs in one
     # process, by columns against by rows: RNN 256,1024,32,25 with 5.2 MB, 16 rows a part,
