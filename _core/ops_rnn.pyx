@@ -71,7 +71,7 @@ ctypedef struct Buffers:
     void* gates            # input projections, then the activated gates [t] (G·H); RNN: Y
     void* cells            # LSTM: c_t [t]
     void* hidden           # GRU: h Wh_nᵀ [t];  GRUv3: r ⊙ h [t]
-    void* hidden_proj      # GRU: h Whᵀ of the current step (B, 3H)
+    void* hidden_proj      # GRU: h Whᵀ of the current step (B, 3H); stacked, h Wh_nᵀ (B, H)
     void* h0               # the initial h as (B, H): the input itself or its broadcast rows
     void* c0               # LSTM: the initial c, likewise
     void* d_gates          # backward: gradient of the gate pre-activations (T, B, G·H);
@@ -181,7 +181,9 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     # The GRU keeps h Wh_nᵀ for backward; GRUv3 needs r ⊙ h in inference too.
     w.hidden = take(block, &used, kept + kept_gap if (cell == CELL_GRU and recording)
                     or cell == CELL_GRUV3 else 0)
-    w.hidden_proj = take(block, &used, 3 * step + gap if cell == CELL_GRU else 0)
+    # h Whᵀ of one step; stacked, only h Wh_nᵀ, which a recording writes to `hidden`.
+    w.hidden_proj = take(block, &used, 0 if cell != CELL_GRU or (stacks(d) and recording)
+                         else (step if stacks(d) else 3 * step) + gap)
     w.h0 = take(block, &used, step) if d.h_broadcast else h0
     w.c0 = take(block, &used, step) if d.c_broadcast else c0
     if not d.shared_packing:
@@ -988,8 +990,9 @@ cdef void forward_rows(const Dims* d, const Buffers* w, bint recording, const fl
     cdef floating* hidden = <floating*>(kept_rows(d, w, w.hidden, r0, H, itemsize)
                                         if recording
                                         else part_rows(w, w.hidden, r0, H, itemsize))
-    cdef floating* hidden_proj = <floating*>part_rows(w, w.hidden_proj, r0, 3 * H, itemsize)
     cdef bint stacked = stacks(d)
+    cdef floating* hidden_proj = <floating*>part_rows(w, w.hidden_proj, r0,
+                                                      H if stacked else 3 * H, itemsize)
     cdef index_t depth = stacked_depth(d), stride = stage_stride(d, sizeof(floating))
     cdef floating* stage = <floating*>part_rows(w, w.stage, r0, stride, itemsize)
     # A recorded step's h Whᵀ lives only until its activations (stacked, the GRU keeps its
@@ -1129,7 +1132,8 @@ ctypedef struct StepElementwise:
     const Dims* d
     index_t rows
     void* gates                # forward: the step's gates, for the GRU its input projection
-    const void* hidden_proj    # forward, GRU: h Whᵀ (B, 3H), where r and z lack it
+    const void* hidden_proj    # forward, GRU: h Whᵀ (B, 3H), where r and z lack it (joined:
+                               #   unread, and NULL where the stacked step keeps none)
     const void* candidate_proj # forward, GRU: h Wh_nᵀ, its rows candidate_ld apart
     index_t candidate_ld
     const void* h_prev         # GRU
@@ -1197,7 +1201,7 @@ cdef void elementwise_rows(const StepElementwise* job, floating* y, index_t r0,
                      <const floating*>job.c_prev + r0 * H, <floating*>job.kept + r0 * H, y)
     else:
         gru_forward(rows, H, <floating*>job.gates + r0 * GH,
-                    <const floating*>job.hidden_proj + r0 * 3 * H,
+                    NULL if job.joined else <const floating*>job.hidden_proj + r0 * 3 * H,
                     <const floating*>job.candidate_proj + r0 * job.candidate_ld,
                     job.candidate_ld, <const floating*>job.h_prev + r0 * H,
                     <floating*>job.kept + r0 * H if job.kept != NULL else NULL, y,
@@ -1249,14 +1253,15 @@ cdef void gru_forward(index_t B, index_t H, floating* gates, const floating* hid
     for r in range(B):
         reset = gates + r * 3 * H
         update, candidate = reset + H, reset + 2 * H
-        p = hidden_proj + r * 3 * H
         p_candidate = candidate_proj + r * candidate_ld
-        if bias != NULL:
-            for j in range(2 * H):
-                reset[j] += bias[j] + p[j]
-        elif not joined:
-            for j in range(2 * H):
-                reset[j] += p[j]
+        if not joined:
+            p = hidden_proj + r * 3 * H
+            if bias != NULL:
+                for j in range(2 * H):
+                    reset[j] += bias[j] + p[j]
+            else:
+                for j in range(2 * H):
+                    reset[j] += p[j]
         logistic_in_place(2 * H, reset)
         if hidden_n != NULL and hidden_n + r * H != p_candidate:
             memcpy(hidden_n + r * H, p_candidate, H * sizeof(floating))
