@@ -4,10 +4,10 @@ from cython cimport floating
 cimport numpy as cnp
 import numpy as np
 from recur._core.tape cimport (Node, Tape, index_t, recording_tape, constant, is_tensor,
-                               value_of)
+                               value_of, tensor_value)
 from recur._core.blas cimport gemm, blas_int, defer_product
 from recur._core.registry cimport OP_MATMUL, OP_DENSE
-from recur._core.pool cimport new_array_shaped
+from recur._core.pool cimport new_array, new_array_shaped
 
 cnp.import_array()
 
@@ -134,20 +134,26 @@ def call(layer, x, prepare, activations):
     if type(x) is cnp.ndarray:
         value = <cnp.ndarray>x
     elif is_tensor(x):
-        value = <cnp.ndarray?>x._value
+        value = tensor_value(x)
     if (value is None or cnp.PyArray_TYPE(value) != cnp.PyArray_TYPE(W) or value.ndim == 0
             or value.shape[value.ndim - 1] != n_in or not cnp.PyArray_IS_C_CONTIGUOUS(value)):
         x, value = prepare(layer, x, W.dtype, n_in)
     act = activations.get(σ)
     y = dense(x, W_in, b_in, value, W, None if b_in is None else value_of(b_in),
-              0 if act is None else act, (<object>value).shape[:value.ndim - 1] + (W.shape[0],))
+              0 if act is None else act)
     return y if act is not None else σ(y)
 
 
-def dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int act, tuple out_shape):
+cdef object dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int act):
+    # y = act(x Wᵀ + b), shaped as x with W's rows for its last axis.
     cdef index_t rows = cnp.PyArray_SIZE(x) // W.shape[1] if W.shape[1] else 0
     cdef index_t n_in = W.shape[1], n_out = W.shape[0]
-    cdef cnp.ndarray y = new_array_shaped(out_shape, cnp.PyArray_TYPE(W))
+    cdef cnp.npy_intp out_dims[64]      # NPY_MAXDIMS of numpy 2, the most x can have
+    cdef int axis
+    for axis in range(x.ndim - 1):
+        out_dims[axis] = x.shape[axis]
+    out_dims[x.ndim - 1] = n_out
+    cdef cnp.ndarray y = new_array(x.ndim, out_dims, cnp.PyArray_TYPE(W))
     cdef void* bias = NULL if b is None else cnp.PyArray_DATA(<cnp.ndarray?>b)
     cdef Tape tape
     cdef Node* node

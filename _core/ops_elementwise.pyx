@@ -10,7 +10,7 @@
 from libc.math cimport tanh, exp, log, sqrt, fabs, pow
 from cython cimport floating
 cimport numpy as cnp
-from recur._core.tape cimport Node, index_t, is_tensor, record_pair
+from recur._core.tape cimport Node, index_t, is_tensor, record_pair, tensor_value
 from recur._core.registry cimport *
 from recur._core.strided cimport next_row
 from recur._core.pool cimport new_array
@@ -32,7 +32,7 @@ def same_shape_arithmetic(int op, object a, object b):
     cdef index_t n
     if not (is_tensor(a) and is_tensor(b)):
         return None
-    x, y = a._value, b._value
+    x, y = tensor_value(a), tensor_value(b)
     if (cnp.PyArray_TYPE(x) != cnp.PyArray_TYPE(y) or x.ndim != y.ndim
             or not cnp.PyArray_IS_C_CONTIGUOUS(x) or not cnp.PyArray_IS_C_CONTIGUOUS(y)
             or (cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT and cnp.PyArray_TYPE(x) != cnp.NPY_DOUBLE)

@@ -27,7 +27,7 @@ from cython cimport floating
 cimport numpy as cnp
 import numpy as np
 from recur._core.tape cimport (Node, Tape, index_t, recording_tape, constant, is_tensor,
-                               value_of, alias)
+                               value_of, tensor_value, alias)
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
                                pack_stacked, panel_product, gates_product, share,
                                defer_product, gradient_of_rows, packed_for_backward,
@@ -396,7 +396,7 @@ cdef inline bint in_dtype(object v, int dtype):
     if type(v) is cnp.ndarray:
         value = <cnp.ndarray>v
         return cnp.PyArray_TYPE(value) == dtype and cnp.PyArray_IS_C_CONTIGUOUS(value)
-    return is_tensor(v) and cnp.PyArray_TYPE(<cnp.ndarray>v._value) == dtype
+    return is_tensor(v) and cnp.PyArray_TYPE(tensor_value(v)) == dtype
 
 
 cdef object run(object layer, int cell, int act, bint is_sequence, object x, object h,

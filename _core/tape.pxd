@@ -99,6 +99,9 @@ cpdef object alias(object parent, object value, index_t offset)
 # Whether x is a Tensor (Params included).
 cdef bint is_tensor(object x)
 
-# The array of an ndarray, or of a Tensor or Param (which keep theirs in `_value`).
+# The array of a Tensor or Param (which keep theirs in `_value`).
+cdef cnp.ndarray tensor_value(object x)
+
+# The array of an ndarray, or of a Tensor or Param.
 cdef inline cnp.ndarray value_of(object x):
-    return <cnp.ndarray?>(x if isinstance(x, cnp.ndarray) else x._value)
+    return <cnp.ndarray>x if isinstance(x, cnp.ndarray) else tensor_value(x)

@@ -94,3 +94,40 @@ def test_scalars_stay_zero_dimensional():
     assert loss.shape == () and isinstance(float(loss), float)
     assert (rc.sum(np.ones(3)) * 2.0).shape == ()
     assert rc.Tensor(np.float64(2.0)).shape == ()
+
+
+class _NamedTensor(rc.Tensor):
+    """A user's subclass with a slot of its own, which the fused kernels must still read."""
+    __slots__ = ("name",)
+
+
+def _named(value, name):
+    t = _NamedTensor(value)
+    t.name = name
+    return t
+
+
+def test_tensor_subclasses_and_params_feed_the_fused_kernels():
+    rc.seed(0)
+    x = np.random.rand(4, 3).astype(np.float32)
+    h = np.random.rand(4, 5).astype(np.float32)
+    dense, cell = rc.Dense(3, 2), rc.GRUCell(3, 5)
+    for wrapped in (_named(x, "x"), rc.param(x)):
+        np.testing.assert_array_equal(dense(wrapped).numpy(), dense(x).numpy())
+        state, y = cell(_named(h, "h"), wrapped)
+        np.testing.assert_array_equal(y.numpy(), cell(h, x)[1].numpy())
+    ps = rc.params(dense)
+    sub = _named(x, "x")
+    _, grads = rc.value_and_gradient(lambda: rc.sum(dense(sub)), ps)
+    np.testing.assert_allclose(grads[dense.W], np.tile(x.sum(0), (2, 1)), rtol=1e-6)
+
+
+def test_a_tensor_without_its_value_raises_attribute_error():
+    # object.__new__ leaves the slots empty: the kernels must say so, not read them.
+    empty = rc.Tensor.__new__(rc.Tensor)
+    with pytest.raises(AttributeError):
+        rc.Dense(3, 2)(empty)
+    with pytest.raises(AttributeError):
+        rc.GRUCell(3, 5)(np.zeros((4, 5), np.float32), empty)
+    with pytest.raises(AttributeError):
+        empty + empty
