@@ -47,6 +47,12 @@ cdef class Tape:
     cdef list keep         # Python objects whose data nodes point into
     cdef dict watched      # id(Param) -> leaf node id
     cdef list watched_params
+    # The same for node_of, as a table open-addressed by the Params' addresses (which
+    # watched_params keeps from being reused while the recording lasts): slots of NULL
+    # are free, and param_mask is the table's size less one, -1 while nothing is watched.
+    cdef void** param_keys
+    cdef index_t* param_nodes
+    cdef index_t param_mask
     cdef dict param_grads  # leaf node id -> the ndarray its gradient is written into
     cdef set handed_out    # leaf node ids whose gradient array grad_of has returned
     cdef readonly long epoch
@@ -61,6 +67,7 @@ cdef class Tape:
 
     # Node id of a Tensor/Param recorded on this tape, or -1 for anything else.
     cdef index_t node_of(self, object x) except -2
+    cdef int index_params(self) except -1
     # Appends a node for `value` (a C-contiguous float32/float64 ndarray, kept alive).
     # The returned pointer is valid until the next append.
     cdef Node* append(self, int op, object value, index_t n_inputs, index_t n_ints,

@@ -238,6 +238,18 @@ cdef long recording_count = 0     # tapes recording in any thread (guarded by th
 cdef long next_epoch = 1
 thread_state = threading.local()
 
+cdef extern from *:
+    """
+    /* This thread's tape (thread_tape), which thread_state keeps alive while the thread
+       lives: recording_tape reads it on every op, where the threading.local's attribute
+       lookup cost some 300 instructions. */
+    static __thread PyObject* tape_of_this_thread = NULL;
+    """
+    PyObject* tape_of_this_thread
+
+cdef inline size_t param_hash(void* p, index_t mask) noexcept nogil:
+    return (<size_t>p >> 4) & <size_t>mask
+
 
 cdef class Tape:
 
@@ -256,17 +268,33 @@ cdef class Tape:
         self.param_grads = {}
         self.handed_out = set()
         self.recording = False
+        self.param_keys = NULL
+        self.param_nodes = NULL
+        self.param_mask = -1
 
     def __dealloc__(self):
         free(self.nodes)
+        free(self.param_keys)
+        free(self.param_nodes)
         arena_free(&self.meta)
         arena_free(&self.work)
 
     cdef index_t node_of(self, object x) except -2:
-        if type(x) is Tensor_type and slot(x, node_slot)[0] != NULL:
+        cdef size_t i
+        if (type(x) is Tensor_type and slot(x, node_slot)[0] != NULL
+                and slot(x, epoch_slot)[0] != NULL):
             if (slot(x, tape_slot)[0] == <PyObject*>self
-                    and <object>slot(x, epoch_slot)[0] == self.epoch):
-                return <object>slot(x, node_slot)[0]
+                    and <long><object>slot(x, epoch_slot)[0] == self.epoch):
+                return <index_t><object>slot(x, node_slot)[0]
+            return -1
+        if type(x) is Param_type:
+            if self.param_mask < 0:
+                return -1
+            i = param_hash(<void*>x, self.param_mask)
+            while self.param_keys[i] != NULL:
+                if self.param_keys[i] == <void*>x:
+                    return self.param_nodes[i]
+                i = (i + 1) & <size_t>self.param_mask
             return -1
         if isinstance(x, Param_type):
             return self.watched.get(id(x), -1)
@@ -354,12 +382,45 @@ cdef class Tape:
         self.recording = True
         self.backward_done = False
         recording_count += 1
-        for p in params:
-            if id(p) in self.watched:
-                continue
-            node = self.append(OP_LEAF, p.value, 0, 0, 0, 0)
-            self.watched[id(p)] = self.n_nodes - 1
-            self.watched_params.append(p)
+        try:
+            for p in params:
+                if id(p) in self.watched:
+                    continue
+                node = self.append(OP_LEAF, p.value, 0, 0, 0, 0)
+                self.watched[id(p)] = self.n_nodes - 1
+                self.watched_params.append(p)
+            self.index_params()
+        except BaseException:
+            self.finish()      # not left recording: the next call would find it nested
+            raise
+
+    cdef int index_params(self) except -1:
+        # watched as node_of's table, at most half full.
+        cdef index_t size = 16, i
+        cdef size_t at
+        cdef void** keys
+        cdef index_t* nodes
+        while size < 2 * len(self.watched_params):
+            size *= 2
+        if self.param_keys == NULL or self.param_mask + 1 < size:
+            keys = <void**>malloc(size * sizeof(void*))
+            nodes = <index_t*>malloc(size * sizeof(index_t))
+            if keys == NULL or nodes == NULL:
+                free(keys)
+                free(nodes)
+                raise MemoryError()
+            free(self.param_keys)
+            free(self.param_nodes)
+            self.param_keys, self.param_nodes = keys, nodes
+        self.param_mask = size - 1
+        memset(self.param_keys, 0, size * sizeof(void*))
+        for p in self.watched_params:
+            at = param_hash(<void*>p, self.param_mask)
+            while self.param_keys[at] != NULL:
+                at = (at + 1) & <size_t>self.param_mask
+            self.param_keys[at] = <void*>p
+            self.param_nodes[at] = self.watched[id(p)]
+        return 0
 
     def finish(self):
         """Ends recording and resets the tape; its buffers are kept for the next call."""
@@ -373,6 +434,7 @@ cdef class Tape:
         self.checks = []
         self.watched = {}
         self.watched_params = []
+        self.param_mask = -1
         self.param_grads = {}
         self.handed_out = set()
         arena_reset(&self.meta)
@@ -487,18 +549,19 @@ cdef class Tape:
 cpdef Tape recording_tape():
     if recording_count == 0:
         return None
-    tape = getattr(thread_state, "tape", None)
-    if tape is not None and (<Tape>tape).recording:
-        return <Tape>tape
+    if tape_of_this_thread != NULL and (<Tape>tape_of_this_thread).recording:
+        return <Tape>tape_of_this_thread
     return None
 
 
 def thread_tape():
     """This thread's tape, created on first use."""
+    global tape_of_this_thread
     tape = getattr(thread_state, "tape", None)
     if tape is None:
         tape = Tape()
         thread_state.tape = tape
+    tape_of_this_thread = <PyObject*>tape
     return tape
 
 

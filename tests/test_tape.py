@@ -376,3 +376,24 @@ def test_a_recordings_backward_pass_runs_once():
     rc.reset(m)
     again = rc.gradient(lambda: rc.sum(m(x)), ps)[m.cell.Wh]
     np.testing.assert_array_equal(again, first)
+
+
+def test_every_watched_param_is_found_however_many_are_watched():
+    # The tape finds a Param's leaf by its address in a table sized to what it watches:
+    # small, grown, and small again on one thread, each Param gets its own gradient, and a
+    # Param it does not watch none.
+    for n in (2, 70, 3, 300, 1):
+        ps = [rc.param(np.zeros(2)) for _ in range(n)]
+        outsider = rc.param(np.ones(2))
+
+        def loss():
+            total = rc.sum(outsider * 5.0)
+            for i, p in enumerate(ps):
+                total = total + rc.sum(p * float(i + 1))
+            return total
+
+        grads = rc.gradient(loss, ps)
+        for i, p in enumerate(ps):
+            assert grads[p].tolist() == [i + 1.0, i + 1.0]
+        with pytest.raises(KeyError):
+            grads[outsider]
