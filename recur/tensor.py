@@ -10,6 +10,7 @@ import numpy as np
 
 from recur._core import registry  # noqa: F401  (fills the backward table)
 from recur._core import tape as _tape
+from recur._core.ops_elementwise import same_shape_arithmetic
 
 __all__ = ["Tensor", "Param", "param", "Params", "Grads", "params", "gradient",
            "value_and_gradient", "as_array", "result_dtype", "float_dtype"]
@@ -90,12 +91,26 @@ class Tensor:
     __hash__ = object.__hash__
 
     # ------------------------------------------------------------ differentiable operators
-    def __add__(self, other): return _ops().add(self, other)
+    # Two Tensors of one dtype and shape go straight to the one C call that recur.ops would
+    # reach through three Python calls (a stepwise loss adds one step's loss at a time).
+    def __add__(self, other):
+        out = same_shape_arithmetic(_ADD, self, other)
+        return _ops().add(self, other) if out is None else out
+
     def __radd__(self, other): return _ops().add(other, self)
-    def __sub__(self, other): return _ops().sub(self, other)
+
+    def __sub__(self, other):
+        out = same_shape_arithmetic(_SUB, self, other)
+        return _ops().sub(self, other) if out is None else out
+
     def __rsub__(self, other): return _ops().sub(other, self)
-    def __mul__(self, other): return _ops().mul(self, other)
+
+    def __mul__(self, other):
+        out = same_shape_arithmetic(_MUL, self, other)
+        return _ops().mul(self, other) if out is None else out
+
     def __rmul__(self, other): return _ops().mul(other, self)
+
     def __truediv__(self, other): return _ops().div(self, other)
     def __rtruediv__(self, other): return _ops().div(other, self)
     def __pow__(self, exponent): return _ops().power(self, exponent)
@@ -163,6 +178,7 @@ def param(array, dtype=None):
 
 
 _tape.set_tensor_types(Tensor, Param)
+_ADD, _SUB, _MUL = registry.CODES["ADD"], registry.CODES["SUB"], registry.CODES["MUL"]
 
 _ops_module = None
 
