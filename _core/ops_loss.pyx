@@ -12,7 +12,7 @@
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
-from recur._core.tape cimport Node, index_t, record_pair
+from recur._core.tape cimport Node, index_t, record_pair, is_tensor, tensor_value
 from recur._core.registry cimport OP_SQUARED_ERROR
 
 cnp.import_array()
@@ -39,6 +39,29 @@ def squared_error_mean(prediction, target, cnp.ndarray ŷ, cnp.ndarray y):
     if node != NULL:
         node.ints[0] = n
     return result
+
+
+def same_shape_squared_error(prediction, target):
+    """squared_error_mean for a Tensor prediction and a target (an ndarray, not a subclass,
+    or a Tensor) whose values share one float dtype and one shape, C-contiguous both: what
+    a stepwise loop's loss meets once a step, checked here rather than in Python. None for
+    any other operands, which recur/losses.py takes on its general path."""
+    cdef cnp.ndarray ŷ, y
+    if not is_tensor(prediction):
+        return None
+    ŷ = tensor_value(prediction)
+    if type(target) is cnp.ndarray:
+        y = <cnp.ndarray>target
+    elif is_tensor(target):
+        y = tensor_value(target)
+    else:
+        return None
+    if (cnp.PyArray_TYPE(ŷ) != cnp.PyArray_TYPE(y)
+            or (cnp.PyArray_TYPE(ŷ) != cnp.NPY_FLOAT and cnp.PyArray_TYPE(ŷ) != cnp.NPY_DOUBLE)
+            or ŷ.ndim != y.ndim or not cnp.PyArray_SAMESHAPE(ŷ, y)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(ŷ) or not cnp.PyArray_IS_C_CONTIGUOUS(y)):
+        return None
+    return squared_error_mean(prediction, target, ŷ, y)
 
 
 cdef double sum_of_squared_differences(index_t n, const floating* ŷ,

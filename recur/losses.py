@@ -25,12 +25,12 @@ def _pair(name, ŷ, y):
 
 def mse(ŷ, y, *, agg=ops.mean):
     """agg((ŷ - y)²)"""
-    if agg is ops.mean and type(ŷ) is Tensor and type(y) is np.ndarray:
+    if agg is ops.mean:
         # A prediction against a target of its dtype and shape, as a stepwise loop has once
         # a step, goes straight to the fused node.
-        value = ŷ._value
-        if y.dtype == value.dtype and y.shape == value.shape and y.flags.c_contiguous:
-            return ops_loss.squared_error_mean(ŷ, y, value, y)
+        out = ops_loss.same_shape_squared_error(ŷ, y)
+        if out is not None:
+            return out
     _pair("mse", ŷ, y)
     if agg is ops.mean:      # one fused node (_core/ops_loss.pyx)
         dtype = result_dtype(ŷ, y)

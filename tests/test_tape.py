@@ -302,6 +302,33 @@ def test_mse_is_one_node_and_the_mean_of_squares():
     assert np.isnan(float(rc.mse(np.ones((0, 3)), np.ones((0, 3)))))
 
 
+class _TargetArray(np.ndarray):
+    """An ndarray subclass, which the fused loss leaves to the general path."""
+
+
+def test_mse_of_every_pairing_of_operands_matches_the_mean_of_squares():
+    # Tensor against ndarray or Tensor, float32 and float64 mixed, a strided target, an
+    # ndarray subclass: each gives numpy's value and gradient, fused or composed.
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((4, 6))
+    b = rng.standard_normal((4, 12))
+    strided = b[:, ::2]
+    targets = [strided.astype(np.float32), strided.astype(np.float64), strided,
+               rc.Tensor(strided.astype(np.float32)),
+               strided.astype(np.float32).view(_TargetArray)]
+    for target in targets:
+        for dtype in (np.float32, np.float64):
+            p = rc.param(a.astype(dtype))
+            y = np.asarray(target.value if isinstance(target, rc.Tensor) else target, np.float64)
+            want = np.mean((p.value.astype(np.float64) - y) ** 2)
+            loss, grads = rc.value_and_gradient(lambda: rc.mse(p, target), p)
+            np.testing.assert_allclose(loss, want, rtol=1e-6)
+            np.testing.assert_allclose(grads[p], 2 * (p.value - y) / y.size, rtol=1e-5,
+                                       atol=1e-7)
+    with pytest.raises(ValueError, match=r"mse.*\(4, 6\).*\(6, 4\)"):
+        rc.mse(rc.param(a), np.ones((6, 4)))
+
+
 def test_unsupported_numpy_function_names_itself():
     t = rc.Tensor(np.ones((2, 2)))
     with pytest.raises(TypeError, match="numpy.cumsum"):
