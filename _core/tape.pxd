@@ -67,6 +67,7 @@ cdef class Tape:
 
     # Node id of a Tensor/Param recorded on this tape, or -1 for anything else.
     cdef index_t node_of(self, object x) except -2
+    # Lays the watched Params out in node_of's table (start).
     cdef int index_params(self) except -1
     # Appends a node for `value` (a C-contiguous float32/float64 ndarray, kept alive).
     # The returned pointer is valid until the next append.

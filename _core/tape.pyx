@@ -143,7 +143,8 @@ cdef inline void set_slot(object x, Py_ssize_t offset, object v) noexcept:
     Py_XDECREF(old)
 
 cdef inline bint has_slots(object x) noexcept:
-    # Exactly a Tensor or a Param: a subclass of theirs might reach its slots otherwise.
+    # Exactly a Tensor or a Param: a subclass may answer for `_value` in a way of its own
+    # (a property), so its attributes go by name.
     return type(x) is Tensor_type or type(x) is Param_type
 
 cdef object make_tensor(object value, object tape, long epoch, index_t node):
@@ -396,7 +397,7 @@ cdef class Tape:
 
     cdef int index_params(self) except -1:
         # watched as node_of's table, at most half full.
-        cdef index_t size = 16, i
+        cdef index_t size = 16
         cdef size_t at
         cdef void** keys
         cdef index_t* nodes
