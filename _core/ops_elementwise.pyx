@@ -20,6 +20,13 @@ cnp.import_array()
 
 # ---------------------------------------------------------------- forward
 
+cdef bint same_float_shape(cnp.ndarray x, cnp.ndarray y) noexcept:
+    return (cnp.PyArray_TYPE(x) == cnp.PyArray_TYPE(y)
+            and (cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT or cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE)
+            and x.ndim == y.ndim and cnp.PyArray_SAMESHAPE(x, y)
+            and cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_IS_C_CONTIGUOUS(y))
+
+
 def same_shape_arithmetic(int op, object a, object b):
     """a + b, a - b or a * b (op OP_ADD, OP_SUB or OP_MUL) for two Tensors whose values
     share one float dtype and one shape, computed and recorded in one call: a stepwise
@@ -33,10 +40,7 @@ def same_shape_arithmetic(int op, object a, object b):
     if not (is_tensor(a) and is_tensor(b)):
         return None
     x, y = tensor_value(a), tensor_value(b)
-    if (cnp.PyArray_TYPE(x) != cnp.PyArray_TYPE(y) or x.ndim != y.ndim
-            or not cnp.PyArray_IS_C_CONTIGUOUS(x) or not cnp.PyArray_IS_C_CONTIGUOUS(y)
-            or (cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT and cnp.PyArray_TYPE(x) != cnp.NPY_DOUBLE)
-            or not cnp.PyArray_SAMESHAPE(x, y)):
+    if not same_float_shape(x, y):
         return None
     out = new_array(x.ndim, cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x))
     n = cnp.PyArray_SIZE(out)

@@ -14,6 +14,7 @@ cimport numpy as cnp
 import numpy as np
 from recur._core.tape cimport Node, index_t, record_pair, is_tensor, tensor_value
 from recur._core.registry cimport OP_SQUARED_ERROR
+from recur._core.ops_elementwise cimport same_float_shape
 
 cnp.import_array()
 
@@ -56,10 +57,7 @@ def same_shape_squared_error(prediction, target):
         y = tensor_value(target)
     else:
         return None
-    if (cnp.PyArray_TYPE(ŷ) != cnp.PyArray_TYPE(y)
-            or (cnp.PyArray_TYPE(ŷ) != cnp.NPY_FLOAT and cnp.PyArray_TYPE(ŷ) != cnp.NPY_DOUBLE)
-            or ŷ.ndim != y.ndim or not cnp.PyArray_SAMESHAPE(ŷ, y)
-            or not cnp.PyArray_IS_C_CONTIGUOUS(ŷ) or not cnp.PyArray_IS_C_CONTIGUOUS(y)):
+    if not same_float_shape(ŷ, y):
         return None
     return squared_error_mean(prediction, target, ŷ, y)
 
