@@ -546,6 +546,42 @@ def handover_seconds(int rounds=25, int per_round=40):
     return times[len(times) // 2]
 
 
+cdef extern from "fma_peak.h" nogil:
+    ctypedef struct fma_peak_job:
+        long rounds
+        int parts
+    void fma_peak_part(void* arg, int part, int parts)
+    double fma_peak_flops_per_part(long rounds)
+
+
+def fma_peak_flops(double seconds=0.05):
+    """float32 FLOP/s of multiply-adds with nothing to load or store, on every thread the
+    crew has now (fma_peak.h): a rate no float32 product reaches on these threads, whatever
+    its kernel. The loop runs in three timed runs of about `seconds` / 3 each, after a short
+    one that sizes them; the fastest counts. None in a build that does not target this
+    CPU's vectors (RECUR_PORTABLE=1): its products run on the BLAS's kernels, which pick
+    wider ones at run time. For bench/, which sets each missed target against it."""
+    cdef fma_peak_job job
+    cdef long elapsed
+    if not seconds > 0:
+        raise ValueError(f"fma_peak_flops: seconds must be positive, got {seconds!r}")
+    if not PANEL_KERNEL:
+        return None
+    job.rounds = 1 << 14
+    best = 0.0
+    for run in range(4):
+        with nogil:
+            elapsed = crew_now_ns()
+            share(fma_peak_part, &job, True)
+            elapsed = max(crew_now_ns() - elapsed, 1)
+        rate = fma_peak_flops_per_part(job.rounds) * job.parts / (elapsed * 1e-9)
+        if run == 0:
+            job.rounds = max(1 << 10, <long>(job.rounds * seconds / 3 / (elapsed * 1e-9)))
+        else:
+            best = max(best, rate)
+    return best
+
+
 cdef bint keep_alone(bint alone) noexcept nogil:
     return crew_keep_alone(alone)
 

@@ -48,7 +48,10 @@ conditions; the product is also timed at the start and end of each pass, for the
 header (and as the limit of a row timed without recur). Under each pass's summary, every
 missed row shows the time recur would need to meet it and the rate that time means as a
 fraction of the row's limit: past 100%, meeting it would take more than the arithmetic of
-recur's own large product on this machine.
+recur's own large product on this machine. The same rate is also set against the
+multiply-add ceiling, measured at the start and end of each pass (recur's fma_peak_flops:
+float32 FMAs with nothing to load or store, on recur's threads; the faster of the two
+counts): past 100%, the row's products alone would outlast the time needed, on any kernel.
 
 Fairness notes: torch's GRU has a second bias `b_hn` inside the reset gate's product that
 recur's (Flux's) GRU does not have; it is zeroed before timing and left to train, which does
@@ -359,6 +362,14 @@ def gemm_gflops(engine, repeats=7):
     return gemm_rate(statistics.median(times))
 
 
+def fma_peak_gflops():
+    """recur's float32 multiply-add ceiling on this process's threads (recur's
+    fma_peak_flops), GFLOP/s; None where recur's build does not target this CPU."""
+    from recur._core.blas import fma_peak_flops
+    flops = fma_peak_flops()
+    return None if flops is None else flops / 1e9
+
+
 def timing_worker(args):
     """Times every selected case at this process's thread setting; writes JSON."""
     engines = args.engines
@@ -368,6 +379,7 @@ def timing_worker(args):
         if threads != "default":
             torch.set_num_threads(int(threads))
     gemm_start = {engine: gemm_gflops(engine) for engine in engines}
+    fma_start = fma_peak_gflops() if "recur" in engines else None
     rows = []
     for config in args.configs:
         X, Y = sequence_data(config)
@@ -376,12 +388,15 @@ def timing_worker(args):
                 for mode in args.modes:
                     rows.append(time_case(engines, model_name, style, mode, config, X, Y, args))
     gemm_end = {engine: gemm_gflops(engine) for engine in engines}
+    fma_end = fma_peak_gflops() if "recur" in engines else None
     result = {
         "threads": threads,
         "torch_threads": torch.get_num_threads() if "torch" in engines else None,
         "recur_threads": recur_threads(),
         "gemm_start": gemm_start,
         "gemm_end": gemm_end,
+        "fma_start": fma_start,
+        "fma_end": fma_end,
         "rows": rows,
     }
     with open(args.result_file, "w") as f:
@@ -669,7 +684,9 @@ def missed_targets(row, ratio, gemm_fraction):
 def analysed_rows(timing):
     """Adds ratio, GFLOP/s, GEMM fraction, targets and misses to every timed row."""
     pass_limit = max(timing["gemm_start"]["recur"], timing["gemm_end"]["recur"])
+    ceilings = [c for c in (timing.get("fma_start"), timing.get("fma_end")) if c]
     for row in timing["rows"]:
+        row["fma_ceiling"] = max(ceilings) if ceilings else None
         row["gemm_limit"] = gemm_limit = row.get("gemm_gflops") or pass_limit
         config = Config(",".join(map(str, row["config"])))
         recur_s, torch_s = row["seconds"].get("recur"), row["seconds"].get("torch")
@@ -777,7 +794,9 @@ def needed(row):
     """For a row that misses a target: the time recur would need to meet every target it
     misses, in seconds, and the GFLOP/s that time means as a fraction of the row's GEMM
     limit (above 1: more than recur's own large product reaches on this machine, so no
-    kernel can get the row there by arithmetic speed alone). None where nothing is missed."""
+    kernel can get the row there by arithmetic speed alone). None where nothing is missed.
+    The same GFLOP/s over the pass's multiply-add ceiling (needs_lines) says more: above
+    1, the row's products alone would take longer than the time needed on any kernel."""
     if not row["missed"]:
         return None
     config = Config(",".join(map(str, row["config"])))
@@ -795,18 +814,26 @@ def needs_lines(rows):
     missed = [row for row in rows if row["missed"]]
     if not missed:
         return []
+    ceiling = missed[0].get("fma_ceiling")
     lines = ["", "What each miss would need: recur's time to meet the row's missed targets, "
-             "and the rate that time means, against the row's GEMM limit:", "",
+             "and the rate that time means, against the row's GEMM limit"
+             + (f" and against the pass's multiply-add ceiling, {ceiling:.1f} GFLOP/s "
+                "(float32 FMAs with nothing to load, on recur's threads, the faster of the "
+                "pass's two ends; past 100% no kernel on these cores could meet the target)"
+                if ceiling else "") + ":", "",
              "| case | config | recur ms | would need, ms | faster by | of GEMM now "
-             "| of GEMM needed | hand-over µs |",
-             "|---|---|--:|--:|--:|--:|--:|--:|"]
+             "| of GEMM needed | of ceiling needed | hand-over µs |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     for row in missed:
         seconds, fraction = needed(row)
         recur_s = row["seconds"]["recur"]
+        config = Config(",".join(map(str, row["config"])))
+        of_ceiling = (gemm_flops(row["model"], config, row["mode"]) / seconds / 1e9 / ceiling
+                      if ceiling else None)
         lines.append(f"| {row['mode']} {row['style']} {row['model']} | "
                      f"{','.join(map(str, row['config']))} | {recur_s * 1e3:.3g} | "
                      f"{seconds * 1e3:.3g} | {recur_s / seconds:.2f}x | "
-                     f"{row['gemm_fraction']:.0%} | {fraction:.0%} | "
+                     f"{row['gemm_fraction']:.0%} | {fraction:.0%} | {fmt(of_ceiling, '.0%')} | "
                      f"{handover_text(row)}{' ‡' if threads_apart(row) else ''} |")
     return lines
 
@@ -860,6 +887,9 @@ def report(machine, command, timings, extras, elapsed, load, retries):
             f"{engine} {t['gemm_start'][engine]:.1f} / {t['gemm_end'][engine]:.1f}"
             for engine in t["gemm_start"])
         for t in timings)
+    ceiling = "; ".join(
+        f"{threads_label(t)}: {fmt(t.get('fma_start'), '.1f')} / {fmt(t.get('fma_end'), '.1f')}"
+        for t in timings)
     lines = [
         "# recur vs torch: recurrent training and inference on the CPU",
         "",
@@ -886,6 +916,8 @@ def report(machine, command, timings, extras, elapsed, load, retries):
         + ", ".join(f"{name} {version}" for name, version in machine["versions"].items()),
         *[f"- BLAS of {name}: {text}" for name, text in machine["blas"].items()],
         f"- float32 {GEMM_SIZE}³ GEMM, GFLOP/s at the start / end of each pass: {gemm}",
+        f"- float32 multiply-add ceiling (recur's FMAs with nothing to load, on its threads), "
+        f"GFLOP/s at the start / end of each pass: {ceiling}",
         "",
         "## Targets (issue 5)",
         "",

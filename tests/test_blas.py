@@ -270,6 +270,26 @@ def test_handover_probe_times_the_helper_or_says_there_is_none():
         handover_seconds(rounds=0, per_round=3)
 
 
+def test_fma_ceiling_is_a_rate_or_none_where_products_run_on_the_blas():
+    # bench/suite.py sets each missed target against this rate. On one thread and on the
+    # crew it is a positive, finite rate; how it compares with the products' is for bench/.
+    code = """
+        from recur._core.blas import fma_peak_flops
+        print(fma_peak_flops(0.02))
+    """
+    alone = _run(code, {"RECUR_NUM_THREADS": "1"})
+    assert alone.returncode == 0, alone.stderr
+    if not PANEL_KERNEL_BUILT:
+        # A portable build's products run on the BLAS's own, wider kernels: no ceiling.
+        assert alone.stdout.strip() == "None"
+        return
+    assert 1e8 < float(alone.stdout) < 1e14
+    from recur._core.blas import fma_peak_flops
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="seconds must be positive, got"):
+            fma_peak_flops(bad)
+
+
 def test_a_process_allowed_one_cpu_keeps_to_the_calling_thread():
     # Two threads on one CPU would only take turns on it.
     if (not os.path.isdir("/proc/self/task") or not hasattr(os, "sched_setaffinity")
