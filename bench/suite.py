@@ -824,17 +824,22 @@ def needs_lines(rows):
              "| case | config | recur ms | would need, ms | faster by | of GEMM now "
              "| of GEMM needed | of ceiling needed | hand-over µs |",
              "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    beyond = 0
     for row in missed:
         seconds, fraction = needed(row)
         recur_s = row["seconds"]["recur"]
         config = Config(",".join(map(str, row["config"])))
         of_ceiling = (gemm_flops(row["model"], config, row["mode"]) / seconds / 1e9 / ceiling
                       if ceiling else None)
+        beyond += of_ceiling is not None and of_ceiling > 1
         lines.append(f"| {row['mode']} {row['style']} {row['model']} | "
                      f"{','.join(map(str, row['config']))} | {recur_s * 1e3:.3g} | "
                      f"{seconds * 1e3:.3g} | {recur_s / seconds:.2f}x | "
                      f"{row['gemm_fraction']:.0%} | {fraction:.0%} | {fmt(of_ceiling, '.0%')} | "
                      f"{handover_text(row)}{' ‡' if threads_apart(row) else ''} |")
+    if ceiling:
+        lines += ["", f"{beyond} of these {len(missed)} misses would need more than the "
+                  "multiply-add ceiling."]
     return lines
 
 
