@@ -794,9 +794,7 @@ def needed(row):
     """For a row that misses a target: the time recur would need to meet every target it
     misses, in seconds, and the GFLOP/s that time means as a fraction of the row's GEMM
     limit (above 1: more than recur's own large product reaches on this machine, so no
-    kernel can get the row there by arithmetic speed alone). None where nothing is missed.
-    The same GFLOP/s over the pass's multiply-add ceiling (needs_lines) says more: above
-    1, the row's products alone would take longer than the time needed on any kernel."""
+    kernel can get the row there by arithmetic speed alone). None where nothing is missed."""
     if not row["missed"]:
         return None
     config = Config(",".join(map(str, row["config"])))
@@ -810,7 +808,9 @@ def needed(row):
 
 
 def needs_lines(rows):
-    """A table of the pass's misses, each with what meeting it would take."""
+    """A table of the pass's misses, each with what meeting it would take: the time, and
+    the rate it means against the row's GEMM limit and against the multiply-add ceiling
+    (past 1, the row's products alone would outlast that time on any kernel)."""
     missed = [row for row in rows if row["missed"]]
     if not missed:
         return []
@@ -828,9 +828,7 @@ def needs_lines(rows):
     for row in missed:
         seconds, fraction = needed(row)
         recur_s = row["seconds"]["recur"]
-        config = Config(",".join(map(str, row["config"])))
-        of_ceiling = (gemm_flops(row["model"], config, row["mode"]) / seconds / 1e9 / ceiling
-                      if ceiling else None)
+        of_ceiling = fraction * row["gemm_limit"] / ceiling if ceiling else None
         beyond += of_ceiling is not None and of_ceiling > 1
         lines.append(f"| {row['mode']} {row['style']} {row['model']} | "
                      f"{','.join(map(str, row['config']))} | {recur_s * 1e3:.3g} | "
