@@ -1,5 +1,5 @@
 /* The ceiling of float32 arithmetic on this machine: independent fused multiply-adds on
- * the widest vectors the build targets (the panel kernel's), with nothing to load or
+ * the widest vectors the build targets (the panel kernel's vec_f), with nothing to load or
  * store. A product of n multiply-adds takes at least n / this rate on the threads that ran
  * it, whatever its kernel; bench/ sets each missed target against it, to tell a target
  * that better code could reach from one that asks for more arithmetic than the cores do.
@@ -15,8 +15,6 @@
 
 #define FMA_PEAK_CHAINS 12
 
-typedef float fma_peak_vec __attribute__((vector_size(VECTOR_BYTES), aligned(sizeof(float))));
-
 typedef struct {
     long rounds;             /* multiply-adds of each chain, in each part */
     int parts;               /* the parts that ran: 1 alone, 2 shared with the helper */
@@ -29,14 +27,14 @@ static void fma_peak_part(void* arg, int part, int parts)
     fma_peak_job* job = (fma_peak_job*)arg;
     /* A factor just under 1 and a small shift keep the values finite and normal for any
      * number of rounds (each chain tends to shift / (1 - scale)). */
-    const fma_peak_vec scale = (fma_peak_vec){0} + 0.999f;
-    const fma_peak_vec shift = (fma_peak_vec){0} + 0.001f;
-    fma_peak_vec chains[FMA_PEAK_CHAINS];
+    const vec_f scale = (vec_f){0} + 0.999f;
+    const vec_f shift = (vec_f){0} + 0.001f;
+    vec_f chains[FMA_PEAK_CHAINS];
     float sum = 0;
     /* Starting values the compiler cannot see: from a constant start it proved one chain
      * already at its fixed point and dropped it from the loop. */
     for (int k = 0; k < FMA_PEAK_CHAINS; k++)
-        chains[k] = (fma_peak_vec){0} + (float)(job->rounds % 7 + k + 2);
+        chains[k] = (vec_f){0} + (float)(job->rounds % 7 + k + 2);
     for (long round = 0; round < job->rounds; round++)
         for (int k = 0; k < FMA_PEAK_CHAINS; k++) chains[k] = chains[k] * scale + shift;
     for (int k = 0; k < FMA_PEAK_CHAINS; k++) sum += chains[k][0];
@@ -47,7 +45,7 @@ static void fma_peak_part(void* arg, int part, int parts)
 /* Floating-point operations in one part's loop: a multiply and an add per lane. */
 static inline double fma_peak_flops_per_part(long rounds)
 {
-    return 2.0 * (double)(VECTOR_BYTES / sizeof(float)) * FMA_PEAK_CHAINS * (double)rounds;
+    return 2.0 * LANES_f * FMA_PEAK_CHAINS * (double)rounds;
 }
 
 #endif
