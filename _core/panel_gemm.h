@@ -544,16 +544,16 @@ few_columns_rows_##suffix(const int R, const int N, ptrdiff_t K, const scalar* A
      * the same sums). A row alone keeps the folded loads, which ran 10% faster there (the  \
      * same CPU built for AVX2, one row at a time). */                                      \
     for (; k + LANES_##suffix <= K; k += LANES_##suffix) {                                  \
-        vec_##suffix a[FEW_COLUMN_ROWS];                                                    \
+        vec_##suffix row_k[FEW_COLUMN_ROWS];       /* each row's vector at k */             \
         for (int r = 0; r < R; r++) {                                                       \
-            a[r] = *(const vec_##suffix*)(A + (i + r) * lda + k);                           \
-            if (R > 1) VECTOR_IN_REGISTER(a[r]);                                            \
+            row_k[r] = *(const vec_##suffix*)(A + (i + r) * lda + k);                       \
+            if (R > 1) VECTOR_IN_REGISTER(row_k[r]);                                        \
         }                                                                                   \
         for (int j = 0; j < N; j++) {                                                       \
             vec_##suffix w = *(const vec_##suffix*)(W + j * ldw + k);                       \
             if (R > 1) VECTOR_IN_REGISTER(w);                                               \
             for (int r = 0; r < R; r++)                                                     \
-                acc[r][j] += a[r] * w;                                                      \
+                acc[r][j] += row_k[r] * w;                                                  \
         }                                                                                   \
     }                                                                                       \
     for (int r = 0; r < R; r++) {                                                           \
