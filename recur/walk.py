@@ -83,7 +83,7 @@ def _reachable(obj, seen, with_leaves):
             kids = [child for _, child in obj._children()]
         else:
             kids = []
-            for name, child in getattr(obj, "__dict__", {}).items():
+            for name, child in (getattr(obj, "__dict__", None) or {}).items():
                 if not name.startswith("_"):
                     kids.append(child)
         for child in reversed(kids):
