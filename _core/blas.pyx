@@ -62,6 +62,14 @@ cdef extern from "panel_gemm.h" nogil:
     void few_columns_d(Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t lda,
                        const double* W, Py_ssize_t ldw, double* C, Py_ssize_t ldc,
                        int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
+    void few_columns_strided_f(Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                               const float* W, Py_ssize_t ldw, float* C, Py_ssize_t ldc,
+                               Py_ssize_t ldc_column, int accumulate, Py_ssize_t first_row,
+                               Py_ssize_t end_row)
+    void few_columns_strided_d(Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t lda,
+                               const double* W, Py_ssize_t ldw, double* C, Py_ssize_t ldc,
+                               Py_ssize_t ldc_column, int accumulate, Py_ssize_t first_row,
+                               Py_ssize_t end_row)
     void few_inner_f(Py_ssize_t K, Py_ssize_t N, const float* A, Py_ssize_t a_row,
                      Py_ssize_t a_k, const float* Bmat, Py_ssize_t ldb, float* C,
                      Py_ssize_t ldc, int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
@@ -211,8 +219,11 @@ ctypedef struct Product:
     bint accumulate
     # a transposed product's second operand (K2 = 0: none) and bias (NULL: none). The
     # second joins the first on W's rows below `joined` only; with C2, its rows from
-    # `joined` on go alone into C2's same columns (gates_product)
-    Py_ssize_t K2, n_stride2, joined
+    # `joined` on go alone into C2's same columns (gates_product). For a batch of at most
+    # FEW_COLUMNS rows nothing is packed (packed NULL) and A and A2 (rows a_row and a2_row
+    # apart) are read in place (few_batch).
+    Py_ssize_t K2, n_stride2, joined, a2_row
+    const void* A2
     const void* packed2
     const void* src2
     const void* bias
@@ -321,20 +332,32 @@ cdef inline void transposed_range(Product* p, Py_ssize_t first, Py_ssize_t end) 
     cdef Py_ssize_t K2 = p.K2 if first < p.joined else 0
     cdef Py_ssize_t split = min(end, p.joined) if K2 > 0 else min(end, p.N)
     if first < split:
-        transposed_call(p, p.K, p.packed, p.src, p.n_stride, K2, p.bias, p.C, first, split)
+        transposed_call(p, False, K2, p.bias, p.C, first, split)
     if split < min(end, p.N):
-        transposed_call(p, p.K, p.packed, p.src, p.n_stride, 0, p.bias, p.C, split,
-                        min(end, p.N))
+        transposed_call(p, False, 0, p.bias, p.C, split, min(end, p.N))
     if end > p.N:
         first = max(first, p.N) - p.N + p.joined
-        transposed_call(p, p.K2, p.packed2, p.src2, p.n_stride2, 0, NULL, p.C2, first,
-                        end - p.N + p.joined)
+        transposed_call(p, True, 0, NULL, p.C2, first, end - p.N + p.joined)
 
 
-cdef inline void transposed_call(Product* p, Py_ssize_t K, const void* packed,
-                                 const void* W, Py_ssize_t ldw, Py_ssize_t K2,
-                                 const void* bias, void* C, Py_ssize_t first,
-                                 Py_ssize_t end) noexcept nogil:
+cdef inline void transposed_call(Product* p, bint second, Py_ssize_t K2, const void* bias,
+                                 void* C, Py_ssize_t first, Py_ssize_t end) noexcept nogil:
+    # Rows [first, end) of W (of W2 where `second`), against A (A2), joined by the second
+    # operand where K2 > 0.
+    cdef Py_ssize_t K = p.K2 if second else p.K
+    cdef const void* packed = p.packed2 if second else p.packed
+    cdef const void* W = p.src2 if second else p.src
+    cdef Py_ssize_t ldw = p.n_stride2 if second else p.n_stride
+    if p.packed == NULL:
+        if p.is_f64:
+            few_batch[double](p, K, <const double*>(p.A2 if second else p.A),
+                              p.a2_row if second else p.a_row, <const double*>W, ldw, K2,
+                              <const double*>bias, <double*>C, first, end)
+        else:
+            few_batch[float](p, K, <const float*>(p.A2 if second else p.A),
+                             p.a2_row if second else p.a_row, <const float*>W, ldw, K2,
+                             <const float*>bias, <float*>C, first, end)
+        return
     if p.is_f64:
         panel_gemm_transposed_d(p.M, K, <const double*>packed, <const double*>W, ldw, K2,
                                 <const double*>p.packed2, <const double*>p.src2,
@@ -345,6 +368,38 @@ cdef inline void transposed_call(Product* p, Py_ssize_t K, const void* packed,
                                 <const float*>p.packed2, <const float*>p.src2,
                                 p.n_stride2, <const float*>bias, <float*>C, p.ldc,
                                 p.accumulate, first, end)
+
+
+cdef void few_batch(Product* p, Py_ssize_t K, const floating* A, Py_ssize_t lda,
+                    const floating* W, Py_ssize_t ldw, Py_ssize_t K2, const floating* bias,
+                    floating* C, Py_ssize_t first, Py_ssize_t end) noexcept nogil:
+    # Columns [first, end) of C (p.M <= FEW_COLUMNS rows, p.ldc apart) [+]= A Wᵀ, joined by
+    # A2 W2ᵀ where K2 > 0, plus the bias: few_columns on W's rows against A's few, each row
+    # of A a vector of k at a time, its sums written down C's columns. On the panels Aᵀ's
+    # few columns took a whole vector of lanes, the rest of them zeros, for every value of
+    # W (Zen 4, 2 vCPUs, bench/'s steps outside its configs, ms, panels -> this, medians of
+    # alternate processes: LSTM 64,200 stepwise inference at batch 1 6.98 -> 1.94, 2 7.11
+    # -> 2.73, 3 8.06 -> 2.66, 4 4.78 -> 2.41, where 5 rows took 4.75 on the panels; its
+    # training at batch 1 10.3 -> 5.5, GRU 7.64 -> 2.80).
+    cdef Py_ssize_t m, n, rows = end - first
+    cdef const floating* W2 = <const floating*>p.src2 + first * p.n_stride2
+    cdef const floating* A2 = <const floating*>p.A2
+    if floating is double:
+        few_columns_strided_d(p.M, K, W + first * ldw, ldw, A, lda, C + first, 1, p.ldc,
+                              p.accumulate, 0, rows)
+        if K2 > 0:
+            few_columns_strided_d(p.M, K2, W2, p.n_stride2, A2, p.a2_row, C + first, 1,
+                                  p.ldc, True, 0, rows)
+    else:
+        few_columns_strided_f(p.M, K, W + first * ldw, ldw, A, lda, C + first, 1, p.ldc,
+                              p.accumulate, 0, rows)
+        if K2 > 0:
+            few_columns_strided_f(p.M, K2, W2, p.n_stride2, A2, p.a2_row, C + first, 1,
+                                  p.ldc, True, 0, rows)
+    if bias != NULL:
+        for m in range(p.M):
+            for n in range(first, end):
+                C[m * p.ldc + n] += bias[n]
 
 
 cdef void few_columns_part(void* arg, int part, int parts) noexcept nogil:
@@ -615,14 +670,17 @@ cdef void few_rows_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float
 cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                      Py_ssize_t a_row, Py_ssize_t a_k, const floating* W, Py_ssize_t ldw,
                      floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    # C [+]= A Wᵀ as (W Aᵀ)ᵀ on panel_gemm_transposed: Aᵀ packed, W read in place; False
-    # (nothing done) without memory for the packing.
+    # C [+]= A Wᵀ as (W Aᵀ)ᵀ on panel_gemm_transposed: Aᵀ packed, W read in place (A's
+    # rows too where they are at most FEW_COLUMNS, few_batch); False (nothing done) without
+    # memory for the packing.
     cdef Product p
-    p.packed = thread_buffer(BUFFER_PACKED, packed_bytes(sizeof(floating), K, M))
-    if p.packed == NULL:
-        return False
-    # Aᵀ[k][m] = A[m][k]
-    pack(K, M, A, a_k, a_row, <floating*>p.packed)
+    p.A, p.a_row, p.packed = A, a_row, NULL
+    if not (M <= FEW_COLUMNS and a_k == 1):
+        p.packed = thread_buffer(BUFFER_PACKED, packed_bytes(sizeof(floating), K, M))
+        if p.packed == NULL:
+            return False
+        # Aᵀ[k][m] = A[m][k]
+        pack(K, M, A, a_k, a_row, <floating*>p.packed)
     p.is_f64 = floating is double
     p.M, p.N, p.K, p.ldc = M, N, K, ldc
     p.src, p.n_stride = W, ldw
@@ -642,13 +700,17 @@ cdef bint gates_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
     cdef size_t first_bytes = packed_bytes(sizeof(floating), K, M)
     if not PANEL_KERNEL or M >= PANEL_GATHER_ROWS or M * N * (K + K2) <= BLAS_MAX_MACS:
         return False
-    p.packed = thread_buffer(BUFFER_PACKED, first_bytes + packed_bytes(sizeof(floating), K2, M))
-    if p.packed == NULL:
-        return False
-    p.packed2 = <char*>p.packed + first_bytes
-    pack(K, M, A, 1, lda, <floating*>p.packed)
-    if K2 > 0:
-        pack(K2, M, A2, 1, lda2, <floating*>p.packed2)
+    p.A, p.a_row, p.A2, p.a2_row = A, lda, A2, lda2
+    p.packed = p.packed2 = NULL
+    if M > FEW_COLUMNS:
+        p.packed = thread_buffer(BUFFER_PACKED,
+                                 first_bytes + packed_bytes(sizeof(floating), K2, M))
+        if p.packed == NULL:
+            return False
+        p.packed2 = <char*>p.packed + first_bytes
+        pack(K, M, A, 1, lda, <floating*>p.packed)
+        if K2 > 0:
+            pack(K2, M, A2, 1, lda2, <floating*>p.packed2)
     p.is_f64 = floating is double
     p.M, p.N, p.K, p.ldc = M, N, K, ldc
     p.src, p.n_stride, p.K2, p.src2, p.n_stride2, p.bias = W, K, K2, W2, K2, bias

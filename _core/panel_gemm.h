@@ -141,7 +141,8 @@
 /* Products A Wᵀ of at most this many columns take few_columns. */
 #define FEW_COLUMNS 4
 #define FEW_CASE(suffix, n)                                                                 \
-    case n: few_block_##suffix(n, K, A, lda, W, ldw, C, ldc, accumulate, first_row, end_row); \
+    case n: few_block_##suffix(n, K, A, lda, W, ldw, C, ldc, ldc_column, accumulate,          \
+                               first_row, end_row);                                         \
             break;
 
 /* Rows of C few_columns works on side by side: up to 16 accumulators, which AVX-512's 32
@@ -527,11 +528,12 @@ lane_sum_##suffix(vec_##suffix v)                                               
                                                                                             \
 /* Rows [i, i + R) of C (M x N, N a constant of at most FEW_COLUMNS) [+]= A Wᵀ for W of N   \
  * rows and K columns: a row of A meets each row of W a vector of k at a time, into one     \
- * accumulator per row and column, whose lanes sum at the end. */                           \
+ * accumulator per row and column, whose lanes sum at the end. C[i][j] lies at             \
+ * C + i ldc + j ldc_column: 1 for a C of rows, ldc for the transpose of one (few_batch). */ \
 static inline __attribute__((always_inline)) void                                           \
 few_columns_rows_##suffix(const int R, const int N, ptrdiff_t K, const scalar* A,           \
                           ptrdiff_t lda, const scalar* W, ptrdiff_t ldw, scalar* C,         \
-                          ptrdiff_t ldc, int accumulate, ptrdiff_t i)                       \
+                          ptrdiff_t ldc, ptrdiff_t ldc_column, int accumulate, ptrdiff_t i) \
 {                                                                                           \
     vec_##suffix acc[FEW_COLUMN_ROWS][FEW_COLUMNS];                                         \
     ptrdiff_t k = 0;                                                                        \
@@ -561,7 +563,7 @@ few_columns_rows_##suffix(const int R, const int N, ptrdiff_t K, const scalar* A
         for (int j = 0; j < N; j++) {                                                       \
             scalar sum = lane_sum_##suffix(acc[r][j]);                                      \
             for (ptrdiff_t q = k; q < K; q++) sum += a[q] * W[j * ldw + q];                 \
-            scalar* c = C + (i + r) * ldc + j;                                              \
+            scalar* c = C + (i + r) * ldc + j * ldc_column;                                 \
             *c = accumulate ? *c + sum : sum;                                               \
         }                                                                                   \
     }                                                                                       \
@@ -575,15 +577,17 @@ few_columns_rows_##suffix(const int R, const int N, ptrdiff_t K, const scalar* A
  * training 3.41 -> 3.24 ms, sequence inference 0.760 -> 0.740). */                         \
 static inline __attribute__((always_inline)) void                                           \
 few_block_##suffix(const int N, ptrdiff_t K, const scalar* A, ptrdiff_t lda,               \
-                   const scalar* W, ptrdiff_t ldw, scalar* C, ptrdiff_t ldc, int accumulate, \
-                   ptrdiff_t first_row, ptrdiff_t end_row)                                  \
+                   const scalar* W, ptrdiff_t ldw, scalar* C, ptrdiff_t ldc,                \
+                   ptrdiff_t ldc_column, int accumulate, ptrdiff_t first_row,               \
+                   ptrdiff_t end_row)                                                       \
 {                                                                                           \
     ptrdiff_t i = first_row;                                                                \
     for (; i + FEW_COLUMN_ROWS <= end_row; i += FEW_COLUMN_ROWS)                            \
         few_columns_rows_##suffix(FEW_COLUMN_ROWS, N, K, A, lda, W, ldw, C, ldc,            \
-                                  accumulate, i);                                           \
+                                  ldc_column, accumulate, i);                               \
     for (; i < end_row; i++)                                                                \
-        few_columns_rows_##suffix(1, N, K, A, lda, W, ldw, C, ldc, accumulate, i);          \
+        few_columns_rows_##suffix(1, N, K, A, lda, W, ldw, C, ldc, ldc_column, accumulate,  \
+                                  i);                                                       \
 }                                                                                           \
                                                                                             \
 /* C (M x N) [+]= A Wᵀ for a W of N <= FEW_COLUMNS rows (ldw apart) and K columns, on C's   \
@@ -595,10 +599,27 @@ static void few_columns_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrd
                                  const scalar* W, ptrdiff_t ldw, scalar* C, ptrdiff_t ldc,  \
                                  int accumulate, ptrdiff_t first_row, ptrdiff_t end_row)    \
 {                                                                                           \
+    const ptrdiff_t ldc_column = 1;                                                         \
     switch (N) {                                                                            \
     FEW_CASE(suffix, 1) FEW_CASE(suffix, 2) FEW_CASE(suffix, 3)                             \
-    default: few_block_##suffix(FEW_COLUMNS, K, A, lda, W, ldw, C, ldc, accumulate,         \
-                                first_row, end_row);                                        \
+    default: few_block_##suffix(FEW_COLUMNS, K, A, lda, W, ldw, C, ldc, ldc_column,         \
+                                accumulate, first_row, end_row);                            \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* few_columns into a C whose columns lie ldc_column apart: the transpose of a C of few     \
+ * rows, a batch of at most FEW_COLUMNS rows against many of W (blas.pyx: few_batch). Its   \
+ * own copy, so that the head's keeps its columns side by side as constants. */              \
+static void few_columns_strided_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A,         \
+                                         ptrdiff_t lda, const scalar* W, ptrdiff_t ldw,     \
+                                         scalar* C, ptrdiff_t ldc, ptrdiff_t ldc_column,    \
+                                         int accumulate, ptrdiff_t first_row,               \
+                                         ptrdiff_t end_row)                                 \
+{                                                                                           \
+    switch (N) {                                                                            \
+    FEW_CASE(suffix, 1) FEW_CASE(suffix, 2) FEW_CASE(suffix, 3)                             \
+    default: few_block_##suffix(FEW_COLUMNS, K, A, lda, W, ldw, C, ldc, ldc_column,         \
+                                accumulate, first_row, end_row);                            \
     }                                                                                       \
 }                                                                                           \
                                                                                             \

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import recur as rc
+from recur import reference as ref
 from recur._core.blas import PANEL_KERNEL_BUILT
 
 # Above 16384 multiply-adds a product leaves the BLAS for the panel kernel. The shapes give
@@ -162,6 +163,45 @@ def test_products_over_a_small_inner_size_match_numpy(dtype):
                         (grads[B], a64.T @ seed64, np.abs(a64).T @ np.abs(seed64))]:
                     assert got.dtype == dtype
                     assert np.all(np.abs(got - want) <= tol * scale + tol), (inner, n, m)
+
+
+# A step of a cell outside a gradient call reads its weights in place, and a batch of at
+# most 4 rows is read in place too (blas.pyx: few_batch): each of the gates a sum of dot
+# products, x·Wi[n] + h·Wh[n] + b[n], the GRU's candidate h·Wh_n[n] kept apart. 60 inputs
+# and 120 units give every cell more than the BLAS's 16384 multiply-adds at one row (the
+# RNN's 1 x 180 x 120 fewest); 5 rows and more go to the panels, against the same oracle.
+FEW_BATCH_CELLS = [
+    (rc.RNNCell, lambda *a: ref.rnn_step(*a, act="tanh")),
+    (rc.LSTMCell, ref.lstm_step),
+    (rc.GRUCell, ref.gru_step),
+    (rc.GRUv3Cell, ref.gruv3_step),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("make,step", FEW_BATCH_CELLS, ids=lambda v: getattr(v, "__name__", ""))
+def test_single_steps_of_few_rows_match_the_reference(make, step, dtype):
+    rng = np.random.default_rng(5)
+    n_in, n_out = 60, 120
+    cell = make(n_in, n_out, dtype=dtype, rng=rng)
+    names = list(type(cell).weight_shapes(n_in, n_out))
+    for name in names:     # nonzero biases, gates neither all saturated nor all linear
+        getattr(cell, name).value = (0.15 * rng.standard_normal(getattr(cell, name).shape)
+                                     ).astype(dtype)
+    weights = [np.asarray(getattr(cell, name), np.float64) for name in names]
+    n_states = 2 if make is rc.LSTMCell else 1
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    for shape in [(n_in,), (1, n_in), (2, n_in), (3, n_in), (4, n_in), (5, n_in)]:
+        x = rng.standard_normal(shape).astype(dtype)
+        states = [rng.standard_normal(shape[:-1] + (n_out,)).astype(dtype)
+                  for _ in range(n_states)]
+        new, y = cell(states[0] if n_states == 1 else tuple(states), x)
+        want = step(*weights, *(s.astype(np.float64) for s in states), x.astype(np.float64))
+        for got, expected in zip(new if n_states > 1 else [new],
+                                 want if n_states > 1 else [want]):
+            assert np.asarray(got).dtype == dtype and np.shape(got) == expected.shape
+            np.testing.assert_allclose(np.asarray(got), expected, rtol=rtol, atol=rtol,
+                                       err_msg=str(shape))
 
 
 def _work(seed):
