@@ -594,12 +594,14 @@ few_block_##suffix(const int N, ptrdiff_t K, const scalar* A, ptrdiff_t lda,    
  * rows [first_row, end_row): the product of a layer with few outputs, a Dense head of 1 to \
  * 4. A panel would be mostly zeros there, and so are the BLAS's blocks (Zen 5, one thread, \
  * float32, µs: 32 x 3 x 128 1.35 -> 0.43, 32 x 1 x 128 0.81 -> 0.28, 3200 x 3 x 128 97 ->  \
- * 45; at 8 columns, in two blocks, the BLAS won: 64 x 8 x 32 0.56 -> 1.2). */              \
-static void few_columns_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdiff_t lda,  \
-                                 const scalar* W, ptrdiff_t ldw, scalar* C, ptrdiff_t ldc,  \
-                                 int accumulate, ptrdiff_t first_row, ptrdiff_t end_row)    \
+ * 45; at 8 columns, in two blocks, the BLAS won: 64 x 8 x 32 0.56 -> 1.2). C's columns lie \
+ * ldc_column apart (few_columns_rows), inlined into each entry below with its own. */      \
+static inline __attribute__((always_inline)) void                                           \
+few_columns_into_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdiff_t lda,         \
+                          const scalar* W, ptrdiff_t ldw, scalar* C, ptrdiff_t ldc,         \
+                          ptrdiff_t ldc_column, int accumulate, ptrdiff_t first_row,        \
+                          ptrdiff_t end_row)                                                \
 {                                                                                           \
-    const ptrdiff_t ldc_column = 1;                                                         \
     switch (N) {                                                                            \
     FEW_CASE(suffix, 1) FEW_CASE(suffix, 2) FEW_CASE(suffix, 3)                             \
     default: few_block_##suffix(FEW_COLUMNS, K, A, lda, W, ldw, C, ldc, ldc_column,         \
@@ -607,20 +609,25 @@ static void few_columns_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrd
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-/* few_columns into a C whose columns lie ldc_column apart: the transpose of a C of few     \
- * rows, a batch of at most FEW_COLUMNS rows against many of W (blas.pyx: few_batch). Its   \
- * own copy, so that the head's keeps its columns side by side as constants. */              \
+/* A C of rows, its columns side by side. */                                                \
+static void few_columns_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdiff_t lda,  \
+                                 const scalar* W, ptrdiff_t ldw, scalar* C, ptrdiff_t ldc,  \
+                                 int accumulate, ptrdiff_t first_row, ptrdiff_t end_row)    \
+{                                                                                           \
+    few_columns_into_##suffix(N, K, A, lda, W, ldw, C, ldc, 1, accumulate, first_row,      \
+                              end_row);                                                     \
+}                                                                                           \
+                                                                                            \
+/* The transpose of a C of few rows, its columns ldc_column apart: a batch of at most       \
+ * FEW_COLUMNS rows against many of W (blas.pyx: few_batch). */                             \
 static void few_columns_strided_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A,         \
                                          ptrdiff_t lda, const scalar* W, ptrdiff_t ldw,     \
                                          scalar* C, ptrdiff_t ldc, ptrdiff_t ldc_column,    \
                                          int accumulate, ptrdiff_t first_row,               \
                                          ptrdiff_t end_row)                                 \
 {                                                                                           \
-    switch (N) {                                                                            \
-    FEW_CASE(suffix, 1) FEW_CASE(suffix, 2) FEW_CASE(suffix, 3)                             \
-    default: few_block_##suffix(FEW_COLUMNS, K, A, lda, W, ldw, C, ldc, ldc_column,         \
-                                accumulate, first_row, end_row);                            \
-    }                                                                                       \
+    few_columns_into_##suffix(N, K, A, lda, W, ldw, C, ldc, ldc_column, accumulate,        \
+                              first_row, end_row);                                          \
 }                                                                                           \
                                                                                             \
 /* Rows [first_row, end_row) of C (M x N) [+]= A Bmat for an inner size K, a constant of at \
