@@ -559,6 +559,10 @@ cdef bint wide_vectors() noexcept nogil:
     return VECTOR_BYTES >= 64
 
 
+cdef bint reads_batch_in_place(Py_ssize_t rows) noexcept nogil:
+    return PANEL_KERNEL and rows <= FEW_COLUMNS
+
+
 # For the tests: whether this build runs large products on the panels and the crew.
 PANEL_KERNEL_BUILT = PANEL_KERNEL
 
