@@ -679,7 +679,7 @@ cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A
     # memory for the packing.
     cdef Product p
     p.A, p.a_row, p.packed = A, a_row, NULL
-    if not (M <= FEW_COLUMNS and a_k == 1):
+    if not (reads_batch_in_place(M) and a_k == 1):
         p.packed = thread_buffer(BUFFER_PACKED, packed_bytes(sizeof(floating), K, M))
         if p.packed == NULL:
             return False
@@ -706,7 +706,7 @@ cdef bint gates_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
         return False
     p.A, p.a_row, p.A2, p.a2_row = A, lda, A2, lda2
     p.packed = p.packed2 = NULL
-    if M > FEW_COLUMNS:
+    if not reads_batch_in_place(M):
         p.packed = thread_buffer(BUFFER_PACKED,
                                  first_bytes + packed_bytes(sizeof(floating), K2, M))
         if p.packed == NULL:

@@ -169,7 +169,8 @@ def test_products_over_a_small_inner_size_match_numpy(dtype):
 # most 4 rows is read in place too (blas.pyx: few_batch): each of the gates a sum of dot
 # products, x·Wi[n] + h·Wh[n] + b[n], the GRU's candidate h·Wh_n[n] kept apart. 60 inputs
 # and 120 units give every cell more than the BLAS's 16384 multiply-adds at one row (the
-# RNN's 1 x 180 x 120 fewest); 5 rows and more go to the panels, against the same oracle.
+# RNN's 1 x 180 x 120 fewest), and from 2 rows on more than the 65536 from which the two
+# threads share W's rows; 5 rows and more go to the panels, against the same oracle.
 FEW_BATCH_CELLS = [
     (rc.RNNCell, lambda *a: ref.rnn_step(*a, act="tanh")),
     (rc.LSTMCell, ref.lstm_step),
