@@ -180,6 +180,9 @@ cdef enum:
     # at 2048, 32,64,16's 3072 lost 15-34%: its steps run on one thread). The head's
     # backward (few_inner_part) gained nothing so split: stepwise training 32,128 0-1% slower.
     FEW_COLUMNS_SPLIT_MIN_MACS = 8192
+    # A batch of at most this many rows is read in place against weights read in place
+    # (few_batch), FEW_COLUMNS of its rows at a time.
+    FEW_BATCH_ROWS = 8
     SPLIT_MIN_PACKED = 65536
     # Units a shared product is cut into for its parts to claim (crew.h: crew_claims):
     # enough that the faster core's extra units even out the cores' speeds, few enough
@@ -220,8 +223,8 @@ ctypedef struct Product:
     # a transposed product's second operand (K2 = 0: none) and bias (NULL: none). The
     # second joins the first on W's rows below `joined` only; with C2, its rows from
     # `joined` on go alone into C2's same columns (gates_product). For a batch of at most
-    # FEW_COLUMNS rows nothing is packed (packed NULL) and A and A2 (rows a_row and a2_row
-    # apart) are read in place (few_batch).
+    # FEW_BATCH_ROWS rows nothing is packed (packed NULL) and A and A2 (rows a_row and
+    # a2_row apart) are read in place (few_batch).
     Py_ssize_t K2, n_stride2, joined, a2_row
     const void* A2
     const void* packed2
@@ -373,29 +376,37 @@ cdef inline void transposed_call(Product* p, bint second, Py_ssize_t K2, const v
 cdef void few_batch(Product* p, Py_ssize_t K, const floating* A, Py_ssize_t lda,
                     const floating* W, Py_ssize_t ldw, Py_ssize_t K2, const floating* bias,
                     floating* C, Py_ssize_t first, Py_ssize_t end) noexcept nogil:
-    # Columns [first, end) of C (p.M <= FEW_COLUMNS rows, p.ldc apart) [+]= A Wᵀ, joined by
-    # A2 W2ᵀ where K2 > 0, plus the bias: few_columns on W's rows against A's few, each row
-    # of A a vector of k at a time, its sums written down C's columns. On the panels Aᵀ's
-    # few columns took a whole vector of lanes, the rest of them zeros, for every value of
-    # W (Zen 4, 2 vCPUs, bench/'s steps outside its configs, ms, panels -> this, medians of
-    # alternate processes: LSTM 64,200 stepwise inference at batch 1 6.98 -> 1.94, 2 7.11
-    # -> 2.73, 3 8.06 -> 2.66, 4 4.78 -> 2.41, where 5 rows took 4.75 on the panels; its
-    # training at batch 1 10.3 -> 5.5, GRU 7.64 -> 2.80).
-    cdef Py_ssize_t m, n, rows = end - first
+    # Columns [first, end) of C (p.M <= FEW_BATCH_ROWS rows, p.ldc apart) [+]= A Wᵀ, joined
+    # by A2 W2ᵀ where K2 > 0, plus the bias: few_columns on W's rows against A's few, each
+    # row of A a vector of k at a time, its sums written down C's columns. On the panels
+    # Aᵀ's few columns took a whole vector of lanes, the rest of them zeros, for every value
+    # of W (Zen 4, 2 vCPUs, bench/'s steps outside its configs, ms, panels -> this, medians
+    # of alternate processes: LSTM 64,200 stepwise inference at batch 1 6.98 -> 1.94, 2
+    # 7.11 -> 2.73, 3 8.06 -> 2.66, 4 4.78 -> 2.41; its training at batch 1 10.3 -> 5.5, GRU
+    # 7.64 -> 2.80). Past 4 rows W is streamed once for each 4, and still wins up to 8,
+    # where the crew's row split leaves 4 to each thread (after the split of W's rows
+    # below, ops_rnn: 5 rows 5.05 -> 3.21, far apart 8.14 -> 4.22; 6 rows far apart 8.1 ->
+    # 4.9; 7 rows 4.95 -> 4.1-4.9).
+    cdef Py_ssize_t m, n, rows = end - first, m0 = 0, group
     cdef const floating* W2 = <const floating*>p.src2 + first * p.n_stride2
     cdef const floating* A2 = <const floating*>p.A2
-    if floating is double:
-        few_columns_strided_d(p.M, K, W + first * ldw, ldw, A, lda, C + first, 1, p.ldc,
-                              p.accumulate, 0, rows)
-        if K2 > 0:
-            few_columns_strided_d(p.M, K2, W2, p.n_stride2, A2, p.a2_row, C + first, 1,
-                                  p.ldc, True, 0, rows)
-    else:
-        few_columns_strided_f(p.M, K, W + first * ldw, ldw, A, lda, C + first, 1, p.ldc,
-                              p.accumulate, 0, rows)
-        if K2 > 0:
-            few_columns_strided_f(p.M, K2, W2, p.n_stride2, A2, p.a2_row, C + first, 1,
-                                  p.ldc, True, 0, rows)
+    while m0 < p.M:           # FEW_COLUMNS of A's rows at a time, W streamed again for each
+        group = min(FEW_COLUMNS, p.M - m0)
+        if floating is double:
+            few_columns_strided_d(group, K, W + first * ldw, ldw, A + m0 * lda, lda,
+                                  C + m0 * p.ldc + first, 1, p.ldc, p.accumulate, 0, rows)
+            if K2 > 0:
+                few_columns_strided_d(group, K2, W2, p.n_stride2, A2 + m0 * p.a2_row,
+                                      p.a2_row, C + m0 * p.ldc + first, 1, p.ldc, True, 0,
+                                      rows)
+        else:
+            few_columns_strided_f(group, K, W + first * ldw, ldw, A + m0 * lda, lda,
+                                  C + m0 * p.ldc + first, 1, p.ldc, p.accumulate, 0, rows)
+            if K2 > 0:
+                few_columns_strided_f(group, K2, W2, p.n_stride2, A2 + m0 * p.a2_row,
+                                      p.a2_row, C + m0 * p.ldc + first, 1, p.ldc, True, 0,
+                                      rows)
+        m0 += group
     if bias != NULL:
         for m in range(p.M):
             for n in range(first, end):
@@ -560,7 +571,7 @@ cdef bint wide_vectors() noexcept nogil:
 
 
 cdef bint reads_batch_in_place(Py_ssize_t rows) noexcept nogil:
-    return PANEL_KERNEL and rows <= FEW_COLUMNS
+    return PANEL_KERNEL and rows <= FEW_BATCH_ROWS
 
 
 # For the tests: whether this build runs large products on the panels and the crew.
@@ -675,7 +686,7 @@ cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A
                      Py_ssize_t a_row, Py_ssize_t a_k, const floating* W, Py_ssize_t ldw,
                      floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
     # C [+]= A Wᵀ as (W Aᵀ)ᵀ on panel_gemm_transposed: Aᵀ packed, W read in place (A's
-    # rows too where they are at most FEW_COLUMNS, few_batch); False (nothing done) without
+    # rows too where they are at most FEW_BATCH_ROWS, few_batch); False (nothing done) without
     # memory for the packing.
     cdef Product p
     p.A, p.a_row, p.packed = A, a_row, NULL
