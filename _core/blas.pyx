@@ -373,6 +373,17 @@ cdef inline void transposed_call(Product* p, bint second, Py_ssize_t K2, const v
                                 p.accumulate, first, end)
 
 
+cdef inline void few_columns_strided(Py_ssize_t N, Py_ssize_t K, const floating* A,
+                                     Py_ssize_t lda, const floating* W, Py_ssize_t ldw,
+                                     floating* C, Py_ssize_t ldc, Py_ssize_t ldc_column,
+                                     bint accumulate, Py_ssize_t rows) noexcept nogil:
+    # panel_gemm.h's few_columns_strided on C's rows [0, rows), in the dtype's own copy.
+    if floating is double:
+        few_columns_strided_d(N, K, A, lda, W, ldw, C, ldc, ldc_column, accumulate, 0, rows)
+    else:
+        few_columns_strided_f(N, K, A, lda, W, ldw, C, ldc, ldc_column, accumulate, 0, rows)
+
+
 cdef void few_batch(Product* p, Py_ssize_t K, const floating* A, Py_ssize_t lda,
                     const floating* W, Py_ssize_t ldw, Py_ssize_t K2, const floating* bias,
                     floating* C, Py_ssize_t first, Py_ssize_t end) noexcept nogil:
@@ -392,20 +403,11 @@ cdef void few_batch(Product* p, Py_ssize_t K, const floating* A, Py_ssize_t lda,
     cdef const floating* A2 = <const floating*>p.A2
     while m0 < p.M:           # FEW_COLUMNS of A's rows at a time, W streamed again for each
         group = min(FEW_COLUMNS, p.M - m0)
-        if floating is double:
-            few_columns_strided_d(group, K, W + first * ldw, ldw, A + m0 * lda, lda,
-                                  C + m0 * p.ldc + first, 1, p.ldc, p.accumulate, 0, rows)
-            if K2 > 0:
-                few_columns_strided_d(group, K2, W2, p.n_stride2, A2 + m0 * p.a2_row,
-                                      p.a2_row, C + m0 * p.ldc + first, 1, p.ldc, True, 0,
-                                      rows)
-        else:
-            few_columns_strided_f(group, K, W + first * ldw, ldw, A + m0 * lda, lda,
-                                  C + m0 * p.ldc + first, 1, p.ldc, p.accumulate, 0, rows)
-            if K2 > 0:
-                few_columns_strided_f(group, K2, W2, p.n_stride2, A2 + m0 * p.a2_row,
-                                      p.a2_row, C + m0 * p.ldc + first, 1, p.ldc, True, 0,
-                                      rows)
+        few_columns_strided(group, K, W + first * ldw, ldw, A + m0 * lda, lda,
+                            C + m0 * p.ldc + first, 1, p.ldc, p.accumulate, rows)
+        if K2 > 0:
+            few_columns_strided(group, K2, W2, p.n_stride2, A2 + m0 * p.a2_row, p.a2_row,
+                                C + m0 * p.ldc + first, 1, p.ldc, True, rows)
         m0 += group
     if bias != NULL:
         for m in range(p.M):
