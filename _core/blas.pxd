@@ -49,9 +49,8 @@ cdef void panel_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
 # few_batch, passes C once a product and once for the bias); K2 = 0 leaves out the
 # second product. The second joins only C's columns below `joined` (N: all); its columns
 # from `joined` on go alone into the same columns of C2 (M x N, ldc too), as the GRU's
-# candidate needs h Wh_nᵀ apart. False, with
-# nothing done, where the kernel would not take the products (no panel kernel, too many
-# rows, too little work) or memory runs out.
+# candidate needs h Wh_nᵀ apart. False, with nothing done, where the kernel would not take
+# the products (no panel kernel, too many rows, too little work) or memory runs out.
 cdef bint gates_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                         Py_ssize_t lda, const floating* W, Py_ssize_t K2, const floating* A2,
                         Py_ssize_t lda2, const floating* W2, const floating* bias,

@@ -395,9 +395,9 @@ cdef void few_batch(Product* p, Py_ssize_t K, const floating* A, Py_ssize_t lda,
     # of alternate processes: LSTM 64,200 stepwise inference at batch 1 6.98 -> 1.94, 2
     # 7.11 -> 2.73, 3 8.06 -> 2.66, 4 4.78 -> 2.41; its training at batch 1 10.3 -> 5.5, GRU
     # 7.64 -> 2.80). Past 4 rows W is streamed once for each 4, and still wins up to 8,
-    # where the crew's row split leaves 4 to each thread (after the split of W's rows
-    # below, ops_rnn: 5 rows 5.05 -> 3.21, far apart 8.14 -> 4.22; 6 rows far apart 8.1 ->
-    # 4.9; 7 rows 4.95 -> 4.1-4.9).
+    # where the crew's row split leaves 4 to each thread (with W's rows shared between
+    # the threads, ops_rnn's recurrent_forward: 5 rows 5.05 -> 3.21, far apart 8.14 ->
+    # 4.22; 6 rows far apart 8.1 -> 4.9; 7 rows 4.95 -> 4.1-4.9).
     cdef Py_ssize_t m, n, rows = end - first, m0 = 0, group
     cdef const floating* W2 = <const floating*>p.src2 + first * p.n_stride2
     cdef const floating* A2 = <const floating*>p.A2
@@ -714,12 +714,13 @@ cdef bint gates_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
                         floating* C, Py_ssize_t ldc, Py_ssize_t joined,
                         floating* C2) noexcept nogil:
     cdef Product p
-    cdef size_t first_bytes = packed_bytes(sizeof(floating), K, M)
+    cdef size_t first_bytes
     if not PANEL_KERNEL or M >= PANEL_GATHER_ROWS or M * N * (K + K2) <= BLAS_MAX_MACS:
         return False
     p.A, p.a_row, p.A2, p.a2_row = A, lda, A2, lda2
     p.packed = p.packed2 = NULL
     if not reads_batch_in_place(M):
+        first_bytes = packed_bytes(sizeof(floating), K, M)
         p.packed = thread_buffer(BUFFER_PACKED,
                                  first_bytes + packed_bytes(sizeof(floating), K2, M))
         if p.packed == NULL:
