@@ -62,14 +62,16 @@ cdef extern from "panel_gemm.h" nogil:
     void few_columns_d(Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t lda,
                        const double* W, Py_ssize_t ldw, double* C, Py_ssize_t ldc,
                        int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
-    void few_columns_strided_f(Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
-                               const float* W, Py_ssize_t ldw, float* C, Py_ssize_t ldc,
-                               Py_ssize_t ldc_column, int accumulate, Py_ssize_t first_row,
-                               Py_ssize_t end_row)
-    void few_columns_strided_d(Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t lda,
-                               const double* W, Py_ssize_t ldw, double* C, Py_ssize_t ldc,
-                               Py_ssize_t ldc_column, int accumulate, Py_ssize_t first_row,
-                               Py_ssize_t end_row)
+    void few_batch_f(Py_ssize_t M, Py_ssize_t K, const float* A, Py_ssize_t lda,
+                     const float* W, Py_ssize_t ldw, Py_ssize_t K2, const float* A2,
+                     Py_ssize_t lda2, const float* W2, Py_ssize_t ldw2, const float* bias,
+                     float* C, Py_ssize_t ldc, int accumulate, Py_ssize_t first,
+                     Py_ssize_t end)
+    void few_batch_d(Py_ssize_t M, Py_ssize_t K, const double* A, Py_ssize_t lda,
+                     const double* W, Py_ssize_t ldw, Py_ssize_t K2, const double* A2,
+                     Py_ssize_t lda2, const double* W2, Py_ssize_t ldw2, const double* bias,
+                     double* C, Py_ssize_t ldc, int accumulate, Py_ssize_t first,
+                     Py_ssize_t end)
     void few_inner_f(Py_ssize_t K, Py_ssize_t N, const float* A, Py_ssize_t a_row,
                      Py_ssize_t a_k, const float* Bmat, Py_ssize_t ldb, float* C,
                      Py_ssize_t ldc, int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
@@ -181,8 +183,12 @@ cdef enum:
     # backward (few_inner_part) gained nothing so split: stepwise training 32,128 0-1% slower.
     FEW_COLUMNS_SPLIT_MIN_MACS = 8192
     # A batch of at most this many rows is read in place against weights read in place
-    # (few_batch), FEW_COLUMNS of its rows at a time.
-    FEW_BATCH_ROWS = 8
+    # (few_batch), FEW_COLUMNS of its rows at a time. Against the transposed panels, whose
+    # 16 lanes hold 16 rows (Zen 4, one thread, LSTM 64,200 stepwise inference, ms): 9
+    # rows 7.55 -> 5.84, 12 7.80 -> 7.11, but 14 8.01 -> 8.50 and 16 7.98 -> 9.32; on two
+    # threads, parts of 12 rows (24 in all) 3.63 -> 3.28 (32,128) and 5.95 -> 5.28 (64,256),
+    # parts of 16 (64,256,32) 5.9 -> 6.9.
+    FEW_BATCH_ROWS = 12
     SPLIT_MIN_PACKED = 65536
     # Units a shared product is cut into for its parts to claim (crew.h: crew_claims):
     # enough that the faster core's extra units even out the cores' speeds, few enough
@@ -373,46 +379,30 @@ cdef inline void transposed_call(Product* p, bint second, Py_ssize_t K2, const v
                                 p.accumulate, first, end)
 
 
-cdef inline void few_columns_strided(Py_ssize_t N, Py_ssize_t K, const floating* A,
-                                     Py_ssize_t lda, const floating* W, Py_ssize_t ldw,
-                                     floating* C, Py_ssize_t ldc, Py_ssize_t ldc_column,
-                                     bint accumulate, Py_ssize_t rows) noexcept nogil:
-    # panel_gemm.h's few_columns_strided on C's rows [0, rows), in the dtype's own copy.
-    if floating is double:
-        few_columns_strided_d(N, K, A, lda, W, ldw, C, ldc, ldc_column, accumulate, 0, rows)
-    else:
-        few_columns_strided_f(N, K, A, lda, W, ldw, C, ldc, ldc_column, accumulate, 0, rows)
-
-
 cdef void few_batch(Product* p, Py_ssize_t K, const floating* A, Py_ssize_t lda,
                     const floating* W, Py_ssize_t ldw, Py_ssize_t K2, const floating* bias,
                     floating* C, Py_ssize_t first, Py_ssize_t end) noexcept nogil:
     # Columns [first, end) of C (p.M <= FEW_BATCH_ROWS rows, p.ldc apart) [+]= A Wᵀ, joined
     # by A2 W2ᵀ where K2 > 0, plus the bias: few_columns on W's rows against A's few, each
-    # row of A a vector of k at a time, its sums written down C's columns. On the panels
-    # Aᵀ's few columns took a whole vector of lanes, the rest of them zeros, for every value
-    # of W (Zen 4, 2 vCPUs, bench/'s steps outside its configs, ms, panels -> this, medians
-    # of alternate processes: LSTM 64,200 stepwise inference at batch 1 6.98 -> 1.94, 2
-    # 7.11 -> 2.73, 3 8.06 -> 2.66, 4 4.78 -> 2.41; its training at batch 1 10.3 -> 5.5, GRU
-    # 7.64 -> 2.80). Past 4 rows W is streamed once for each 4, and still wins up to 8,
-    # where the crew's row split leaves 4 to each thread (with W's rows shared between
-    # the threads, ops_rnn's recurrent_forward: 5 rows 5.05 -> 3.21, far apart 8.14 ->
-    # 4.22; 6 rows far apart 8.1 -> 4.9; 7 rows 4.95 -> 4.1-4.9).
-    cdef Py_ssize_t m, n, rows = end - first, m0 = 0, group
-    cdef const floating* W2 = <const floating*>p.src2 + first * p.n_stride2
-    cdef const floating* A2 = <const floating*>p.A2
-    while m0 < p.M:           # FEW_COLUMNS of A's rows at a time, W streamed again for each
-        group = min(FEW_COLUMNS, p.M - m0)
-        few_columns_strided(group, K, W + first * ldw, ldw, A + m0 * lda, lda,
-                            C + m0 * p.ldc + first, 1, p.ldc, p.accumulate, rows)
-        if K2 > 0:
-            few_columns_strided(group, K2, W2, p.n_stride2, A2 + m0 * p.a2_row, p.a2_row,
-                                C + m0 * p.ldc + first, 1, p.ldc, True, rows)
-        m0 += group
-    if bias != NULL:
-        for m in range(p.M):
-            for n in range(first, end):
-                C[m * p.ldc + n] += bias[n]
+    # row of A a vector of k at a time, A2's joining the same sums, written down C's
+    # columns (panel_gemm.h: few_batch). On the panels Aᵀ's few columns took a whole vector
+    # of lanes, the rest of them zeros, for every value of W (Zen 4, 2 vCPUs, bench/'s
+    # steps outside its configs, ms, panels -> this, medians of alternate processes: LSTM
+    # 64,200 stepwise inference at batch 1 6.98 -> 1.94, 2 7.11 -> 2.73, 3 8.06 -> 2.66, 4
+    # 4.78 -> 2.41; its training at batch 1 10.3 -> 5.5, GRU 7.64 -> 2.80). Each of C's
+    # values once summed its two products' lanes apart, a vector at a time and the last
+    # values of k one by one; the lanes of both now sum once, in a tree over 16 of C's
+    # values, and the last values of k take the vector ending at K (the same, ms: batch 1
+    # 1.10 -> 0.87-0.93, 4 2.40 -> 1.57, 8 4.3 -> 2.67; one thread, batch 4 4.17 -> 2.60;
+    # a Dense head, 3200 x 128 -> 3, 33.5 -> 25.5-27.9 µs).
+    if floating is double:
+        few_batch_d(p.M, K, A, lda, W, ldw, K2, <const double*>p.A2, p.a2_row,
+                    <const double*>p.src2, p.n_stride2, bias, C, p.ldc, p.accumulate, first,
+                    end)
+    else:
+        few_batch_f(p.M, K, A, lda, W, ldw, K2, <const float*>p.A2, p.a2_row,
+                    <const float*>p.src2, p.n_stride2, bias, C, p.ldc, p.accumulate, first,
+                    end)
 
 
 cdef void few_columns_part(void* arg, int part, int parts) noexcept nogil:
@@ -688,8 +678,8 @@ cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A
                      Py_ssize_t a_row, Py_ssize_t a_k, const floating* W, Py_ssize_t ldw,
                      floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
     # C [+]= A Wᵀ as (W Aᵀ)ᵀ on panel_gemm_transposed: Aᵀ packed, W read in place (A's
-    # rows too where they are at most FEW_BATCH_ROWS, few_batch); False (nothing done) without
-    # memory for the packing.
+    # rows too where they are at most FEW_BATCH_ROWS, few_batch); False (nothing done)
+    # without memory for the packing.
     cdef Product p
     p.A, p.a_row, p.packed = A, a_row, NULL
     if not (reads_batch_in_place(M) and a_k == 1):

@@ -963,7 +963,7 @@ cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording, bin
     job.d, job.w, job.recording = d, w, recording
     job.X, job.Wi, job.Wh, job.b, job.Wh_h, job.Y = X, Wi, Wh, b, Wh_h, Y
     # A small step keeps to this thread (STEP_SPLIT_MIN_MACS_*), but for a batch of at most
-    # 8 rows (reads_batch_in_place): its product streams the weights for a few
+    # 12 rows (reads_batch_in_place): its product streams the weights for a few
     # multiply-adds a value, and with W's rows shared each core streams half, which stays
     # in its cache from one step to the next (Zen 4, 2 vCPUs, bench/'s steps outside its
     # configs, medians of alternate processes, ms: stepwise inference at batch 1, LSTM

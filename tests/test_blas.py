@@ -166,11 +166,11 @@ def test_products_over_a_small_inner_size_match_numpy(dtype):
 
 
 # A step of a cell outside a gradient call reads its weights in place, and a batch of at
-# most 8 rows is read in place too (blas.pyx: few_batch), 4 rows at a time: each of the
+# most 12 rows is read in place too (blas.pyx: few_batch), 4 rows at a time: each of the
 # gates a sum of dot products, x·Wi[n] + h·Wh[n] + b[n], the GRU's candidate h·Wh_n[n]
 # kept apart. 60 inputs and 120 units give every cell more than the BLAS's 16384
 # multiply-adds at one row (the RNN's 1 x 180 x 120 fewest), and from 2 rows on more than
-# the 65536 from which the two threads share W's rows. Every count of rows up to 9, one
+# the 65536 from which the two threads share W's rows. Every count of rows up to 13, one
 # past few_batch's, against the same oracle.
 FEW_BATCH_CELLS = [
     (rc.RNNCell, lambda *a: ref.rnn_step(*a, act="tanh")),
@@ -193,7 +193,7 @@ def test_single_steps_of_few_rows_match_the_reference(make, step, dtype):
     weights = [np.asarray(getattr(cell, name), np.float64) for name in names]
     n_states = 2 if make is rc.LSTMCell else 1
     rtol = 1e-12 if dtype == np.float64 else 2e-5
-    for shape in [(n_in,)] + [(rows, n_in) for rows in range(1, 10)]:
+    for shape in [(n_in,)] + [(rows, n_in) for rows in range(1, 14)]:
         x = rng.standard_normal(shape).astype(dtype)
         states = [rng.standard_normal(shape[:-1] + (n_out,)).astype(dtype)
                   for _ in range(n_states)]
