@@ -19,9 +19,10 @@ cdef bint has_panel_kernel() noexcept nogil
 # units per core) and a Zen 1 EPYC with AVX2 (one 256-bit FMA per cycle, a fifth as fast).
 cdef bint wide_vectors() noexcept nogil
 
-# Whether gates_product reads a batch of this many rows in place against the weights' rows
-# (few_batch): a product that streams the weights once, whichever thread runs it.
-cdef bint reads_batch_in_place(Py_ssize_t rows) noexcept nogil
+# Whether gates_product reads a batch of this many rows in place against weights of
+# weight_bytes (few_batch): a product that streams the weights once for each 4 rows,
+# whichever thread runs it.
+cdef bint reads_batch_in_place(Py_ssize_t rows, size_t weight_bytes) noexcept nogil
 
 # The recurrence's products against weights packed once per sequence: `pack` lays the
 # K x N operand Bmat[k][n] = src[k * k_stride + n * n_stride] out in `packed`

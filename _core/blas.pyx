@@ -187,8 +187,15 @@ cdef enum:
     # 16 lanes hold 16 rows (Zen 4, one thread, LSTM 64,200 stepwise inference, ms): 9
     # rows 7.55 -> 5.84, 12 7.80 -> 7.11, but 14 8.01 -> 8.50 and 16 7.98 -> 9.32; on two
     # threads, parts of 12 rows (24 in all) 3.63 -> 3.28 (32,128) and 5.95 -> 5.28 (64,256),
-    # parts of 16 (64,256,32) 5.9 -> 6.9.
+    # parts of 16 (64,256,32) 5.9 -> 6.9. W streams once for each FEW_COLUMNS rows: in
+    # three passes, only weights that the caches keep from one pass to the next (one
+    # thread, Dense, µs, panels -> few_batch: 12 x 256 -> 1024 82 -> 71, 9 x 512 -> 512 80
+    # -> 54, 10 x 64 -> 800 18.8 -> 19.2, but 12 x 1024 -> 4096, 16 MB of W, 1287 -> 1433;
+    # 1.3 MB, 64,256's, gained, above; between them not measured). Two passes won even
+    # there: 8 x 1024 -> 4096 852 -> 833, 8 x 128 -> 512 16.2 -> 14.4.
     FEW_BATCH_ROWS = 12
+    FEW_BATCH_ROWS_ANY_WEIGHTS = 8
+    FEW_BATCH_THREE_PASSES_MAX_BYTES = 2 << 20
     SPLIT_MIN_PACKED = 65536
     # Units a shared product is cut into for its parts to claim (crew.h: crew_claims):
     # enough that the faster core's extra units even out the cores' speeds, few enough
@@ -562,8 +569,9 @@ cdef bint wide_vectors() noexcept nogil:
     return VECTOR_BYTES >= 64
 
 
-cdef bint reads_batch_in_place(Py_ssize_t rows) noexcept nogil:
-    return PANEL_KERNEL and rows <= FEW_BATCH_ROWS
+cdef bint reads_batch_in_place(Py_ssize_t rows, size_t weight_bytes) noexcept nogil:
+    return PANEL_KERNEL and (rows <= FEW_BATCH_ROWS_ANY_WEIGHTS or (
+        rows <= FEW_BATCH_ROWS and weight_bytes <= FEW_BATCH_THREE_PASSES_MAX_BYTES))
 
 
 # For the tests: whether this build runs large products on the panels and the crew.
@@ -682,7 +690,7 @@ cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A
     # without memory for the packing.
     cdef Product p
     p.A, p.a_row, p.packed = A, a_row, NULL
-    if not (reads_batch_in_place(M) and a_k == 1):
+    if not (reads_batch_in_place(M, N * K * sizeof(floating)) and a_k == 1):
         p.packed = thread_buffer(BUFFER_PACKED, packed_bytes(sizeof(floating), K, M))
         if p.packed == NULL:
             return False
@@ -709,7 +717,7 @@ cdef bint gates_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
         return False
     p.A, p.a_row, p.A2, p.a2_row = A, lda, A2, lda2
     p.packed = p.packed2 = NULL
-    if not reads_batch_in_place(M):
+    if not reads_batch_in_place(M, N * (K + K2) * sizeof(floating)):
         first_bytes = packed_bytes(sizeof(floating), K, M)
         p.packed = thread_buffer(BUFFER_PACKED,
                                  first_bytes + packed_bytes(sizeof(floating), K2, M))

@@ -962,16 +962,17 @@ cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording, bin
     job.is_f64 = floating is double
     job.d, job.w, job.recording = d, w, recording
     job.X, job.Wi, job.Wh, job.b, job.Wh_h, job.Y = X, Wi, Wh, b, Wh_h, Y
-    # A small step keeps to this thread (STEP_SPLIT_MIN_MACS_*), but for a batch of at most
-    # 12 rows (reads_batch_in_place): its product streams the weights for a few
+    # A small step keeps to this thread (STEP_SPLIT_MIN_MACS_*), but for a batch read in
+    # place (reads_batch_in_place): its product streams the weights for a few
     # multiply-adds a value, and with W's rows shared each core streams half, which stays
     # in its cache from one step to the next (Zen 4, 2 vCPUs, bench/'s steps outside its
     # configs, medians of alternate processes, ms: stepwise inference at batch 1, LSTM
     # 64,200 1.89 -> 1.10, GRU 1.46 -> 0.87; LSTM training 4.1 -> 3.1; 8,32,1,50, on the
     # BLAS, as it was).
-    if T == 1 and not reads_batch_in_place(B) and step_macs(d) < (
-            STEP_SPLIT_MIN_MACS_SHARED if d.shared_packing
-            else STEP_SPLIT_MIN_MACS_WIDE if wide_vectors() else STEP_SPLIT_MIN_MACS_NARROW):
+    if (T == 1 and not reads_batch_in_place(B, weight_bytes(d, sizeof(floating)))
+            and step_macs(d) < (
+                STEP_SPLIT_MIN_MACS_SHARED if d.shared_packing
+                else STEP_SPLIT_MIN_MACS_WIDE if wide_vectors() else STEP_SPLIT_MIN_MACS_NARROW)):
         was_alone = keep_alone(True)
         run_recurrence(&job, False)
         keep_alone(was_alone)

@@ -722,58 +722,22 @@ static void few_columns_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrd
                               accumulate, first_row, end_row);                              \
 }                                                                                           \
                                                                                             \
-/* W's rows [i, i + R) against a group of n <= FEW_COLUMNS rows of the batch, n a constant  \
- * in each call (few_batch). */                                                             \
-static inline __attribute__((always_inline)) void                                           \
-few_batch_block_##suffix(const int R, ptrdiff_t n, ptrdiff_t K, const scalar* A,            \
-                         ptrdiff_t lda, const scalar* W, ptrdiff_t ldw, ptrdiff_t K2,       \
-                         const scalar* A2, ptrdiff_t lda2, const scalar* W2, ptrdiff_t ldw2, \
-                         const scalar* bias, scalar* C, ptrdiff_t ldc, int accumulate,      \
-                         ptrdiff_t i)                                                       \
-{                                                                                           \
-    switch (n) {                                                                            \
-    case 1: few_columns_rows_##suffix(R, 1, K, W, ldw, A, lda, K2, W2, ldw2, A2, lda2, bias, \
-                                      C, 1, ldc, accumulate, i);                            \
-            break;                                                                          \
-    case 2: few_columns_rows_##suffix(R, 2, K, W, ldw, A, lda, K2, W2, ldw2, A2, lda2, bias, \
-                                      C, 1, ldc, accumulate, i);                            \
-            break;                                                                          \
-    case 3: few_columns_rows_##suffix(R, 3, K, W, ldw, A, lda, K2, W2, ldw2, A2, lda2, bias, \
-                                      C, 1, ldc, accumulate, i);                            \
-            break;                                                                          \
-    default: few_columns_rows_##suffix(R, FEW_COLUMNS, K, W, ldw, A, lda, K2, W2, ldw2, A2, \
-                                       lda2, bias, C, 1, ldc, accumulate, i);               \
-    }                                                                                       \
-}                                                                                           \
-                                                                                            \
 /* C[m][n] [+]= A's row m times W's row n over K, plus A2's row m times W2's row n over K2  \
  * where K2 > 0, plus bias[n] where bias is not NULL, for a batch of M rows (C's rows ldc   \
- * apart) and W's rows n in [first, end): few_columns on W's rows against the batch's, C    \
- * written as the transpose of its C (blas.pyx: few_batch). Each FEW_COLUMN_ROWS rows of W  \
- * meet the batch FEW_COLUMNS rows at a time while they lie in the L1 cache, so that W      \
- * streams once for the whole batch. Streamed once for each FEW_COLUMNS rows, a W beyond    \
- * the caches came from memory that many times (one thread, Dense 1024 -> 4096 at 12 rows:  \
- * 1.35 ms on the panels, 1.85 in three passes). */                                         \
+ * apart) and W's rows n in [first, end): few_columns on W's rows against the batch's       \
+ * FEW_COLUMNS rows at a time, C written as the transpose of its C, W streamed once for     \
+ * each (blas.pyx: few_batch, and reads_batch_in_place on where that pays). */              \
 static void few_batch_##suffix(ptrdiff_t M, ptrdiff_t K, const scalar* A, ptrdiff_t lda,    \
                                const scalar* W, ptrdiff_t ldw, ptrdiff_t K2,                \
                                const scalar* A2, ptrdiff_t lda2, const scalar* W2,          \
                                ptrdiff_t ldw2, const scalar* bias, scalar* C, ptrdiff_t ldc, \
                                int accumulate, ptrdiff_t first, ptrdiff_t end)              \
 {                                                                                           \
-    for (ptrdiff_t i = first; i < end; ) {                                                  \
-        const int whole = end - i >= FEW_COLUMN_ROWS;                                       \
-        for (ptrdiff_t m0 = 0; m0 < M; m0 += FEW_COLUMNS) {                                 \
-            const ptrdiff_t n = M - m0 < FEW_COLUMNS ? M - m0 : FEW_COLUMNS;                \
-            const scalar* a2 = K2 > 0 ? A2 + m0 * lda2 : A2;                                \
-            if (whole)                                                                      \
-                few_batch_block_##suffix(FEW_COLUMN_ROWS, n, K, A + m0 * lda, lda, W, ldw,  \
-                                         K2, a2, lda2, W2, ldw2, bias, C + m0 * ldc, ldc,   \
-                                         accumulate, i);                                    \
-            else                                                                            \
-                few_batch_block_##suffix(1, n, K, A + m0 * lda, lda, W, ldw, K2, a2, lda2, W2, \
-                                         ldw2, bias, C + m0 * ldc, ldc, accumulate, i);     \
-        }                                                                                   \
-        i += whole ? FEW_COLUMN_ROWS : 1;                                                   \
+    for (ptrdiff_t m0 = 0; m0 < M; m0 += FEW_COLUMNS) {                                     \
+        const ptrdiff_t n = M - m0 < FEW_COLUMNS ? M - m0 : FEW_COLUMNS;                    \
+        few_columns_into_##suffix(n, K, W, ldw, A + m0 * lda, lda, K2, W2, ldw2,            \
+                                  K2 > 0 ? A2 + m0 * lda2 : A2, lda2, bias, C + m0 * ldc, 1, \
+                                  ldc, accumulate, first, end);                             \
     }                                                                                       \
 }                                                                                           \
                                                                                             \
