@@ -969,10 +969,10 @@ cdef void recurrent_forward(const Dims* d, const Buffers* w, bint recording, bin
     # configs, medians of alternate processes, ms: stepwise inference at batch 1, LSTM
     # 64,200 1.89 -> 1.10, GRU 1.46 -> 0.87; LSTM training 4.1 -> 3.1; 8,32,1,50, on the
     # BLAS, as it was).
-    if (T == 1 and not reads_batch_in_place(B, weight_bytes(d, sizeof(floating)))
-            and step_macs(d) < (
-                STEP_SPLIT_MIN_MACS_SHARED if d.shared_packing
-                else STEP_SPLIT_MIN_MACS_WIDE if wide_vectors() else STEP_SPLIT_MIN_MACS_NARROW)):
+    if T == 1 and not reads_batch_in_place(B, weight_bytes(d, sizeof(floating))) and (
+            step_macs(d) < (STEP_SPLIT_MIN_MACS_SHARED if d.shared_packing
+                            else STEP_SPLIT_MIN_MACS_WIDE if wide_vectors()
+                            else STEP_SPLIT_MIN_MACS_NARROW)):
         was_alone = keep_alone(True)
         run_recurrence(&job, False)
         keep_alone(was_alone)

@@ -581,8 +581,9 @@ lane_sums_##suffix(const int count, const vec_##suffix* acc, scalar* sums)      
                                                                                             \
 /* acc[j + columns * r] += A's row r (lda apart) times W's row j (ldw apart) over K, for    \
  * R rows of A and N of W (constants), a vector of k at a time. A K past its last whole     \
- * vector ends on the vector that ends at K, its lanes already counted zeroed in A's rows;  \
- * a K under one vector (nothing to overlap) goes value by value into `tails`. */           \
+ * vector ends on the vector that ends at K, its lanes already counted zeroed in both       \
+ * operands (in W's too, so that an infinite weight adds no 0 x inf); a K under one vector  \
+ * (nothing to overlap) goes value by value into `tails`. */                                \
 static inline __attribute__((always_inline)) void                                           \
 few_dots_##suffix(const int R, const int N, const int columns, ptrdiff_t K,                 \
                   const scalar* A, ptrdiff_t lda, const scalar* W, ptrdiff_t ldw,           \
@@ -624,6 +625,7 @@ few_dots_##suffix(const int R, const int N, const int columns, ptrdiff_t K,     
         }                                                                                   \
         for (int j = 0; j < N; j++) {                                                       \
             vec_##suffix w = *(const vec_##suffix*)(W + j * ldw + last);                    \
+            w = (vec_##suffix)((index_##suffix)w & keep);                                   \
             for (int r = 0; r < R; r++)                                                     \
                 acc[j + columns * r] += row_k[r] * w;                                       \
         }                                                                                   \
@@ -638,14 +640,14 @@ few_dots_##suffix(const int R, const int N, const int columns, ptrdiff_t K,     
 /* Rows [i, i + R) of C (M x N, N a constant of at most FEW_COLUMNS) [+]= A Wᵀ + A2 W2ᵀ +   \
  * bias for W of N rows and K columns, joined where K2 > 0 by W2 of N rows and K2 columns,  \
  * and a bias per row of C where `bias` is not NULL: a row of A meets each row of W a       \
- * vector of k at a time, into one accumulator per row and column, and then A2's rows       \
+ * vector of k at a time, into one accumulator per row and column, and then A2's rows meet  \
  * W2's, into the same; their lanes sum at the end (lane_sums). C[i][j] lies at C + i ldc   \
  * + j ldc_column: 1 for a C of rows, ldc for the transpose of one (few_batch). */          \
 static inline __attribute__((always_inline)) void                                           \
 few_columns_rows_##suffix(const int R, const int N, ptrdiff_t K, const scalar* A,           \
                           ptrdiff_t lda, const scalar* W, ptrdiff_t ldw, ptrdiff_t K2,      \
-                          const scalar* A2, ptrdiff_t lda2, const scalar* W2, ptrdiff_t ldw2, \
-                          const scalar* bias, scalar* C, ptrdiff_t ldc,                     \
+                          const scalar* A2, ptrdiff_t lda2, const scalar* W2,               \
+                          ptrdiff_t ldw2, const scalar* bias, scalar* C, ptrdiff_t ldc,     \
                           ptrdiff_t ldc_column, int accumulate, ptrdiff_t i)                \
 {                                                                                           \
     /* N = 3 counts as 4, the fourth column's accumulators zero: lane_sums takes a power    \
@@ -730,14 +732,16 @@ static void few_columns_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrd
 static void few_batch_##suffix(ptrdiff_t M, ptrdiff_t K, const scalar* A, ptrdiff_t lda,    \
                                const scalar* W, ptrdiff_t ldw, ptrdiff_t K2,                \
                                const scalar* A2, ptrdiff_t lda2, const scalar* W2,          \
-                               ptrdiff_t ldw2, const scalar* bias, scalar* C, ptrdiff_t ldc, \
-                               int accumulate, ptrdiff_t first, ptrdiff_t end)              \
+                               ptrdiff_t ldw2, const scalar* bias, scalar* C,               \
+                               ptrdiff_t ldc, int accumulate, ptrdiff_t first,              \
+                               ptrdiff_t end)                                               \
 {                                                                                           \
     for (ptrdiff_t m0 = 0; m0 < M; m0 += FEW_COLUMNS) {                                     \
         const ptrdiff_t n = M - m0 < FEW_COLUMNS ? M - m0 : FEW_COLUMNS;                    \
-        few_columns_into_##suffix(n, K, W, ldw, A + m0 * lda, lda, K2, W2, ldw2,            \
-                                  K2 > 0 ? A2 + m0 * lda2 : A2, lda2, bias, C + m0 * ldc, 1, \
-                                  ldc, accumulate, first, end);                             \
+        const scalar* A2_rows = K2 > 0 ? A2 + m0 * lda2 : A2;   /* (A2 NULL without K2) */ \
+        few_columns_into_##suffix(n, K, W, ldw, A + m0 * lda, lda, K2, W2, ldw2, A2_rows,   \
+                                  lda2, bias, C + m0 * ldc, 1, ldc, accumulate, first,      \
+                                  end);                                                     \
     }                                                                                       \
 }                                                                                           \
                                                                                             \

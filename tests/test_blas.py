@@ -140,6 +140,29 @@ def test_products_with_few_columns_match_numpy(dtype, bias):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_an_infinite_weight_near_the_end_of_k_gives_infinity_not_nan(dtype):
+    # Dot products along k (few_columns: a head of 3 outputs at 40 rows; few_batch: 512
+    # outputs at 3 rows) end on the vector that ends at K, the lanes counted before zeroed.
+    # An infinite weight in those lanes must still count once: inf, not inf + 0 x inf.
+    # 204 inputs: the last vector starts at 188 (16 float32 lanes, 12 past the last whole
+    # vector) or 196 (8 float64 lanes, 4 past), its first 4 lanes counted already.
+    rng = np.random.default_rng(11)
+    counted_twice = 188 if dtype == np.float32 else 196
+    for rows, n_out in [(40, 3), (3, 512)]:
+        layer = rc.Dense(204, n_out, bias=False, dtype=dtype, rng=rng)
+        W = np.array(layer.W.value)
+        W[1, counted_twice] = np.inf
+        layer.W.value = W
+        x = np.abs(rng.standard_normal((rows, 204))).astype(dtype) + 0.5
+        y = np.asarray(layer(x))
+        assert np.all(y[:, 1] == np.inf), y[:, 1]
+        # the other outputs, each to its dtype's rounding of the sums it adds, |x| |W|ᵀ
+        x64, W64 = x.astype(np.float64), np.delete(W, 1, axis=0).astype(np.float64)
+        error = np.abs(np.delete(y, 1, axis=1) - x64 @ W64.T)
+        assert np.all(error <= (1e-6 if dtype == np.float32 else 1e-13) * (x64 @ np.abs(W64).T))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_products_over_a_small_inner_size_match_numpy(dtype):
     # A B with an inner size of at most 4 runs on its own kernel (panel_gemm.h's few_inner):
     # `a @ b` forward for a of 1 to 4 columns, and its dB = Aᵀ dC, with Aᵀ read transposed,
