@@ -46,7 +46,7 @@ cdef void panel_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
 
 # A recurrent step's gates against weights read in place: C (M x N) = A Wᵀ + A2 W2ᵀ + bias
 # for row-major A (M x K, lda), A2 (M x K2, lda2), W (N x K), W2 (N x K2) and bias (N,),
-# C leaving the kernel once (a batch of at most 12 rows, read in place by blas.pyx's
+# C leaving the kernel once (a batch read in place, reads_batch_in_place, by blas.pyx's
 # few_batch, sums both products and the bias before it writes C); K2 = 0 leaves out the
 # second product. The second joins only C's columns below `joined` (N: all); its columns
 # from `joined` on go alone into the same columns of C2 (M x N, ldc too), as the GRU's

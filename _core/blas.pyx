@@ -235,9 +235,9 @@ ctypedef struct Product:
     bint accumulate
     # a transposed product's second operand (K2 = 0: none) and bias (NULL: none). The
     # second joins the first on W's rows below `joined` only; with C2, its rows from
-    # `joined` on go alone into C2's same columns (gates_product). For a batch of at most
-    # FEW_BATCH_ROWS rows nothing is packed (packed NULL) and A and A2 (rows a_row and
-    # a2_row apart) are read in place (few_batch).
+    # `joined` on go alone into C2's same columns (gates_product). For a batch read in
+    # place (reads_batch_in_place) nothing is packed (packed NULL) and A and A2 (rows a_row
+    # and a2_row apart) are read where they lie (few_batch).
     Py_ssize_t K2, n_stride2, joined, a2_row
     const void* A2
     const void* packed2
@@ -686,8 +686,8 @@ cdef bint transposed(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A
                      Py_ssize_t a_row, Py_ssize_t a_k, const floating* W, Py_ssize_t ldw,
                      floating* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
     # C [+]= A Wᵀ as (W Aᵀ)ᵀ on panel_gemm_transposed: Aᵀ packed, W read in place (A's
-    # rows too where they are at most FEW_BATCH_ROWS, few_batch); False (nothing done)
-    # without memory for the packing.
+    # rows too where reads_batch_in_place says so, few_batch); False (nothing done) without
+    # memory for the packing.
     cdef Product p
     p.A, p.a_row, p.packed = A, a_row, NULL
     if not (reads_batch_in_place(M, N * K * sizeof(floating)) and a_k == 1):
