@@ -3,7 +3,7 @@ from recur._core.fastmath cimport tanh_in_place, logistic_in_place
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
-from recur._core.tape cimport (Node, Tape, index_t, recording_tape, constant, is_tensor,
+from recur._core.tape cimport (Node, Tape, index_t, first_write, recording_tape, constant, is_tensor,
                                value_of, tensor_value)
 from recur._core.blas cimport gemm, blas_int, defer_product
 from recur._core.registry cimport OP_MATMUL, OP_DENSE
@@ -233,6 +233,7 @@ cdef void dense_backward_kernel(Node* node, Node* nodes, const floating* dy) noe
         for r in range(rows):
             for j in range(n_out):
                 db[j] += dz[r * n_out + j]
-    if node.inputs[0] >= 0:        # dx += dz W
+    if node.inputs[0] >= 0:        # dx = dz W, or dx += dz W after another consumer's
         gemm(False, False, rows, n_in, n_out, 1, dz, n_out, <floating*>node.in_values[1], n_in,
-             1, <floating*>nodes[node.inputs[0]].grad, n_in)
+             0 if first_write(nodes, node.inputs[0]) else 1,
+             <floating*>nodes[node.inputs[0]].grad, n_in)

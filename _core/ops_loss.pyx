@@ -12,7 +12,7 @@
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
-from recur._core.tape cimport Node, index_t, record_pair, is_tensor, tensor_value
+from recur._core.tape cimport Node, index_t, first_write, record_pair, is_tensor, tensor_value
 from recur._core.registry cimport OP_SQUARED_ERROR
 from recur._core.ops_elementwise cimport same_float_shape
 
@@ -93,8 +93,16 @@ cdef void squared_error_kernel(Node* node, Node* nodes, const floating* g) noexc
                                if node.inputs[1] >= 0 else NULL)
     cdef index_t i
     if d_prediction != NULL:
-        for i in range(n):
-            d_prediction[i] += scale * (ŷ[i] - y[i])
+        if first_write(nodes, node.inputs[0]):
+            for i in range(n):
+                d_prediction[i] = scale * (ŷ[i] - y[i])
+        else:
+            for i in range(n):
+                d_prediction[i] += scale * (ŷ[i] - y[i])
     if d_target != NULL:
-        for i in range(n):
-            d_target[i] -= scale * (ŷ[i] - y[i])
+        if first_write(nodes, node.inputs[1]):
+            for i in range(n):
+                d_target[i] = -(scale * (ŷ[i] - y[i]))
+        else:
+            for i in range(n):
+                d_target[i] -= scale * (ŷ[i] - y[i])

@@ -26,7 +26,7 @@ from libc.string cimport memcmp, memcpy, memmove, memset
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
-from recur._core.tape cimport (Node, Tape, index_t, recording_tape, constant, is_tensor,
+from recur._core.tape cimport (Node, Tape, index_t, first_write, recording_tape, constant, is_tensor,
                                value_of, tensor_value, alias)
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
                                pack_stacked, panel_product, gates_product, share,
@@ -1481,9 +1481,11 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     job.d, job.w, job.node, job.dY = &d, w, node, dY
     run_recurrence(&job, True)
     if inputs[IN_H0] >= 0:
-        add_state_grad(d.h_broadcast, B, H, dh, <floating*>nodes[inputs[IN_H0]].grad)
+        add_state_grad(d.h_broadcast, B, H, dh, <floating*>nodes[inputs[IN_H0]].grad,
+                       first_write(nodes, inputs[IN_H0]))
     if d.cell == CELL_LSTM and inputs[IN_C0] >= 0:
-        add_state_grad(d.c_broadcast, B, H, dc, <floating*>nodes[inputs[IN_C0]].grad)
+        add_state_grad(d.c_broadcast, B, H, dc, <floating*>nodes[inputs[IN_C0]].grad,
+                       first_write(nodes, inputs[IN_C0]))
 
     # Whole-sequence weight gradients: every step's rows in one product each (one each
     # half where they are kept part by part); a short sequence's (a step's) wait to join
@@ -1654,10 +1656,15 @@ cdef void add_column_sums(index_t rows, index_t n, const floating* m, floating* 
 
 
 cdef void add_state_grad(bint broadcast, index_t B, index_t H, const floating* d_state,
-                         floating* grad) noexcept nogil:
-    # An unbatched state served every row of the batch: its gradient is the batch sum.
+                         floating* grad, bint assign) noexcept nogil:
+    # An unbatched state served every row of the batch: its gradient is the batch sum. With
+    # `assign`, the state's gradient buffer holds nothing yet (first_write).
     if broadcast:
+        if assign:
+            memset(grad, 0, H * sizeof(floating))
         add_column_sums(B, H, d_state, grad)
+    elif assign:
+        memcpy(grad, d_state, B * H * sizeof(floating))
     else:
         add_to(B * H, d_state, grad)
 

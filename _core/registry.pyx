@@ -21,15 +21,18 @@ register_backward(OP_LOGSOFTMAX, shape.softmax_backward)
 register_backward(OP_GATHER, shape.gather_backward)
 register_backward(OP_CONCAT, shape.concat_backward)
 
-register_backward(OP_SQUARED_ERROR, loss.squared_error_backward)
+# The ops that defer their weights' gradient products, and those weights' inputs; the
+# ops that write some inputs' gradients whole (tape.pxd: first_write), and those inputs.
+register_backward(OP_SQUARED_ERROR, loss.squared_error_backward, 0, 0b11)
 
 register_backward(OP_MATMUL, dense.matmul_backward)
-# The ops that defer their weights' gradient products, and those weights' inputs.
-register_backward(OP_DENSE, dense.dense_backward, 1 << 1)
+register_backward(OP_DENSE, dense.dense_backward, 1 << 1, 1 << 0)
 
 for op in (OP_RNN_STEP, OP_LSTM_STEP, OP_GRU_STEP, OP_GRUV3_STEP,
            OP_RNN_SEQ, OP_LSTM_SEQ, OP_GRU_SEQ, OP_GRUV3_SEQ):
-    register_backward(op, rnn.recurrent_backward, rnn.DEFERRED_INPUTS)
+    register_backward(op, rnn.recurrent_backward, rnn.DEFERRED_INPUTS,
+                      rnn.STATE_INPUTS_LSTM if op in (OP_LSTM_STEP, OP_LSTM_SEQ)
+                      else rnn.STATE_INPUTS)
 
 # Op codes by name, for the Python side (recur/ops.py) and the registry-driven tests.
 CODES = {name: code for name, code in (

@@ -24,12 +24,16 @@ cdef enum:
 
 cdef backward_fn backward_table[MAX_OPS]
 # Per op, a bit for each input whose gradient its backward only defers products into
-# (blas.pxd: defer_product), which need no waiting for those in the background.
+# (blas.pxd: defer_product), which need no waiting for those in the background; and one
+# for each input whose gradient it writes whole (first_write).
 cdef unsigned deferred_inputs_table[MAX_OPS]
+cdef unsigned assigned_inputs_table[MAX_OPS]
 
-cdef void register_backward(int op, backward_fn fn, unsigned deferred_inputs=0) noexcept:
+cdef void register_backward(int op, backward_fn fn, unsigned deferred_inputs=0,
+                            unsigned assigned_inputs=0) noexcept:
     backward_table[op] = fn
     deferred_inputs_table[op] = deferred_inputs
+    assigned_inputs_table[op] = assigned_inputs
 
 
 # ---------------------------------------------------------------- arena
@@ -192,45 +196,96 @@ cdef object record_pair(int op, object value, object a, object a_value, object b
 
 # ---------------------------------------------------------------- zeroing gradients
 
-# The gradients of a pass start at zero: every reached node's own buffer (an alias's lies in
-# its input's), zeroed as one run of bytes that the crew's two threads split when it is
-# large (bench/: 1.7 MB a step for RNN 32,128,32,100, 24 MB for LSTM 256,1024,32,25).
+# The gradients of a pass start at zero, each buffer zeroed just before the first backward
+# that writes it, unless that backward sets every value itself (first_write): the buffer is
+# then written once. Zeroing every reached buffer before the pass cost RNN 32,128,32,100
+# sequence training 1.7 MB of stores a step, nearly all of it the sequence's output
+# gradient, which the Dense head's backward then added to: memset took 8-9% of perf's
+# samples where the machine placed the two vCPUs far apart, about 0.3 M cycles a step where
+# it placed them close (EPYC). A large buffer's zeroing is still shared by the crew.
 ctypedef struct Zeroing:
-    Node* nodes
-    index_t root
-    size_t total
+    char* start
+    size_t nbytes
 
 cdef inline size_t gradient_bytes(const Node* node) noexcept nogil:
     return node.size * (sizeof(double) if node.is_f64 else sizeof(float))
 
-cdef inline size_t own_gradient_bytes(const Node* node) noexcept nogil:
-    if not node.reached or node.op == OP_ALIAS:
-        return 0
-    return gradient_bytes(node)
-
 cdef void zero_part(void* arg, int part, int parts) noexcept nogil:
-    # Bytes [first, end) of the gradients laid end to end, in node order.
     cdef Zeroing* job = <Zeroing*>arg
-    cdef size_t first = job.total * part // parts, end = job.total * (part + 1) // parts
-    cdef size_t start = 0, nbytes, lo, hi
-    cdef index_t i
-    for i in range(job.root + 1):
-        if start >= end:
-            break
-        nbytes = own_gradient_bytes(&job.nodes[i])
-        if nbytes and start + nbytes > first:
-            lo = first - start if first > start else 0
-            hi = end - start if end < start + nbytes else nbytes
-            memset(<char*>job.nodes[i].grad + lo, 0, hi - lo)
-        start += nbytes
+    cdef size_t first = job.nbytes * part // parts, end = job.nbytes * (part + 1) // parts
+    memset(job.start + first, 0, end - first)
 
-cdef void zero_gradients(Node* nodes, index_t root) noexcept nogil:
+cdef void zero_gradient(Node* node) noexcept nogil:
     cdef Zeroing job
-    cdef index_t i
-    job.nodes, job.root, job.total = nodes, root, 0
-    for i in range(root + 1):
-        job.total += own_gradient_bytes(&nodes[i])
-    share(zero_part, &job, job.total >= SHARED_ZEROING_MIN_BYTES)
+    job.start, job.nbytes = <char*>node.grad, gradient_bytes(node)
+    share(zero_part, &job, job.nbytes >= SHARED_ZEROING_MIN_BYTES)
+    node.grad_unset = False
+
+cdef inline index_t gradient_owner(const Node* nodes, index_t i) noexcept nogil:
+    # The node whose buffer holds node i's gradient: an alias's lies in its input's.
+    while nodes[i].op == OP_ALIAS:
+        i = nodes[i].inputs[0]
+    return i
+
+cdef inline index_t offset_in_owner(const Node* nodes, index_t i) noexcept nogil:
+    cdef index_t offset = 0
+    while nodes[i].op == OP_ALIAS:
+        offset += nodes[i].ints[0]
+        i = nodes[i].inputs[0]
+    return offset
+
+cdef bint writes_whole(const Node* node, Node* nodes, index_t owner) noexcept nogil:
+    # Whether the node's backward writes every value of owner's gradient buffer itself:
+    # every input of the node whose gradient lies there is one it assigns (first_write),
+    # and they are owner itself or aliases that tile the buffer, as an LSTM step's h and c
+    # tile the previous step's output. Aliases then take owner's first write, one each.
+    cdef unsigned assigned = assigned_inputs_table[node.op]
+    cdef index_t j, k, inp, other, covered = 0, start, other_start
+    cdef bint itself = False, repeated
+    for j in range(node.n_inputs):
+        inp = node.inputs[j]
+        if inp < 0 or gradient_owner(nodes, inp) != owner:
+            continue
+        if not (assigned >> j) & 1:
+            return False
+        if inp == owner:
+            itself = True
+            continue
+        repeated = False
+        start = offset_in_owner(nodes, inp)
+        for k in range(j):
+            other = node.inputs[k]
+            if other == inp:
+                repeated = True
+            elif other >= 0 and other != owner and gradient_owner(nodes, other) == owner:
+                other_start = offset_in_owner(nodes, other)
+                if (start < other_start + nodes[other].size
+                        and other_start < start + nodes[inp].size):
+                    return False                # overlapping blocks
+        if not repeated:
+            covered += nodes[inp].size
+    if itself:
+        return covered == 0
+    if covered != nodes[owner].size:
+        return False
+    for j in range(node.n_inputs):
+        inp = node.inputs[j]
+        if inp >= 0 and inp != owner and gradient_owner(nodes, inp) == owner:
+            nodes[inp].grad_unset = True
+    nodes[owner].grad_unset = False
+    return True
+
+cdef void ready_input_gradients(const Node* node, Node* nodes) noexcept nogil:
+    # Zeroes each input's gradient buffer that the node's backward is about to write into
+    # first, unless the backward writes all of it (writes_whole).
+    cdef index_t j, inp, owner
+    for j in range(node.n_inputs):
+        inp = node.inputs[j]
+        if inp < 0:
+            continue
+        owner = gradient_owner(nodes, inp)
+        if nodes[owner].grad_unset and not writes_whole(node, nodes, owner):
+            zero_gradient(&nodes[owner])
 
 
 # ---------------------------------------------------------------- the tape
@@ -492,8 +547,9 @@ cdef class Tape:
                 node.grad = cnp.PyArray_DATA(param_grad)
             else:
                 node.grad = self.scratch(node.size * itemsize)
+            node.grad_unset = node.op != OP_ALIAS
         with nogil:
-            zero_gradients(self.nodes, root)
+            zero_gradient(&self.nodes[gradient_owner(self.nodes, root)])
             node = &self.nodes[root]
             if node.is_f64:
                 (<double*>node.grad)[0] += 1.0
@@ -511,7 +567,13 @@ cdef class Tape:
                         if inp >= 0 and not (deferred_inputs_table[node.op] >> j) & 1:
                             settle_deferred(self.nodes[inp].grad,
                                             gradient_bytes(&self.nodes[inp]))
+                    ready_input_gradients(node, self.nodes)
                     backward_table[node.op](node, self.nodes)
+                    # What the backward was to write whole and did not write is zero.
+                    for j in range(node.n_inputs):
+                        inp = node.inputs[j]
+                        if inp >= 0 and self.nodes[inp].grad_unset:
+                            zero_gradient(&self.nodes[inp])
             flush_deferred(NULL, 0)
             forget_packed()
 

@@ -77,6 +77,66 @@ def test_every_gradient_starts_at_zero_when_the_threads_share_the_zeroing():
     np.testing.assert_allclose(first[v], ((1 - h ** 2) * dh * x).sum(0), rtol=2e-4, atol=1e-3)
 
 
+def _gradients_hold_across_calls(f, arrays):
+    # Each call's gradient buffers are the previous call's, holding its values: a buffer
+    # neither zeroed nor written whole would show as a gradient that changes from call to
+    # call. The first call is checked against finite differences.
+    assert rc.check_gradients(f, *arrays) < 1e-6
+    ps = [rc.param(a) for a in arrays]
+    first = rc.gradient(lambda: rc.sum(f(*ps)), ps)
+    for _ in range(3):
+        again = rc.gradient(lambda: rc.sum(f(*ps)), ps)
+        for p in ps:
+            np.testing.assert_array_equal(again[p], first[p])
+
+
+@pytest.mark.parametrize("dense_last", [True, False])
+def test_a_gradient_written_whole_by_its_first_writer_adds_the_other_writers(dense_last):
+    # A Dense layer's backward writes its input's gradient whole when it writes there first
+    # (it is the input's last consumer on the tape); the other consumer, before or after it
+    # on the tape, adds to it.
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 4))
+    head = rc.Dense.from_weights(rng.standard_normal((3, 4)), rng.standard_normal(3), rc.tanh)
+
+    def f(v, W):
+        head.W = W
+        h = rc.tanh(x * v)
+        if dense_last:
+            other = rc.sum(h * h * 0.5)
+            return other + rc.sum(head(h) ** 2)
+        dense = rc.sum(head(h) ** 2)
+        return rc.sum(h * h * 0.5) + dense
+
+    _gradients_hold_across_calls(f, [rng.standard_normal(4), rng.standard_normal((3, 4))])
+
+
+def test_lstm_steps_write_the_previous_states_gradient_whole_only_where_h_and_c_tile_it():
+    # A step's state (h, c) is two blocks of one node; the next step's backward writes
+    # both whole, so that node's gradient is not zeroed first. Where the next step gets
+    # only one of the blocks, or one block twice, or the two swapped, the rest must still
+    # start at zero or the blocks land in their own places.
+    rng = np.random.default_rng(3)
+    cell = rc.LSTMCell(3, 4, dtype=np.float64)
+    x = rng.standard_normal((3, 2, 3))
+    fresh = rng.standard_normal((2, 4))
+    head = rc.Dense.from_weights(rng.standard_normal((2, 4)), None)
+
+    for mix in ("tile", "swapped", "h only", "h twice"):
+        def f(Wh, c0):
+            cell.Wh = Wh
+            (h, c), y = cell((rc.tanh(c0 * 1.5), c0), x[0])
+            loss = rc.sum(head(y) ** 2)
+            for t in (1, 2):
+                state = {"tile": (h, c), "swapped": (c, h), "h only": (h, fresh),
+                         "h twice": (h, h)}[mix]
+                (h, c), y = cell(state, x[t])
+                loss = loss + rc.sum(head(y) ** 2)
+            return loss + rc.sum(c * 0.5)
+
+        _gradients_hold_across_calls(f, [cell.Wh.value.copy(), rng.standard_normal((2, 4))])
+
+
 def test_values_stay_readable_and_unchanged_after_the_call():
     W = rc.param(np.arange(6.0).reshape(2, 3))
     kept = {}
