@@ -19,9 +19,10 @@ cdef enum:
     IN_WH_H = 6
     # The weights, whose gradient products backward defers (blas.pxd: defer_product).
     DEFERRED_INPUTS = (1 << IN_WI) | (1 << IN_WH) | (1 << IN_WH_H)
-    # The initial states, whose gradients backward writes whole (tape.pxd: first_write).
-    STATE_INPUTS = 1 << IN_H0
-    STATE_INPUTS_LSTM = (1 << IN_H0) | (1 << IN_C0)
+    # The input and the initial states, whose gradients backward writes whole (tape.pxd:
+    # first_write).
+    WHOLE_INPUTS = (1 << IN_X) | (1 << IN_H0)
+    WHOLE_INPUTS_LSTM = (1 << IN_X) | (1 << IN_H0) | (1 << IN_C0)
 
 # A cell step is a sequence of length one, so one backward serves the step and the sequence
 # op codes of every cell.

@@ -1555,6 +1555,7 @@ cdef void input_side(const Dims* d, const Buffers* w, Node* nodes, const index_t
     cdef index_t T = d.T, B = d.B, n_in = d.n_in, r, t, block, r0, rows
     cdef floating* db
     cdef floating* dX
+    cdef bint add
     cdef const floating* d_block
     cdef const floating* packed_wi_back = NULL
     if inputs[IN_WI] >= 0:
@@ -1578,14 +1579,17 @@ cdef void input_side(const Dims* d, const Buffers* w, Node* nodes, const index_t
                 add_to(width, d_x + r * ld, db)
     if inputs[IN_X] >= 0:
         dX = <floating*>nodes[inputs[IN_X]].grad
+        # Every row of X is written once below: whole, where no other consumer wrote first
+        # (tape.pxd: first_write; a GRU's two calls here, the second adding).
+        add = not (width > 0 and first_write(nodes, inputs[IN_X]))
         packed_wi_back = (packed_for_backward(width, n_in, Wi + first * n_in, n_in, 1)
                           if has_panel_kernel() else NULL)
         if not d.part_major:
             if packed_wi_back != NULL:
-                panel_product(T * B, n_in, width, d_x, ld, 1, packed_wi_back, dX, n_in, True)
+                panel_product(T * B, n_in, width, d_x, ld, 1, packed_wi_back, dX, n_in, add)
             else:
                 gemm(False, False, T * B, n_in, width, 1, d_x, ld, Wi + first * n_in, n_in,
-                     1, dX, n_in)
+                     1 if add else 0, dX, n_in)
             return
         # Each half's rows of a step go to X's rows of that step.
         for block in range(kept_blocks(d)):
@@ -1594,10 +1598,11 @@ cdef void input_side(const Dims* d, const Buffers* w, Node* nodes, const index_t
             for t in range(T):
                 if packed_wi_back != NULL:
                     panel_product(rows, n_in, width, d_block + t * rows * ld, ld, 1,
-                                  packed_wi_back, dX + (t * B + r0) * n_in, n_in, True)
+                                  packed_wi_back, dX + (t * B + r0) * n_in, n_in, add)
                 else:
                     gemm(False, False, rows, n_in, width, 1, d_block + t * rows * ld, ld,
-                         Wi + first * n_in, n_in, 1, dX + (t * B + r0) * n_in, n_in)
+                         Wi + first * n_in, n_in, 1 if add else 0,
+                         dX + (t * B + r0) * n_in, n_in)
 
 
 # A step's elementwise backward over its rows (StepElementwise, backward), shared like the

@@ -31,8 +31,8 @@ register_backward(OP_DENSE, dense.dense_backward, 1 << 1, 1 << 0)
 for op in (OP_RNN_STEP, OP_LSTM_STEP, OP_GRU_STEP, OP_GRUV3_STEP,
            OP_RNN_SEQ, OP_LSTM_SEQ, OP_GRU_SEQ, OP_GRUV3_SEQ):
     register_backward(op, rnn.recurrent_backward, rnn.DEFERRED_INPUTS,
-                      rnn.STATE_INPUTS_LSTM if op in (OP_LSTM_STEP, OP_LSTM_SEQ)
-                      else rnn.STATE_INPUTS)
+                      rnn.WHOLE_INPUTS_LSTM if op in (OP_LSTM_STEP, OP_LSTM_SEQ)
+                      else rnn.WHOLE_INPUTS)
 
 # Op codes by name, for the Python side (recur/ops.py) and the registry-driven tests.
 CODES = {name: code for name, code in (
