@@ -3,8 +3,8 @@ from recur._core.fastmath cimport tanh_in_place, logistic_in_place
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
-from recur._core.tape cimport (Node, Tape, index_t, first_write, recording_tape, constant, is_tensor,
-                               value_of, tensor_value)
+from recur._core.tape cimport (Node, Tape, index_t, first_write, recording_tape, constant,
+                               is_tensor, value_of, tensor_value)
 from recur._core.blas cimport gemm, blas_int, defer_product
 from recur._core.registry cimport OP_MATMUL, OP_DENSE
 from recur._core.pool cimport new_array, new_array_shaped

@@ -12,7 +12,8 @@
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
-from recur._core.tape cimport Node, index_t, first_write, record_pair, is_tensor, tensor_value
+from recur._core.tape cimport (Node, index_t, first_write, record_pair, is_tensor,
+                               tensor_value)
 from recur._core.registry cimport OP_SQUARED_ERROR
 from recur._core.ops_elementwise cimport same_float_shape
 

@@ -26,8 +26,8 @@ from libc.string cimport memcmp, memcpy, memmove, memset
 from cython cimport floating
 cimport numpy as cnp
 import numpy as np
-from recur._core.tape cimport (Node, Tape, index_t, first_write, recording_tape, constant, is_tensor,
-                               value_of, tensor_value, alias)
+from recur._core.tape cimport (Node, Tape, index_t, first_write, recording_tape, constant,
+                               is_tensor, value_of, tensor_value, alias)
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
                                pack_stacked, panel_product, gates_product, share,
                                defer_product, gradient_of_rows, packed_for_backward,
@@ -321,6 +321,19 @@ cdef inline bint parts_pack_their_own(const Dims* d, bint recording,
             and rows_may_split(d, itemsize))
 
 
+cdef enum:
+    # Packing 20 MB of weights (LSTM 256,1024) costs as much as its panels then save over
+    # some 8 steps against reading the weights in place, LSTM inference at 256,1024,32,T,
+    # one thread / two, ms (EPYC with AVX-512, medians of alternate processes):
+    #   T = 2: in place 7.5-8.3 / 3.7-4.3, packed 9.9-10.9 / 4.8-5.8
+    #   T = 8: in place 28.7-30.4 / 14.7-15.7, packed 29.0-30.0 / 14.5-16.1
+    #   T = 25: in place 94-96 / 47-53, packed 85-87 / 43-51; GRU 72-81 / 35-39 against
+    #           61-68 / 32-35; RNN alike both ways.
+    # A Xeon with AVX-512 once inferred T = 25 faster in place (LSTM 36.8 -> 30.4 ms, GRU
+    # 29.2 -> 24.8, RNN 10.6 -> 9.5, each timed after a pause, from cold memory).
+    INFERENCE_PACKING_MIN_STEPS = 16
+
+
 cdef bint packing_pays(const Dims* d) noexcept nogil:
     # Packing costs about one step's product, so it needs a sequence to pay for itself (or
     # a recording's steps, which share one: recorded_packing).
@@ -484,13 +497,12 @@ cdef object run(object layer, int cell, int act, bint is_sequence, object x, obj
         # medians of alternate processes, on the shared packing against in place: LSTM
         # 119.0 -> 126.8 ms, GRU 91.4 -> 93.2, RNN 31.7 -> 32.6).
         d.shared_packing = d.panels = True
-    if not recording and weight_bytes(&d, itemsize) > ROW_SPLIT_MAX_WEIGHT_BYTES:
-        # Inference over weights past the row split's limit reads them in place, step by
-        # step (blas.pxd: A Wᵀ as (W Aᵀ)ᵀ, the crew splitting W's rows). Packing them first
-        # is a pass over MBs of cold memory that steps streaming them from L3 never win
-        # back (bench/, 256,1024,32,25 inference after a pause: LSTM 36.8 -> 30.4 ms, GRU
-        # 29.2 -> 24.8, RNN 10.6 -> 9.5). Training keeps its panels, which the backward's
-        # products need (LSTM there trains in 113 ms packed, 140 in place).
+    if (not recording and weight_bytes(&d, itemsize) > ROW_SPLIT_MAX_WEIGHT_BYTES
+            and d.T < INFERENCE_PACKING_MIN_STEPS):
+        # Inference over weights past the row split's limit packs them only for a long
+        # enough sequence, and otherwise reads them in place, step by step (blas.pxd: A Wᵀ
+        # as (W Aᵀ)ᵀ, the crew splitting W's rows). Training keeps its panels, which the
+        # backward's products need (LSTM there trains in 113 ms packed, 140 in place).
         d.panels = False
     d.part_major = part_major(&d, recording, itemsize)
     nbytes = carve(w, NULL, &d, recording, itemsize, NULL, NULL, NULL)

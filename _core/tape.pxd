@@ -22,7 +22,7 @@ ctypedef struct Node:
     void** saved           # op buffers saved for backward
 
 # A backward function reads node.grad and adds its contribution to every input gradient
-# whose node id is >= 0. It runs without the GIL.
+# whose node id is >= 0 (or sets it: first_write). It runs without the GIL.
 ctypedef void (*backward_fn)(Node* node, Node* nodes) noexcept nogil
 
 # `deferred_inputs`: a bit for each input whose gradient the backward only defers products
@@ -35,7 +35,7 @@ cdef void register_backward(int op, backward_fn fn, unsigned deferred_inputs=*,
 # assigned, is the buffer's first: then the tape has not zeroed the buffer, and the write
 # sets every value (b = x rather than b += x) instead of adding to them. A layer's output
 # gradient, a sequence's 1.6 MB for RNN 32,128,32,100, is then written once rather than
-# zeroed on one side of the step and added to on the other.
+# zeroed and then added to.
 cdef inline bint first_write(Node* nodes, index_t i) noexcept nogil:
     if nodes[i].grad_unset:
         nodes[i].grad_unset = False

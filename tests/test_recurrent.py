@@ -934,14 +934,16 @@ def test_weights_changed_in_place_between_recorded_steps_are_refused(kind):
 
 @pytest.mark.parametrize("kind,n_in,hidden", [("LSTM", 200, 800), ("GRUv3", 200, 800),
                                                ("RNN", 1200, 1600)])
-def test_inference_over_large_weights_matches_the_recorded_forward(kind, n_in, hidden):
-    # Past 8 MB of weights inference reads them in place, step by step (ops_rnn.pyx; the
-    # RNN's and LSTM's input and recurrence in one call, blas.gates_product), where a
-    # recorded forward packs them for its backward: the two agree.
+@pytest.mark.parametrize("steps", [3, 16])
+def test_inference_over_large_weights_matches_the_recorded_forward(kind, n_in, hidden, steps):
+    # Past 8 MB of weights inference over fewer than 16 steps reads them in place, step by
+    # step (ops_rnn.pyx; the RNN's and LSTM's input and recurrence in one call,
+    # blas.gates_product), and over more packs them, as a recorded forward does for its
+    # backward: each agrees with the recorded forward.
     rng = np.random.default_rng(13)
     layer = {"LSTM": LSTM, "GRUv3": GRUv3, "RNN": RNN}[kind](n_in, hidden)
     assert sum(p.value.nbytes for p in rc.params(layer)) > 8 << 20
-    X = rng.standard_normal((3, 5, n_in)).astype(np.float32)
+    X = rng.standard_normal((steps, 5, n_in)).astype(np.float32)
     reset(layer)
     inferred = np.asarray(layer(X))
     recorded = {}

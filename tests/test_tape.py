@@ -97,7 +97,8 @@ def test_a_gradient_written_whole_by_its_first_writer_adds_the_other_writers(den
     # on the tape, adds to it.
     rng = np.random.default_rng(2)
     x = rng.standard_normal((5, 4))
-    head = rc.Dense.from_weights(rng.standard_normal((3, 4)), rng.standard_normal(3), rc.tanh)
+    head = rc.Dense.from_weights(rng.standard_normal((3, 4)), rng.standard_normal(3),
+                                 rc.tanh)
 
     def f(v, W):
         head.W = W
@@ -113,7 +114,8 @@ def test_a_gradient_written_whole_by_its_first_writer_adds_the_other_writers(den
 
 @pytest.mark.parametrize("lower", ["RNN", "GRU", "LSTM"])
 @pytest.mark.parametrize("upper_last", [True, False])
-def test_a_stacked_layer_writes_the_lower_sequences_gradient_whole_or_adds(lower, upper_last):
+def test_a_stacked_layer_writes_the_lower_sequences_gradient_whole_or_adds(lower,
+                                                                            upper_last):
     # The upper layer's backward writes the lower sequence's gradient whole when it writes
     # there first, and adds after the other consumer of that sequence; a GRU writes it in
     # two products, the second adding. An LSTM's sequence shares its node with the last c,
@@ -134,7 +136,8 @@ def test_a_stacked_layer_writes_the_lower_sequences_gradient_whole_or_adds(lower
         stacked = rc.sum(head(above(h)) ** 2)
         return rc.sum(h * h * 0.5) + stacked
 
-    _gradients_hold_across_calls(f, [below.cell.Wi.value.copy(), above.cell.Wi.value.copy()])
+    _gradients_hold_across_calls(f, [below.cell.Wi.value.copy(),
+                                     above.cell.Wi.value.copy()])
 
 
 def test_lstm_steps_write_the_previous_states_gradient_whole_only_where_h_and_c_tile_it():
