@@ -726,9 +726,10 @@ static void few_columns_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrd
                                                                                             \
 /* C[m][n] [+]= A's row m times W's row n over K, plus A2's row m times W2's row n over K2  \
  * where K2 > 0, plus bias[n] where bias is not NULL, for a batch of M rows (C's rows ldc   \
- * apart) and W's rows n in [first, end): few_columns on W's rows against the batch's       \
- * FEW_COLUMNS rows at a time, C written as the transpose of its C, W streamed once for     \
- * each (blas.pyx: few_batch, and reads_batch_in_place on where that pays). */              \
+ * apart) and W's rows n in [first, end): few_columns on W's rows against a group of the    \
+ * batch's rows, FEW_COLUMNS at a time, each group's block of C written transposed and W    \
+ * streamed once a group (blas.pyx: few_batch, and reads_batch_in_place on where that       \
+ * pays). */                                                                                \
 static void few_batch_##suffix(ptrdiff_t M, ptrdiff_t K, const scalar* A, ptrdiff_t lda,    \
                                const scalar* W, ptrdiff_t ldw, ptrdiff_t K2,                \
                                const scalar* A2, ptrdiff_t lda2, const scalar* W2,          \
