@@ -229,6 +229,36 @@ def test_single_steps_of_few_rows_match_the_reference(make, step, dtype):
                                        err_msg=str(shape))
 
 
+# Past few_batch's 12 rows and below 256, x Wᵀ reads W in place, a block of 12 of its rows
+# at a time (8 where they lie 4 KB apart), against panels of xᵀ, and each block of the
+# result goes out into C's rows through a transpose (panel_gemm.h: tile_out). Batches of
+# 13 to 40 rows fill a panel's first vector of float32 partly and wholly, its second partly
+# and wholly, and then reach a second panel; 100 outputs end in a block of 4 (12 rows) or
+# of 12 and 8 (as even as can be, 8 rows); float64's blocks are wider than its vectors and
+# go out value by value. A Dense layer adds the product onto the bias already in C; a
+# cell's step adds its bias to each block on the way out.
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_products_on_weights_read_in_place_match_numpy_at_every_batch_width(dtype):
+    rng = np.random.default_rng(41)
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    for n_in in (50, 4096 // np.dtype(dtype).itemsize):
+        layer = rc.Dense(n_in, 100, dtype=dtype, rng=rng)
+        layer.b.value = rng.standard_normal(100).astype(dtype)
+        W, b = np.asarray(layer.W, np.float64), np.asarray(layer.b, np.float64)
+        for rows in range(13, 41):
+            x = rng.standard_normal((rows, n_in)).astype(dtype)
+            _close(np.asarray(layer(x)), x.astype(np.float64) @ W.T + b, dtype)
+    Wi, Wh, b = (0.15 * rng.standard_normal(shape) for shape in ((100, 50), (100, 100), 100))
+    cell = rc.RNNCell.from_weights(Wi, Wh, b, dtype=dtype)
+    for rows in range(13, 41):
+        h, x = rng.standard_normal((rows, 100)), rng.standard_normal((rows, 50))
+        h, x = h.astype(dtype).astype(np.float64), x.astype(dtype).astype(np.float64)
+        weights = [w.astype(dtype).astype(np.float64) for w in (Wi, Wh, b)]
+        new, _ = cell(h.astype(dtype), x.astype(dtype))
+        np.testing.assert_allclose(np.asarray(new), ref.rnn_step(*weights, h, x), rtol=rtol,
+                                   atol=rtol, err_msg=str(rows))
+
+
 def _work(seed):
     """A large product's gradients, a whole LSTM sequence's and those of the same LSTM run
     step by step (whose weight gradients may run in the background), as arrays."""
