@@ -884,49 +884,56 @@ static void few_rows_##suffix(ptrdiff_t M, ptrdiff_t K, const scalar* A, ptrdiff
 }                                                                                           \
                                                                                             \
 /* A block of Cᵀ, `rows` x `width` in `tile` (its rows PANEL apart), out into C: C[m][r]    \
- * [+]= tile[r][m] + bias[r] (bias NULL: nothing). With a constant `rows` no wider than a   \
- * vector (PANEL_ROWS or ALIASED_ROWS), LANES columns of the tile at a time go through a    \
- * transpose, and each of C's rows takes its `rows` values in one masked store; each value  \
- * gets the same additions in the same order as in the scalar loop, which takes the other   \
- * blocks. Scalar, every value was a load and a store of its own behind a test of `rows`:   \
+ * [+]= tile[r][m] + bias[r] (bias NULL: nothing), for a constant `rows` no wider than a    \
+ * vector: LANES columns of the tile at a time go through a transpose, and each of C's      \
+ * rows takes its `rows` values in one masked store (LANES_OUT). Each value gets the same   \
+ * additions in the same order as in tile_out's scalar loop. */                             \
+static inline __attribute__((always_inline)) void                                           \
+tile_columns_out_##suffix(const int rows, const scalar* tile, ptrdiff_t width,              \
+                          const scalar* bias, scalar* C, ptrdiff_t ldc, int accumulate)     \
+{                                                                                           \
+    vec_##suffix bias_rows = (vec_##suffix){0};                                             \
+    if (bias != NULL)                                                                       \
+        memcpy(&bias_rows, bias, rows * sizeof(scalar));                                    \
+    for (ptrdiff_t m = 0; m < width; m += LANES_##suffix) {                                 \
+        vec_##suffix columns[LANES_##suffix];                                               \
+        _Pragma("GCC unroll 16")                                                            \
+        for (int r = 0; r < LANES_##suffix; r++)                                            \
+            columns[r] = r < rows ? *(const vec_##suffix*)(tile + r * PANEL_##suffix + m)   \
+                                  : (vec_##suffix){0};                                      \
+        transpose_##suffix(columns);                                                        \
+        ptrdiff_t n = width - m < LANES_##suffix ? width - m : LANES_##suffix;              \
+        for (ptrdiff_t j = 0; j < n; j++)                                                   \
+            LANES_OUT(suffix, C + (m + j) * ldc,                                            \
+                      bias != NULL ? columns[j] + bias_rows : columns[j], rows,             \
+                      accumulate);                                                          \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* The same for any block: its usual sizes, PANEL_ROWS and ALIASED_ROWS, as above where     \
+ * they fit a vector and AVX-512 stores their rows (TILE_OUT_VECTORS), the rest a value at  \
+ * a time. Scalar, every value was a load and a store of its own behind a test of `rows`:   \
  * 9% of the kernel's samples in LSTM 32,128 stepwise inference (Zen 4 EPYC, one thread).   \
  * bench/'s stepwise inference, minimums of alternate processes, ms, one thread: LSTM       \
  * 32,128 6.61-6.67 -> 6.51-6.61, RNN 1.79-1.80 -> 1.73; two: GRU 64,256 17.0-18.0 ->       \
  * 16.4-17.1, LSTM 32,64 0.66 -> 0.64. */                                                   \
 static inline __attribute__((always_inline)) void                                           \
-tile_out_##suffix(const int rows, const scalar* tile, ptrdiff_t width, const scalar* bias,  \
+tile_out_##suffix(ptrdiff_t rows, const scalar* tile, ptrdiff_t width, const scalar* bias,  \
                   scalar* C, ptrdiff_t ldc, int accumulate)                                 \
 {                                                                                           \
-    ptrdiff_t m = 0;                                                                        \
-    if (TILE_OUT_VECTORS && rows <= LANES_##suffix                                          \
-            && (rows == PANEL_ROWS || rows == ALIASED_ROWS)) {                              \
-        vec_##suffix bias_rows = (vec_##suffix){0};                                         \
-        if (bias != NULL)                                                                   \
-            memcpy(&bias_rows, bias, rows * sizeof(scalar));                                \
-        for (; m < width; m += LANES_##suffix) {                                            \
-            vec_##suffix columns[LANES_##suffix];                                           \
-            _Pragma("GCC unroll 16")                                                        \
-            for (int r = 0; r < LANES_##suffix; r++)                                        \
-                columns[r] = r < rows ? *(const vec_##suffix*)(tile + r * PANEL_##suffix    \
-                                                               + m)                         \
-                                      : (vec_##suffix){0};                                  \
-            transpose_##suffix(columns);                                                    \
-            ptrdiff_t n = width - m < LANES_##suffix ? width - m : LANES_##suffix;          \
-            for (ptrdiff_t j = 0; j < n; j++)                                               \
-                LANES_OUT(suffix, C + (m + j) * ldc,                                        \
-                          bias != NULL ? columns[j] + bias_rows : columns[j], rows,         \
-                          accumulate);                                                      \
+    if (TILE_OUT_VECTORS && PANEL_ROWS <= LANES_##suffix && rows == PANEL_ROWS)             \
+        tile_columns_out_##suffix(PANEL_ROWS, tile, width, bias, C, ldc, accumulate);       \
+    else if (TILE_OUT_VECTORS && ALIASED_ROWS <= LANES_##suffix && rows == ALIASED_ROWS)    \
+        tile_columns_out_##suffix(ALIASED_ROWS, tile, width, bias, C, ldc, accumulate);     \
+    else                                                                                    \
+        for (ptrdiff_t m = 0; m < width; m++) {                                             \
+            scalar* c = C + m * ldc;                                                        \
+            for (ptrdiff_t r = 0; r < rows; r++) {                                          \
+                scalar value = tile[r * PANEL_##suffix + m];                                \
+                if (bias != NULL) value += bias[r];                                         \
+                c[r] = accumulate ? c[r] + value : value;                                   \
+            }                                                                               \
         }                                                                                   \
-        return;                                                                             \
-    }                                                                                       \
-    for (; m < width; m++) {                                                                \
-        scalar* c = C + m * ldc;                                                            \
-        for (int r = 0; r < rows; r++) {                                                    \
-            scalar value = tile[r * PANEL_##suffix + m];                                    \
-            if (bias != NULL) value += bias[r];                                             \
-            c[r] = accumulate ? c[r] + value : value;                                       \
-        }                                                                                   \
-    }                                                                                       \
 }                                                                                           \
                                                                                             \
 /* Rows [i, i + rows) of W, rows <= PANEL_ROWS, against every panel of Aᵀ (and of A2ᵀ),     \
@@ -962,16 +969,8 @@ transposed_block_##suffix(ptrdiff_t i, ptrdiff_t rows, ptrdiff_t M, ptrdiff_t K,
                                     packed2 + m0 * K2, PANEL_##suffix, packed2_end,         \
                                     tile, PANEL_##suffix, PANEL_##suffix, 1);               \
         }                                                                                   \
-        const scalar* block_bias = bias != NULL ? bias + i : NULL;                          \
-        if (rows == PANEL_ROWS)                                                             \
-            tile_out_##suffix(PANEL_ROWS, tile, width, block_bias, C + m0 * ldc + i,        \
-                              ldc, accumulate);                                             \
-        else if (rows == ALIASED_ROWS)                                                      \
-            tile_out_##suffix(ALIASED_ROWS, tile, width, block_bias, C + m0 * ldc + i,      \
-                              ldc, accumulate);                                             \
-        else                                                                                \
-            tile_out_##suffix(rows, tile, width, block_bias, C + m0 * ldc + i, ldc,         \
-                              accumulate);                                                  \
+        tile_out_##suffix(rows, tile, width, bias != NULL ? bias + i : NULL,                \
+                          C + m0 * ldc + i, ldc, accumulate);                               \
     }                                                                                       \
 }                                                                                           \
                                                                                             \

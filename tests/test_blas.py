@@ -231,12 +231,13 @@ def test_single_steps_of_few_rows_match_the_reference(make, step, dtype):
 
 # Past few_batch's 12 rows and below 256, x Wᵀ reads W in place, a block of 12 of its rows
 # at a time (8 where they lie 4 KB apart), against panels of xᵀ, and each block of the
-# result goes out into C's rows through a transpose (panel_gemm.h: tile_out). Batches of
-# 13 to 40 rows fill a panel's first vector of float32 partly and wholly, its second partly
-# and wholly, and then reach a second panel; 100 outputs end in a block of 4 (12 rows) or
-# of 12 and 8 (as even as can be, 8 rows); float64's blocks are wider than its vectors and
-# go out value by value. A Dense layer adds the product onto the bias already in C; a
-# cell's step adds its bias to each block on the way out.
+# result goes out into C's rows (panel_gemm.h: tile_out), through a transpose where the
+# block is as wide as a vector at most: float32's blocks of 12 and 8, float64's of 8. Other
+# blocks go value by value: float64's of 12, and the last block of 100 outputs, 4 either
+# way. Batches of 13 to 40 rows fill a panel's first vector of float32 partly and wholly,
+# its second partly and wholly, and then reach a second panel. A Dense layer adds the
+# product onto the bias already in C; a cell's step adds its bias to each block on the way
+# out.
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_products_on_weights_read_in_place_match_numpy_at_every_batch_width(dtype):
     rng = np.random.default_rng(41)
