@@ -122,10 +122,10 @@
 #endif
 
 /* c[0, rows) [+]= the first `rows` lanes of v (rows <= its lanes) in one masked load and
- * store: tile_out's way out of a transposed block, where AVX-512 has them (AVX2's masked
- * stores, slow on AMD's cores, were not tried). Copied through memory instead, the lanes
- * waited on forwarding the vector's store to narrower loads: LSTM 32,128 stepwise
- * inference ran 13% slower than the scalar loop (Zen 4 EPYC, one thread). */
+ * store: how a transposed block's rows go out into C (tile_columns_out), where AVX-512 has
+ * them (AVX2's masked stores, slow on AMD's cores, were not tried). Copied through memory
+ * instead, the lanes waited on forwarding the vector's store to narrower loads: LSTM
+ * 32,128 stepwise inference ran 13% slower than the scalar loop (Zen 4 EPYC, one thread). */
 #if defined(__AVX512F__) && PANEL_TRANSPOSES
 #include <immintrin.h>
 #define TILE_OUT_VECTORS 1
