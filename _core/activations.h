@@ -34,24 +34,30 @@ typedef float activation_vec __attribute__((vector_size(ACTIVATION_BYTES), align
 typedef unsigned int activation_bits __attribute__((vector_size(ACTIVATION_BYTES)));
 enum { ACTIVATION_LANES = ACTIVATION_BYTES / sizeof(float) };
 
-/* fastmath's exp_parts: eˣ = 2ⁿ (1 + q), returns q and sets *scale = 2ⁿ. */
+/* fastmath's exp_parts of k·x for k = -1 or -2, returning q and setting *scale = 2ⁿ where
+ * e^(kx) = 2ⁿ (1 + q), for an x already clamped so that kx lies in [-87, 88]. The
+ * multiplication by k is folded into the constants rather than done: every intermediate
+ * value here is exp_parts' own (on kx) divided by a power of k, and scaling by a power of
+ * two rounds alike, so the result has the same bits for one vector operation less, two for
+ * tanh, whose clamp then needs only a min (20 and 24 operations for 16 values before). */
 static inline __attribute__((always_inline)) activation_vec
-activation_exp_parts(activation_vec x, activation_vec* scale)
+activation_exp_parts_times(activation_vec x, const float k, activation_vec* scale)
 {
     const float log2e = 1.4426950408889634f, ln2_hi = 0.693145751953125f;
     const float ln2_lo = 1.4286068203094173e-06f, shifter = 12582912.0f;     /* 1.5·2²³ */
-    const activation_vec lowest = (activation_vec){0} - 87.0f;
-    const activation_vec highest = (activation_vec){0} + 88.0f;
-    activation_vec clamped = (activation_vec)activation_min(
-        (activation_native)highest,
-        activation_max((activation_native)lowest, (activation_native)x));
-    activation_vec shifted = clamped * log2e + shifter;
+    /* Taylor coefficients of eʳ - 1 = r (1 + r (1/2 + ...)), the j-th times kʲ: the
+     * polynomial in r/k that equals exp_parts' in r. */
+    const float k2 = k * k, k3 = k2 * k, k4 = k2 * k2;
+    const float c1 = k, c2 = (float)(1 / 2.) * k2, c3 = (float)(1 / 6.) * k3;
+    const float c4 = (float)(1 / 24.) * k4, c5 = (float)(1 / 120.) * k4 * k;
+    const float c6 = (float)(1 / 720.) * k3 * k3, c7 = (float)(1 / 5040.) * k4 * k3;
+    activation_vec shifted = x * (k * log2e) + shifter;
     activation_vec n = shifted - shifter;
-    activation_vec r = clamped - n * ln2_hi - n * ln2_lo;
+    /* r / k, where r = kx - n ln2_hi - n ln2_lo. */
+    activation_vec r = x - n * (ln2_hi / k) - n * (ln2_lo / k);
     activation_bits bits = ((activation_bits)shifted - 0x4B400000u + 127u) << 23;
     *scale = (activation_vec)bits;
-    return r * (1.0f + r * ((float)(1 / 2.) + r * ((float)(1 / 6.) + r * ((float)(1 / 24.)
-                + r * ((float)(1 / 120.) + r * ((float)(1 / 720.) + r * (float)(1 / 5040.)))))));
+    return r * (c1 + r * (c2 + r * (c3 + r * (c4 + r * (c5 + r * (c6 + r * c7))))));
 }
 #endif
 
@@ -60,9 +66,15 @@ activation_exp_parts(activation_vec x, activation_vec* scale)
 static size_t logistic_vectors(size_t n, float* v)
 {
 #ifdef ACTIVATION_BYTES
+    /* -x in [-87, 88] */
+    const activation_vec lowest = (activation_vec){0} - 88.0f;
+    const activation_vec highest = (activation_vec){0} + 87.0f;
     size_t k = 0;
     for (; k + ACTIVATION_LANES <= n; k += ACTIVATION_LANES) {
-        activation_vec scale, q = activation_exp_parts(-*(activation_vec*)(v + k), &scale);
+        activation_vec clamped = (activation_vec)activation_min(
+            (activation_native)highest,
+            activation_max((activation_native)lowest, *(activation_native*)(v + k)));
+        activation_vec scale, q = activation_exp_parts_times(clamped, -1.0f, &scale);
         *(activation_vec*)(v + k) = 1.0f / (1.0f + (scale + scale * q));
     }
     return k;
@@ -72,18 +84,21 @@ static size_t logistic_vectors(size_t n, float* v)
 #endif
 }
 
-/* tanh likewise: tanh|v| = -u / (2 + u) with u = e^(-2|v|) - 1, then v's sign. */
+/* tanh likewise: tanh|v| = -u / (2 + u) with u = e^(-2|v|) - 1, then v's sign. u ≤ 0, so
+ * u / (2 + u) is that quotient negated, exactly, and taking v's sign clears its own. */
 static size_t tanh_vectors(size_t n, float* v)
 {
 #ifdef ACTIVATION_BYTES
     const activation_bits sign = (activation_bits){0} + 0x80000000u;
+    const activation_vec highest = (activation_vec){0} + 43.5f;      /* -2|v| ≥ -87 */
     size_t k = 0;
     for (; k + ACTIVATION_LANES <= n; k += ACTIVATION_LANES) {
         activation_vec x = *(activation_vec*)(v + k);
-        activation_vec magnitude = (activation_vec)((activation_bits)x & ~sign);
-        activation_vec scale, q = activation_exp_parts(-2.0f * magnitude, &scale);
+        activation_vec magnitude = (activation_vec)activation_min(
+            (activation_native)highest, (activation_native)((activation_bits)x & ~sign));
+        activation_vec scale, q = activation_exp_parts_times(magnitude, -2.0f, &scale);
         activation_vec u = scale * q + (scale - 1.0f);
-        activation_vec t = -u / (2.0f + u);
+        activation_vec t = u / (2.0f + u);
         *(activation_vec*)(v + k) = (activation_vec)(((activation_bits)t & ~sign)
                                                      | ((activation_bits)x & sign));
     }
