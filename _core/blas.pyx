@@ -85,7 +85,7 @@ cdef extern from "panel_gemm.h" nogil:
                     const double* Bmat, Py_ssize_t ldb, double* C, Py_ssize_t ldc,
                     int accumulate, Py_ssize_t first_column, Py_ssize_t end_column)
     int PANEL_f, PANEL_d, PANEL_ROWS, PANEL_GATHER_ROWS, VECTOR_BYTES, FEW_COLUMNS, FEW_INNER
-    int FEW_ROWS
+    int FEW_ROWS, FEW_COLUMN_ROWS
     bint PANEL_KERNEL
 
 cdef extern from "memory.h" nogil:
@@ -155,6 +155,11 @@ cdef extern from "crew.h" nogil:
     int crew_keep_alone(int alone)
     long crew_now_ns()
 
+
+cdef enum:
+    # Groups of rows by_rows_of_c shares a group at a time, from this size on: a part's
+    # half of a smaller one would cost few_columns a call for a block or two.
+    GROUP_MIN_ROWS = 16
 
 cdef enum:
     # A deferred weight-gradient product runs once its steps reach this depth (deferred.h):
@@ -253,6 +258,8 @@ ctypedef struct Product:
     crew_claims claims
     bint by_rows
     Py_ssize_t unit
+    # by_rows_of_c's rows go by groups of this many, each part taking its share of each
+    Py_ssize_t group
 
 
 cdef void product_part(void* arg, int part, int parts) noexcept nogil:
@@ -413,27 +420,40 @@ cdef void few_batch(Product* p, Py_ssize_t K, const floating* A, Py_ssize_t lda,
 
 
 cdef void few_columns_part(void* arg, int part, int parts) noexcept nogil:
-    # A share of C's rows.
+    # A share of C's rows: of each group of p.group rows (by_rows_of_c).
     cdef Product* p = <Product*>arg
-    cdef Py_ssize_t first = p.M * part // parts, end = p.M * (part + 1) // parts
-    if p.is_f64:
-        few_columns_d(p.N, p.K, <const double*>p.A, p.a_row, <const double*>p.src,
-                      p.b_row, <double*>p.C, p.ldc, p.accumulate, first, end)
-    else:
-        few_columns_f(p.N, p.K, <const float*>p.A, p.a_row, <const float*>p.src,
-                      p.b_row, <float*>p.C, p.ldc, p.accumulate, first, end)
+    cdef Py_ssize_t group = p.group if parts > 1 else p.M, start = 0, first, end
+    while start < p.M:
+        first, end = start + group * part // parts, start + group * (part + 1) // parts
+        start += group
+        if p.is_f64:
+            few_columns_d(p.N, p.K, <const double*>p.A, p.a_row, <const double*>p.src,
+                          p.b_row, <double*>p.C, p.ldc, p.accumulate, first, end)
+        else:
+            few_columns_f(p.N, p.K, <const float*>p.A, p.a_row, <const float*>p.src,
+                          p.b_row, <float*>p.C, p.ldc, p.accumulate, first, end)
 
 
 cdef void few_inner_part(void* arg, int part, int parts) noexcept nogil:
-    # A share of C's rows.
+    # A share of C's rows: of each group of p.group rows (by_rows_of_c).
     cdef Product* p = <Product*>arg
-    cdef Py_ssize_t first = p.M * part // parts, end = p.M * (part + 1) // parts
-    if p.is_f64:
-        few_inner_d(p.K, p.N, <const double*>p.A, p.a_row, p.a_k, <const double*>p.src,
-                    p.b_row, <double*>p.C, p.ldc, p.accumulate, first, end)
-    else:
-        few_inner_f(p.K, p.N, <const float*>p.A, p.a_row, p.a_k, <const float*>p.src,
-                    p.b_row, <float*>p.C, p.ldc, p.accumulate, first, end)
+    cdef Py_ssize_t group = p.group if parts > 1 else p.M, start = 0, first, end
+    while start < p.M:
+        first, end = start + group * part // parts, start + group * (part + 1) // parts
+        start += group
+        if p.is_f64:
+            few_inner_d(p.K, p.N, <const double*>p.A, p.a_row, p.a_k, <const double*>p.src,
+                        p.b_row, <double*>p.C, p.ldc, p.accumulate, first, end)
+        else:
+            few_inner_f(p.K, p.N, <const float*>p.A, p.a_row, p.a_k, <const float*>p.src,
+                        p.b_row, <float*>p.C, p.ldc, p.accumulate, first, end)
+
+
+cdef inline bint rows_in_groups(Py_ssize_t M, Py_ssize_t group) noexcept nogil:
+    # Whether a shared product's rows go by groups: whole groups, each part's share of one
+    # a few whole blocks of the rows few_columns works on side by side (FEW_COLUMN_ROWS).
+    return (group >= GROUP_MIN_ROWS and group % (2 * FEW_COLUMN_ROWS) == 0 and group < M
+            and M % group == 0)
 
 
 cdef void few_rows_part(void* arg, int part, int parts) noexcept nogil:
@@ -659,13 +679,16 @@ cdef bint keep_alone(bint alone) noexcept nogil:
 cdef void by_rows_of_c(crew_task part, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                       const floating* A, Py_ssize_t a_row, Py_ssize_t a_k, const floating* B,
                       Py_ssize_t b_row, floating* C, Py_ssize_t ldc,
-                      bint accumulate, Py_ssize_t split_min_macs) noexcept nogil:
+                      bint accumulate, Py_ssize_t split_min_macs,
+                      Py_ssize_t group) noexcept nogil:
     # A product on a kernel that works a row of C at a time (few_columns_part: B is W, N x K;
-    # few_inner_part: B is Bmat, K x N), the crew sharing C's rows from `split_min_macs` on.
+    # few_inner_part: B is Bmat, K x N), the crew sharing C's rows from `split_min_macs` on:
+    # each part its share of every `group` rows where rows_in_groups says so.
     cdef Product p
     p.is_f64 = floating is double
     p.M, p.N, p.K, p.A, p.a_row, p.a_k, p.src, p.b_row = M, N, K, A, a_row, a_k, B, b_row
     p.C, p.ldc, p.accumulate = C, ldc, accumulate
+    p.group = group if rows_in_groups(M, group) else M
     crew_run(part, &p, M >= 2 and M * N * K >= split_min_macs)
 
 
@@ -738,6 +761,35 @@ cdef bint gates_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
     return True
 
 
+cdef void gemm_grouped(Py_ssize_t group, bint trans_b, int m, int n, int k,
+                       const floating* a, int lda, const floating* b, int ldb, floating beta,
+                       floating* c, int ldc) noexcept nogil:
+    if m <= 0 or n <= 0 or (k <= 0 and beta == 1):
+        return
+    if not by_rows_product(group, False, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc):
+        gemm(False, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
+
+
+cdef inline bint by_rows_product(Py_ssize_t group, bint trans_a, bint trans_b, int m, int n,
+                                 int k, floating alpha, const floating* a, int lda,
+                                 const floating* b, int ldb, floating beta, floating* c,
+                                 int ldc) noexcept nogil:
+    # The products on a kernel that works a row of C at a time (by_rows_of_c): few columns
+    # (A Wᵀ) or few inner values (A Bmat). False where the product is neither.
+    cdef Py_ssize_t a_row = 1 if trans_a else lda, a_k = lda if trans_a else 1
+    if not (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1)):
+        return False
+    if trans_b and not trans_a and n <= FEW_COLUMNS and k * sizeof(floating) >= VECTOR_BYTES:
+        by_rows_of_c(few_columns_part, m, n, k, a, lda, 1, b, ldb, c, ldc, beta == 1,
+                     FEW_COLUMNS_SPLIT_MIN_MACS, group)
+        return True
+    if not trans_b and 0 < k <= FEW_INNER and n * sizeof(floating) >= VECTOR_BYTES:
+        by_rows_of_c(few_inner_part, m, n, k, a, a_row, a_k, b, ldb, c, ldc, beta == 1,
+                     SPLIT_MIN_MACS, group)
+        return True
+    return False
+
+
 cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
                const floating* a, int lda, const floating* b, int ldb,
                floating beta, floating* c, int ldc) noexcept nogil:
@@ -748,15 +800,7 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
     cdef Py_ssize_t whole = 0, a_row = 1 if trans_a else lda, a_k = lda if trans_a else 1
     if m <= 0 or n <= 0 or (k <= 0 and beta == 1):    # C stays as it is
         return
-    if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and trans_b and not trans_a
-            and n <= FEW_COLUMNS and k * sizeof(floating) >= VECTOR_BYTES):
-        by_rows_of_c(few_columns_part, m, n, k, a, lda, 1, b, ldb, c, ldc, beta == 1,
-                     FEW_COLUMNS_SPLIT_MIN_MACS)
-        return
-    if (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1) and not trans_b
-            and 0 < k <= FEW_INNER and n * sizeof(floating) >= VECTOR_BYTES):
-        by_rows_of_c(few_inner_part, m, n, k, a, a_row, a_k, b, ldb, c, ldc, beta == 1,
-                     SPLIT_MIN_MACS)
+    if by_rows_product(0, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         return
     if (alpha == 1 and (beta == 0 or beta == 1) and trans_a and not trans_b
             and takes_few_rows(m, n, sizeof(floating))):

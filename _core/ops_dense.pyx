@@ -5,7 +5,7 @@ cimport numpy as cnp
 import numpy as np
 from recur._core.tape cimport (Node, Tape, index_t, first_write, recording_tape, constant,
                                is_tensor, value_of, tensor_value)
-from recur._core.blas cimport gemm, blas_int, defer_product
+from recur._core.blas cimport gemm, gemm_grouped, blas_int, defer_product
 from recur._core.registry cimport OP_MATMUL, OP_DENSE
 from recur._core.pool cimport new_array, new_array_shaped
 
@@ -158,17 +158,19 @@ cdef object dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int 
     cdef Tape tape
     cdef Node* node
     cdef index_t id_x, id_W, id_b = -1
+    # A sequence's (T, B, n_in): its rows come a step's batch at a time.
+    cdef index_t group = x.shape[x.ndim - 2] if x.ndim >= 3 else 0
     blas_int(rows)
     blas_int(n_in)
     blas_int(n_out)
     if cnp.PyArray_TYPE(W) == cnp.NPY_DOUBLE:
         with nogil:
-            dense_forward[double](rows, n_in, n_out, act, <double*>cnp.PyArray_DATA(x),
+            dense_forward[double](rows, group, n_in, n_out, act, <double*>cnp.PyArray_DATA(x),
                                   <double*>cnp.PyArray_DATA(W), <double*>bias,
                                   <double*>cnp.PyArray_DATA(y))
     else:
         with nogil:
-            dense_forward[float](rows, n_in, n_out, act, <float*>cnp.PyArray_DATA(x),
+            dense_forward[float](rows, group, n_in, n_out, act, <float*>cnp.PyArray_DATA(x),
                                  <float*>cnp.PyArray_DATA(W), <float*>bias,
                                  <float*>cnp.PyArray_DATA(y))
     tape = recording_tape()
@@ -180,27 +182,29 @@ cdef object dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int 
         id_b = tape.node_of(b_in)
     if id_x < 0 and id_W < 0 and id_b < 0:
         return constant(y)
-    node = tape.append(OP_DENSE, y, 3, 5, 0, 1)
+    node = tape.append(OP_DENSE, y, 3, 6, 0, 1)
     tape.set_input(node, 0, id_x, x)
     tape.set_input(node, 1, id_W, W)
     if b is not None:
         tape.set_input(node, 2, id_b, b)
     node.ints[0] = rows; node.ints[1] = n_in; node.ints[2] = n_out
-    node.ints[3] = act; node.ints[4] = b is not None
+    node.ints[3] = act; node.ints[4] = b is not None; node.ints[5] = group
     node.saved[0] = NULL
     if act != ACT_IDENTITY:
         node.saved[0] = tape.scratch(rows * n_out * cnp.PyArray_ITEMSIZE(y))
     return tape.tensor(y, tape.n_nodes - 1)
 
 
-cdef void dense_forward(index_t rows, index_t n_in, index_t n_out, int act, const floating* x,
-                        const floating* W, const floating* b, floating* y) noexcept nogil:
+cdef void dense_forward(index_t rows, index_t group, index_t n_in, index_t n_out, int act,
+                        const floating* x, const floating* W, const floating* b,
+                        floating* y) noexcept nogil:
     cdef index_t r, j
     if b != NULL:
         for r in range(rows):
             for j in range(n_out):
                 y[r * n_out + j] = b[j]
-    gemm(False, True, rows, n_out, n_in, 1, x, n_in, W, n_in, 1 if b != NULL else 0, y, n_out)
+    gemm_grouped(group, True, rows, n_out, n_in, x, n_in, W, n_in, 1 if b != NULL else 0, y,
+                 n_out)
     activate(act, rows * n_out, y)
 
 
@@ -234,6 +238,7 @@ cdef void dense_backward_kernel(Node* node, Node* nodes, const floating* dy) noe
             for j in range(n_out):
                 db[j] += dz[r * n_out + j]
     if node.inputs[0] >= 0:        # dx = dz W, or dx += dz W after another consumer's
-        gemm(False, False, rows, n_in, n_out, 1, dz, n_out, <floating*>node.in_values[1], n_in,
-             0 if first_write(nodes, node.inputs[0]) else 1,
-             <floating*>nodes[node.inputs[0]].grad, n_in)
+        gemm_grouped(node.ints[5], False, rows, n_in, n_out, dz, n_out,
+                     <floating*>node.in_values[1], n_in,
+                     0 if first_write(nodes, node.inputs[0]) else 1,
+                     <floating*>nodes[node.inputs[0]].grad, n_in)

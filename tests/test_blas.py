@@ -140,6 +140,35 @@ def test_products_with_few_columns_match_numpy(dtype, bias):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("batch", [8, 12, 16, 24, 32, 40])
+def test_a_head_over_a_sequence_equals_the_head_over_its_rows_as_one_batch(dtype, batch):
+    # Over a (T, B, F) sequence, the crew shares a few-column head's rows (few_columns) and
+    # its dx (few_inner) by each step's batch, half of every step's rows to each thread,
+    # where B is a multiple of 8 from 16 on (16, 24, 32, 40 here); over the same rows as
+    # one (T B, F) batch, by halves of them all. Each row's sums are the same either way,
+    # so the two agree bit for bit: forward, dx and the weights' gradients.
+    rng = np.random.default_rng(batch)
+    steps, n_in = 30, 128
+    for n_out in (1, 3, 4):
+        layer = rc.Dense(n_in, n_out, rc.tanh, dtype=dtype, rng=rng)
+        xs = rng.standard_normal((steps, batch, n_in)).astype(dtype)
+        seed = rng.standard_normal((steps, batch, n_out)).astype(dtype)
+        results = []
+        for x, s in [(xs, seed), (xs.reshape(-1, n_in), seed.reshape(-1, n_out))]:
+            x_param = rc.param(x)
+            y = np.asarray(layer(x))
+            grads = rc.gradient(lambda: rc.sum(layer(x_param) * s), [x_param, *rc.params(layer)])
+            results.append([y.reshape(-1, n_out), grads[x_param].reshape(-1, n_in),
+                            *(grads[p] for p in rc.params(layer))])
+        for sequence, flat in zip(*results):
+            np.testing.assert_array_equal(sequence, flat)
+        # and against float64's sums
+        W, b = (np.asarray(p.value).astype(np.float64) for p in rc.params(layer))
+        want = np.tanh(xs.reshape(-1, n_in).astype(np.float64) @ W.T + b)
+        np.testing.assert_allclose(results[0][0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_an_infinite_weight_near_the_end_of_k_gives_infinity_not_nan(dtype):
     # Dot products along k (few_columns: a head of 3 outputs at 40 rows; few_batch: 512
     # outputs at 3 rows) end on the vector that ends at K, the lanes counted before zeroed.
