@@ -45,6 +45,8 @@ enum {
     BUFFER_LAYER,              /* a recurrent layer's working memory in inference, and a
                                   single step's scratch in the backward pass (ops_rnn) */
     BUFFER_STEP,               /* a recorded step's scratch within one part (ops_rnn) */
+    BUFFER_HALF_SUM,           /* a sequence's second half's weight gradient, before it is
+                                  added (ops_rnn) */
     THREAD_BUFFERS
 };
 
