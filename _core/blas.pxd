@@ -11,14 +11,15 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
 # steps of a batch's rows: where the crew shares C a row at a time (a product of few
 # columns or over few inner values: a Dense head's forward and its dx), each thread takes
 # its share of every group's rows rather than half of all of them, the same rows a
-# recurrence shares them by (ops_rnn.pyx: forward_part), so it reads what its own core wrote.
+# recurrence shares them by (ops_rnn.pyx: forward_part), so it reads what its own core
+# wrote.
 # With the threads' cores far apart (a hand-over of 0.55 µs rather than 0.13), halves of
 # all rows made each thread fetch half its rows from the other core (sequence inference,
 # two threads, alternating processes, minimums: RNN 32,128,32,100 0.89-0.93 -> 0.82-0.85
 # ms, LSTM 32,64,16,50 about 0.29 -> 0.28; cores close, and GRU 32,128 training, alike).
 cdef void gemm_grouped(Py_ssize_t group, bint trans_b, int m, int n, int k,
-                       const floating* a, int lda, const floating* b, int ldb, floating beta,
-                       floating* c, int ldc) noexcept nogil
+                       const floating* a, int lda, const floating* b, int ldb,
+                       floating beta, floating* c, int ldc) noexcept nogil
 
 cdef int blas_int(Py_ssize_t n) except -1
 

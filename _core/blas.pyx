@@ -762,8 +762,8 @@ cdef bint gates_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
 
 
 cdef void gemm_grouped(Py_ssize_t group, bint trans_b, int m, int n, int k,
-                       const floating* a, int lda, const floating* b, int ldb, floating beta,
-                       floating* c, int ldc) noexcept nogil:
+                       const floating* a, int lda, const floating* b, int ldb,
+                       floating beta, floating* c, int ldc) noexcept nogil:
     if m <= 0 or n <= 0 or (k <= 0 and beta == 1):
         return
     if not by_rows_product(group, False, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc):
@@ -779,7 +779,8 @@ cdef inline bint by_rows_product(Py_ssize_t group, bint trans_a, bint trans_b, i
     cdef Py_ssize_t a_row = 1 if trans_a else lda, a_k = lda if trans_a else 1
     if not (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1)):
         return False
-    if trans_b and not trans_a and n <= FEW_COLUMNS and k * sizeof(floating) >= VECTOR_BYTES:
+    if (trans_b and not trans_a and n <= FEW_COLUMNS
+            and k * sizeof(floating) >= VECTOR_BYTES):
         by_rows_of_c(few_columns_part, m, n, k, a, lda, 1, b, ldb, c, ldc, beta == 1,
                      FEW_COLUMNS_SPLIT_MIN_MACS, group)
         return True

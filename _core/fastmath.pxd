@@ -56,7 +56,8 @@ cdef inline floating tanh_of(floating v) noexcept nogil:
         return tanh(v)
 
 
-# In place over an array: float32's whole vectors in activations.h (the same arithmetic,
+# In place over an array: float32's whole vectors in activations.h (the same values,
+# rounded alike though scaled by powers of two, exp's argument folded into its constants,
 # with a cheaper clamp), the rest here.
 cdef inline void logistic_in_place(Py_ssize_t n, floating* v) noexcept nogil:
     cdef Py_ssize_t k = 0

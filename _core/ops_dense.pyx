@@ -165,14 +165,14 @@ cdef object dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int 
     blas_int(n_out)
     if cnp.PyArray_TYPE(W) == cnp.NPY_DOUBLE:
         with nogil:
-            dense_forward[double](rows, group, n_in, n_out, act, <double*>cnp.PyArray_DATA(x),
-                                  <double*>cnp.PyArray_DATA(W), <double*>bias,
-                                  <double*>cnp.PyArray_DATA(y))
+            dense_forward[double](rows, group, n_in, n_out, act,
+                                  <double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(W),
+                                  <double*>bias, <double*>cnp.PyArray_DATA(y))
     else:
         with nogil:
-            dense_forward[float](rows, group, n_in, n_out, act, <float*>cnp.PyArray_DATA(x),
-                                 <float*>cnp.PyArray_DATA(W), <float*>bias,
-                                 <float*>cnp.PyArray_DATA(y))
+            dense_forward[float](rows, group, n_in, n_out, act,
+                                 <float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(W),
+                                 <float*>bias, <float*>cnp.PyArray_DATA(y))
     tape = recording_tape()
     if tape is None:
         return constant(y)

@@ -157,7 +157,8 @@ def test_a_head_over_a_sequence_equals_the_head_over_its_rows_as_one_batch(dtype
         for x, s in [(xs, seed), (xs.reshape(-1, n_in), seed.reshape(-1, n_out))]:
             x_param = rc.param(x)
             y = np.asarray(layer(x))
-            grads = rc.gradient(lambda: rc.sum(layer(x_param) * s), [x_param, *rc.params(layer)])
+            grads = rc.gradient(lambda: rc.sum(layer(x_param) * s),
+                                [x_param, *rc.params(layer)])
             results.append([y.reshape(-1, n_out), grads[x_param].reshape(-1, n_in),
                             *(grads[p] for p in rc.params(layer))])
         for sequence, flat in zip(*results):

@@ -763,8 +763,9 @@ def test_float32_activation_over_a_long_row_matches_float64_everywhere(σ, exact
     if σ is rc.tanh:        # (x W + b turns b's -0 into +0, so zeros are left out)
         signed = finite & (values != 0)
         np.testing.assert_array_equal(np.signbit(got[signed]), np.signbit(values[signed]))
-    # One value per call leaves every value to the scalar loop (fastmath.pxd), which the
-    # vector loop mirrors expression for expression.
+    # One value per call leaves every value to the scalar loop (fastmath.pxd), whose values
+    # the vector loop rounds alike, though scaled by powers of two (exp's argument folded
+    # into its constants).
     one_by_one = [np.asarray(rc.Dense.from_weights(np.ones((1, 1), np.float32), values[i:i + 1],
                                                    σ)(np.zeros((1, 1), np.float32)))[0, 0]
                   for i in range(values.size)]
