@@ -764,10 +764,7 @@ cdef bint gates_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating
 cdef void gemm_grouped(Py_ssize_t group, bint trans_b, int m, int n, int k,
                        const floating* a, int lda, const floating* b, int ldb,
                        floating beta, floating* c, int ldc) noexcept nogil:
-    if m <= 0 or n <= 0 or (k <= 0 and beta == 1):
-        return
-    if not by_rows_product(group, False, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc):
-        gemm(False, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
+    product_in_groups(group, False, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
 
 
 cdef inline bint by_rows_product(Py_ssize_t group, bint trans_a, bint trans_b, int m, int n,
@@ -794,6 +791,14 @@ cdef inline bint by_rows_product(Py_ssize_t group, bint trans_a, bint trans_b, i
 cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
                const floating* a, int lda, const floating* b, int ldb,
                floating beta, floating* c, int ldc) noexcept nogil:
+    product_in_groups(0, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+cdef void product_in_groups(Py_ssize_t group, bint trans_a, bint trans_b, int m, int n,
+                            int k, floating alpha, const floating* a, int lda,
+                            const floating* b, int ldb, floating beta, floating* c,
+                            int ldc) noexcept nogil:
+    # gemm, with gemm_grouped's groups of A's rows (0: none).
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
     cdef floating* packed
@@ -801,7 +806,8 @@ cdef void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
     cdef Py_ssize_t whole = 0, a_row = 1 if trans_a else lda, a_k = lda if trans_a else 1
     if m <= 0 or n <= 0 or (k <= 0 and beta == 1):    # C stays as it is
         return
-    if by_rows_product(0, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    if by_rows_product(group, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                       ldc):
         return
     if (alpha == 1 and (beta == 0 or beta == 1) and trans_a and not trans_b
             and takes_few_rows(m, n, sizeof(floating))):

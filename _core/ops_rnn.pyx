@@ -1554,8 +1554,6 @@ cdef void gradient_of_halves(const Dims* d, const Buffers* w, index_t m, index_t
     # thread alike). One thread does both halves the same way, in turn, so that the sums
     # are the same whatever the threads.
     cdef HalvesGradient job
-    cdef index_t i
-    cdef floating* second
     job.is_f64 = floating is double
     job.d, job.w, job.m, job.n, job.ld = d, w, m, n, ld
     job.d_x, job.at_start, job.source, job.C, job.second = d_x, at_start, source, C, NULL
@@ -1563,9 +1561,7 @@ cdef void gradient_of_halves(const Dims* d, const Buffers* w, index_t m, index_t
     if job.second == NULL:          # without the memory, into C at once
         gradient_of_block(d, w, 1, m, n, d_x, ld, at_start, source, C, background)
         return
-    second = <floating*>job.second
-    for i in range(m * n):
-        C[i] += second[i]
+    add_to(m * n, <const floating*>job.second, C)
 
 
 cdef void halves_gradient_part(void* arg, int part, int parts) noexcept nogil:
