@@ -21,6 +21,16 @@ cdef void gemm_grouped(Py_ssize_t group, bint trans_b, int m, int n, int k,
                        const floating* a, int lda, const floating* b, int ldb,
                        floating beta, floating* c, int ldc) noexcept nogil
 
+# Whether gemm computes C (m x n) = A B over an inner size k on few_inner, a row of C at a
+# time (a Dense head's dx, dz W); few_inner_rows then computes C's rows on that kernel in
+# the calling thread, each row the same values gemm gives it, for contiguous row-major A
+# (m x k), B (k x n) and C. A sequence's backward takes its output gradient so, a step's
+# rows at a time, rather than the head writing all of it (tape.pxd: GradientFactor).
+cdef bint takes_few_inner(Py_ssize_t n, Py_ssize_t k, size_t itemsize) noexcept nogil
+
+cdef void few_inner_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                         const floating* b, floating* c) noexcept nogil
+
 cdef int blas_int(Py_ssize_t n) except -1
 
 # Whether this build has the panel kernel (an x86 build with AVX; see panel_gemm.h). Without

@@ -449,6 +449,18 @@ cdef void few_inner_part(void* arg, int part, int parts) noexcept nogil:
                         p.b_row, <float*>p.C, p.ldc, p.accumulate, first, end)
 
 
+cdef bint takes_few_inner(Py_ssize_t n, Py_ssize_t k, size_t itemsize) noexcept nogil:
+    return PANEL_KERNEL and 0 < k <= FEW_INNER and n * itemsize >= VECTOR_BYTES
+
+
+cdef void few_inner_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                         const floating* b, floating* c) noexcept nogil:
+    if floating is double:
+        few_inner_d(k, n, a, k, 1, b, n, c, n, False, 0, m)
+    else:
+        few_inner_f(k, n, a, k, 1, b, n, c, n, False, 0, m)
+
+
 cdef inline bint rows_in_groups(Py_ssize_t M, Py_ssize_t group) noexcept nogil:
     # Whether a shared product's rows go by groups: whole groups, each part's share of one
     # a few whole blocks of the rows few_columns works on side by side (FEW_COLUMN_ROWS).
@@ -781,7 +793,7 @@ cdef inline bint by_rows_product(Py_ssize_t group, bint trans_a, bint trans_b, i
         by_rows_of_c(few_columns_part, m, n, k, a, lda, 1, b, ldb, c, ldc, beta == 1,
                      FEW_COLUMNS_SPLIT_MIN_MACS, group)
         return True
-    if not trans_b and 0 < k <= FEW_INNER and n * sizeof(floating) >= VECTOR_BYTES:
+    if not trans_b and takes_few_inner(n, k, sizeof(floating)):
         by_rows_of_c(few_inner_part, m, n, k, a, a_row, a_k, b, ldb, c, ldc, beta == 1,
                      SPLIT_MIN_MACS, group)
         return True

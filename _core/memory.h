@@ -47,6 +47,8 @@ enum {
     BUFFER_STEP,               /* a recorded step's scratch within one part (ops_rnn) */
     BUFFER_HALF_SUM,           /* a sequence's second half's weight gradient, before it is
                                   added (ops_rnn) */
+    BUFFER_OUTPUT_GRADIENT,    /* a step's rows of a sequence's output gradient computed
+                                  from the product standing for it (ops_rnn) */
     THREAD_BUFFERS
 };
 

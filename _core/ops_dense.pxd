@@ -1,8 +1,11 @@
-from recur._core.tape cimport Node
+from recur._core.tape cimport Node, GradientFactor
 from cython cimport floating
 
 cdef void matmul_backward(Node* node, Node* nodes) noexcept nogil
 cdef void dense_backward(Node* node, Node* nodes) noexcept nogil
+# The product that stands for a Dense node's dx where its backward leaves it so (tape.pxd:
+# GradientFactor).
+cdef bint input_gradient_factor(const Node* node, GradientFactor* factor) noexcept nogil
 
 # Activation codes shared by the fused kernels (Dense and the recurrent cells).
 cdef enum Activation:

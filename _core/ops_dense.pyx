@@ -4,8 +4,9 @@ from cython cimport floating
 cimport numpy as cnp
 import numpy as np
 from recur._core.tape cimport (Node, Tape, index_t, first_write, recording_tape, constant,
-                               is_tensor, value_of, tensor_value)
-from recur._core.blas cimport gemm, gemm_grouped, blas_int, defer_product
+                               is_tensor, value_of, tensor_value, GradientFactor,
+                               left_as_factor)
+from recur._core.blas cimport gemm, gemm_grouped, blas_int, defer_product, takes_few_inner
 from recur._core.registry cimport OP_MATMUL, OP_DENSE
 from recur._core.pool cimport new_array, new_array_shaped
 
@@ -237,8 +238,23 @@ cdef void dense_backward_kernel(Node* node, Node* nodes, const floating* dy) noe
         for r in range(rows):
             for j in range(n_out):
                 db[j] += dz[r * n_out + j]
-    if node.inputs[0] >= 0:        # dx = dz W, or dx += dz W after another consumer's
+    # dx = dz W, or dx += dz W after another consumer's; or left as that product for the
+    # node that owns x's gradient to read (tape.pxd: GradientFactor).
+    if node.inputs[0] >= 0 and not left_as_factor(node, nodes):
         gemm_grouped(node.ints[5], False, rows, n_in, n_out, dz, n_out,
                      <floating*>node.in_values[1], n_in,
                      0 if first_write(nodes, node.inputs[0]) else 1,
                      <floating*>nodes[node.inputs[0]].grad, n_in)
+
+
+cdef bint input_gradient_factor(const Node* node, GradientFactor* factor) noexcept nogil:
+    # dx = dz W, left as that product for a head of few outputs: dz is the node's
+    # gradient, or with an activation the buffer its backward writes dz into.
+    cdef index_t n_in = node.ints[1], n_out = node.ints[2]
+    if not takes_few_inner(n_in, n_out, sizeof(double) if node.is_f64 else sizeof(float)):
+        return False
+    factor.left = node.grad if node.ints[3] == ACT_IDENTITY else node.saved[0]
+    factor.right = node.in_values[1]
+    factor.rows, factor.cols, factor.rank = node.ints[0], n_in, n_out
+    factor.group = node.ints[5]
+    return True

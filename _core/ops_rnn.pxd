@@ -1,4 +1,4 @@
-from recur._core.tape cimport Node
+from recur._core.tape cimport Node, GradientFactor
 
 # The four cells of SPEC §4, in the order registry.pxd lists their op codes.
 cdef enum Cell:
@@ -27,3 +27,8 @@ cdef enum:
 # A cell step is a sequence of length one, so one backward serves the step and the sequence
 # op codes of every cell.
 cdef void recurrent_backward(Node* node, Node* nodes) noexcept nogil
+
+# Whether a sequence node's backward reads its output's gradient from `factor` (tape.pxd:
+# GradientFactor): the gradient of its (T, B, H) output, with nothing after it (the LSTM's
+# c_T) reached.
+cdef bint reads_output_factor(const Node* node, const GradientFactor* factor) noexcept nogil

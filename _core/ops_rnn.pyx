@@ -27,11 +27,13 @@ from cython cimport floating
 cimport numpy as cnp
 import numpy as np
 from recur._core.tape cimport (Node, Tape, index_t, first_write, recording_tape, constant,
-                               is_tensor, value_of, tensor_value, alias)
+                               is_tensor, value_of, tensor_value, alias, GradientFactor,
+                               gradient_factor)
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
                                pack_stacked, panel_product, gates_product, share,
                                defer_product, gradient_of_rows, packed_for_backward,
-                               keep_alone, wide_vectors, reads_batch_in_place)
+                               keep_alone, wide_vectors, reads_batch_in_place,
+                               few_inner_rows)
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
@@ -41,6 +43,7 @@ cdef extern from "memory.h" nogil:
     int BUFFER_LAYER
     int BUFFER_STEP
     int BUFFER_HALF_SUM
+    int BUFFER_OUTPUT_GRADIENT
     void* thread_buffer(int purpose, size_t nbytes)
 
 cnp.import_array()
@@ -741,6 +744,7 @@ ctypedef struct Recurrence:
     void* Y
     Node* node             # backward only
     const void* dY
+    const GradientFactor* dY_factor    # the product standing for dY, or NULL
 
 
 cdef enum:
@@ -1333,6 +1337,12 @@ cdef void recurrent_backward(Node* node, Node* nodes) noexcept nogil:
         backward_kernel[float](node, nodes, <float*>node.grad)
 
 
+cdef bint reads_output_factor(const Node* node, const GradientFactor* factor) noexcept nogil:
+    # A sequence's output gradient as a product over its rows, step by step (T x B rows of
+    # H): backward_rows computes each step's rows where it needs them.
+    return factor.cols == node.ints[5] and factor.rows == node.ints[2] * node.ints[3]
+
+
 cdef Dims dims_of(const Node* node) noexcept nogil:
     cdef Dims d
     d.cell = <int>node.ints[0]
@@ -1350,15 +1360,20 @@ cdef void backward_part(void* arg, int part, int parts) noexcept nogil:
     for block in range(blocks * part // parts, blocks * (part + 1) // parts):
         r0, r1 = job.d.B * block // blocks, job.d.B * (block + 1) // blocks
         if job.is_f64:
-            backward_rows[double](job.node, job.d, job.w, <const double*>job.dY, r0, r1)
+            backward_rows[double](job.node, job.d, job.w, <const double*>job.dY,
+                                  job.dY_factor, r0, r1)
         else:
-            backward_rows[float](job.node, job.d, job.w, <const float*>job.dY, r0, r1)
+            backward_rows[float](job.node, job.d, job.w, <const float*>job.dY,
+                                 job.dY_factor, r0, r1)
 
 
 cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const floating* dY,
-                        index_t r0, index_t r1) noexcept nogil:
+                        const GradientFactor* dY_factor, index_t r0,
+                        index_t r1) noexcept nogil:
     # The reverse loop over rows [r0, r1): per step the cell's backward into d_gates and
-    # the gradient reaching h_{t-1} into dh (dc for the LSTM's c).
+    # the gradient reaching h_{t-1} into dh (dc for the LSTM's c). With dY_factor, each
+    # step's rows of dY are computed from it just before they are needed, into a buffer
+    # that stays in this core's cache (or into dY's own place without the memory).
     cdef index_t T = d.T, B = d.B, H = d.H, BH = d.B * d.H, rows = r1 - r0
     cdef index_t GH = input_blocks(d.cell) * H, hidden_GH = hidden_blocks(d.cell) * H
     cdef const floating* Wh = <floating*>node.in_values[IN_WH]
@@ -1386,23 +1401,37 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
     cdef floating* d_bias = (<floating*>bias_part(d, w, r0, itemsize)
                              if d.part_major and node.inputs[IN_B] >= 0 else NULL)
     cdef const floating* d_step
+    cdef const floating* dY_step
+    cdef floating* dY_rows = NULL
+    if dY_factor != NULL:
+        dY_rows = <floating*>thread_buffer(BUFFER_OUTPUT_GRADIENT, rows * H * sizeof(floating))
     if d_bias != NULL:
         memset(d_bias, 0, GH * sizeof(floating))
     dY += r0 * H
     memset(dh, 0, rows * H * sizeof(floating))
-    if d.cell == CELL_LSTM:
-        memcpy(dc, dY + T * BH, rows * H * sizeof(floating))     # the gradient of c_T
+    if d.cell == CELL_LSTM:                                       # the gradient of c_T
+        if dY_factor != NULL:
+            memset(dc, 0, rows * H * sizeof(floating))
+        else:
+            memcpy(dc, dY + T * BH, rows * H * sizeof(floating))
     for t in range(T - 1, -1, -1):
         h_prev = Y + (t - 1) * BH if t > 0 else h0
+        dY_step = dY + t * BH
+        if dY_factor != NULL:
+            if dY_rows != NULL:
+                dY_step = dY_rows
+            few_inner_rows(rows, H, dY_factor.rank,
+                           <const floating*>dY_factor.left + (t * B + r0) * dY_factor.rank,
+                           <const floating*>dY_factor.right, <floating*>dY_step)
         if d.cell != CELL_GRUV3:
-            step_backward_elementwise(d, rows, dY + t * BH, Y + t * BH,
+            step_backward_elementwise(d, rows, dY_step, Y + t * BH,
                                       cells + (t - 1) * kept_step if t > 0 else c0,
                                       <floating*>cells + t * kept_step
                                       if d.cell == CELL_LSTM else hidden + t * kept_step,
                                       h_prev, tanh_c, dh, dc, d_gates + t * gates_step)
         else:
             # h_t is both this step's output and the next step's state.
-            add_to(rows * H, dY + t * BH, dh)
+            add_to(rows * H, dY_step, dh)
             gruv3_output_backward(rows, H, gates + t * gates_step, h_prev, dh,
                                   d_gates + t * gates_step)
             step_product(d, rows, H, H, d_gates + t * gates_step + 2 * H, 3 * H, Wh_h, False,
@@ -1449,6 +1478,7 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     cdef floating* dh = <floating*>w.dh
     cdef floating* dc = <floating*>w.dc
     cdef Recurrence job
+    cdef GradientFactor dY_factor
     cdef bint background
     cdef char* scratch
     cdef size_t used = 0, step_bytes = BH * sizeof(floating) + SPLIT_GAP_BYTES
@@ -1492,6 +1522,7 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     job.is_f64 = floating is double
     job.packs_in_parts = False
     job.d, job.w, job.node, job.dY = &d, w, node, dY
+    job.dY_factor = &dY_factor if gradient_factor(node, &dY_factor) else NULL
     run_recurrence(&job, True)
     if inputs[IN_H0] >= 0:
         add_state_grad(d.h_broadcast, B, H, dh, <floating*>nodes[inputs[IN_H0]].grad,

@@ -1,6 +1,6 @@
 # The op table: every op code with a backward function, in one place. Importing this
 # module fills the tape's table; recur.tensor imports it first.
-from recur._core.tape cimport register_backward
+from recur._core.tape cimport register_backward, register_factor, register_factor_reader
 from recur._core cimport ops_elementwise as elementwise
 from recur._core cimport ops_shape as shape
 from recur._core cimport ops_dense as dense
@@ -27,6 +27,11 @@ register_backward(OP_SQUARED_ERROR, loss.squared_error_backward, 0, 0b11)
 
 register_backward(OP_MATMUL, dense.matmul_backward)
 register_backward(OP_DENSE, dense.dense_backward, 1 << 1, 1 << 0)
+# A head's dx may stay a product that the sequence before it reads step by step
+# (tape.pxd: GradientFactor).
+register_factor(OP_DENSE, dense.input_gradient_factor)
+for op in (OP_RNN_SEQ, OP_LSTM_SEQ, OP_GRU_SEQ, OP_GRUV3_SEQ):
+    register_factor_reader(op, rnn.reads_output_factor)
 
 for op in (OP_RNN_STEP, OP_LSTM_STEP, OP_GRU_STEP, OP_GRUV3_STEP,
            OP_RNN_SEQ, OP_LSTM_SEQ, OP_GRU_SEQ, OP_GRUV3_SEQ):

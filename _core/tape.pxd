@@ -15,6 +15,7 @@ ctypedef struct Node:
     void* value            # data of this node's value (C-contiguous)
     void* grad             # gradient of the result w.r.t. value; set during backward
     bint grad_unset        # its gradient buffer holds nothing yet (first_write)
+    Node* factor_source    # the node whose product stands for its gradient (GradientFactor)
     index_t size           # number of elements of value
     index_t n_ints
     index_t* ints          # op attributes: sizes, strides, axes
@@ -30,6 +31,39 @@ ctypedef void (*backward_fn)(Node* node, Node* nodes) noexcept nogil
 # writes whole, every value, asking first_write before it does.
 cdef void register_backward(int op, backward_fn fn, unsigned deferred_inputs=*,
                             unsigned assigned_inputs=*) noexcept
+
+# A gradient kept as a product rather than written: its first rows x cols values are
+# left right (left rows x rank, right rank x cols, both row-major and contiguous, rank at
+# most few_inner's, blas.pxd) and any after them zero. A Dense head's backward leaves its
+# input's gradient so (dz W) where the node that owns that gradient reads it a step's rows
+# at a time, as a sequence's backward does: the (T, B, H) gradient, 1.6 MB for RNN
+# 32,128,32,100, is then never written and read back. Any other backward that writes into
+# such a gradient finds it written out first (the tape's ready_input_gradients).
+ctypedef struct GradientFactor:
+    const void* left
+    const void* right
+    index_t rows, cols, rank
+    index_t group          # left's rows by a sequence's steps (blas.pxd: gemm_grouped)
+
+# Fills *factor with the product that stands for input 0's gradient of `node` (it writes
+# nothing there when it can leave it so); False where it cannot.
+ctypedef bint (*factor_fn)(const Node* node, GradientFactor* factor) noexcept nogil
+
+# Whether `owner`'s backward reads its gradient from the product `factor`.
+ctypedef bint (*reads_factor_fn)(const Node* owner,
+                                 const GradientFactor* factor) noexcept nogil
+
+# Registers an op whose backward may leave its input 0's gradient as a product, and an op
+# whose backward may read its own gradient as one.
+cdef void register_factor(int op, factor_fn fn) noexcept
+cdef void register_factor_reader(int op, reads_factor_fn fn) noexcept
+
+# The product that stands for node's gradient: False where its gradient is written.
+cdef bint gradient_factor(const Node* node, GradientFactor* factor) noexcept nogil
+
+# Whether the tape left input 0's gradient of `node` as node's product, for its backward
+# not to write.
+cdef bint left_as_factor(const Node* node, Node* nodes) noexcept nogil
 
 # Whether a backward's write into node i's gradient, an input its op registered as
 # assigned, is the buffer's first: then the tape has not zeroed the buffer, and the write

@@ -7,7 +7,8 @@ from libc.string cimport memset, memcpy
 from cpython.object cimport PyObject, PyTypeObject
 cimport numpy as cnp
 from recur._core.registry cimport OP_LEAF, OP_ALIAS
-from recur._core.blas cimport flush_deferred, settle_deferred, forget_packed, share
+from recur._core.blas cimport (flush_deferred, settle_deferred, forget_packed, share,
+                              gemm_grouped)
 from recur._core.pool cimport new_array, new_array_shaped
 
 cdef extern from "memory.h" nogil:
@@ -34,6 +35,17 @@ cdef void register_backward(int op, backward_fn fn, unsigned deferred_inputs=0,
     backward_table[op] = fn
     deferred_inputs_table[op] = deferred_inputs
     assigned_inputs_table[op] = assigned_inputs
+
+# Per op, how its backward would leave input 0's gradient as a product (GradientFactor),
+# and whether its own gradient may come to it as one.
+cdef factor_fn factor_table[MAX_OPS]
+cdef reads_factor_fn factor_reader_table[MAX_OPS]
+
+cdef void register_factor(int op, factor_fn fn) noexcept:
+    factor_table[op] = fn
+
+cdef void register_factor_reader(int op, reads_factor_fn fn) noexcept:
+    factor_reader_table[op] = fn
 
 
 # ---------------------------------------------------------------- arena
@@ -275,17 +287,74 @@ cdef bint writes_whole(const Node* node, Node* nodes, index_t owner) noexcept no
     nodes[owner].grad_unset = False
     return True
 
-cdef void ready_input_gradients(const Node* node, Node* nodes) noexcept nogil:
+cdef void ready_input_gradients(Node* node, Node* nodes) noexcept nogil:
     # Zeroes each input's gradient buffer that the node's backward is about to write into
-    # first, unless the backward writes all of it (writes_whole).
+    # first, unless the backward writes all of it (writes_whole) or leaves it as a product
+    # (leaves_factor); writes out one left as a product before this backward adds to it.
     cdef index_t j, inp, owner
     for j in range(node.n_inputs):
         inp = node.inputs[j]
         if inp < 0:
             continue
         owner = gradient_owner(nodes, inp)
-        if nodes[owner].grad_unset and not writes_whole(node, nodes, owner):
-            zero_gradient(&nodes[owner])
+        if nodes[owner].factor_source != NULL:
+            write_factor(&nodes[owner])
+        if nodes[owner].grad_unset:
+            if j == 0 and leaves_factor(node, nodes, inp, owner):
+                continue
+            if not writes_whole(node, nodes, owner):
+                zero_gradient(&nodes[owner])
+
+
+cdef bint leaves_factor(Node* node, Node* nodes, index_t inp, index_t owner) noexcept nogil:
+    # Whether the node's input 0, inp, gets its gradient as the node's product, which
+    # owner's backward reads: nothing has been written into owner's gradient, inp's block
+    # starts it, and no other input of the node shares it (a product and a write into one
+    # gradient would need it written out first).
+    cdef GradientFactor factor
+    cdef index_t j
+    if (factor_table[node.op] == NULL or factor_reader_table[nodes[owner].op] == NULL
+            or offset_in_owner(nodes, inp) != 0):
+        return False
+    for j in range(1, node.n_inputs):
+        if node.inputs[j] >= 0 and gradient_owner(nodes, node.inputs[j]) == owner:
+            return False
+    if not (factor_table[node.op](node, &factor)
+            and factor.rows * factor.cols == nodes[inp].size
+            and factor_reader_table[nodes[owner].op](&nodes[owner], &factor)):
+        return False
+    nodes[owner].factor_source = node
+    nodes[owner].grad_unset = False
+    nodes[inp].grad_unset = False
+    return True
+
+
+cdef bint gradient_factor(const Node* node, GradientFactor* factor) noexcept nogil:
+    if node.factor_source == NULL:
+        return False
+    return factor_table[node.factor_source.op](node.factor_source, factor)
+
+
+cdef bint left_as_factor(const Node* node, Node* nodes) noexcept nogil:
+    return (node.inputs[0] >= 0
+            and nodes[gradient_owner(nodes, node.inputs[0])].factor_source == node)
+
+
+cdef void write_factor(Node* owner) noexcept nogil:
+    # The gradient that a product stands for, written into owner's buffer.
+    cdef GradientFactor f
+    cdef size_t itemsize = sizeof(double) if owner.is_f64 else sizeof(float)
+    cdef index_t block
+    gradient_factor(owner, &f)
+    owner.factor_source = NULL
+    block = f.rows * f.cols
+    memset(<char*>owner.grad + block * itemsize, 0, (owner.size - block) * itemsize)
+    if owner.is_f64:
+        gemm_grouped(f.group, False, f.rows, f.cols, f.rank, <const double*>f.left, f.rank,
+                     <const double*>f.right, f.cols, 0, <double*>owner.grad, f.cols)
+    else:
+        gemm_grouped(f.group, False, f.rows, f.cols, f.rank, <const float*>f.left, f.rank,
+                     <const float*>f.right, f.cols, 0, <float*>owner.grad, f.cols)
 
 
 # ---------------------------------------------------------------- the tape
@@ -519,6 +588,7 @@ cdef class Tape:
         for i in range(self.n_nodes):
             self.nodes[i].reached = False
             self.nodes[i].grad = NULL
+            self.nodes[i].factor_source = NULL
         self.nodes[root].reached = True
         for i in range(root, -1, -1):
             node = &self.nodes[i]

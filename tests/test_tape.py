@@ -140,6 +140,71 @@ def test_a_stacked_layer_writes_the_lower_sequences_gradient_whole_or_adds(lower
                                      above.cell.Wi.value.copy()])
 
 
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU", "GRUv3"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [1, 3, 32])
+@pytest.mark.parametrize("activation", [None, rc.tanh])
+def test_a_sequences_gradient_left_as_its_heads_product_is_the_written_one_exactly(
+        cell, dtype, batch, activation):
+    # A head's dx over a sequence stays the product dz W, which the sequence's backward
+    # reads a step at a time. Another consumer of the sequence that writes its gradient
+    # first (on the tape after the head) stops that; one that writes after the head has it
+    # written out first. Both add zeros, so all three give the same bits.
+    rng = np.random.default_rng(6)
+    layer = getattr(rc, cell)(5, 24, dtype=dtype, rng=rng)
+    head = rc.Dense(24, 3, activation or rc.identity, dtype=dtype, rng=rng)
+    x = rng.standard_normal((7, batch, 5)).astype(dtype)
+    target = rng.standard_normal((7, batch, 3)).astype(dtype)
+
+    def loss(other):
+        rc.reset(layer)
+        h = layer(x)
+        if other == "before":
+            unused = rc.sum(h * 0.0)
+            return unused + rc.mse(head(h), target)
+        fitted = rc.mse(head(h), target)
+        return fitted + rc.sum(h * 0.0) if other == "after" else fitted
+
+    model = rc.Chain(layer, head)
+    left = rc.gradient(lambda: loss(None), model)
+    for other in ("before", "after"):
+        written = rc.gradient(lambda: loss(other), model)
+        for p in rc.params(model):
+            np.testing.assert_array_equal(left[p], written[p])
+
+    def stepwise():        # its head's dx is written step by step
+        rc.reset(layer)
+        return sum(rc.sum((head(layer(x_t)) - y_t) ** 2)
+                   for x_t, y_t in zip(x, target)) * (1 / target.size)
+
+    expected = rc.gradient(stepwise, model)
+    for p in rc.params(model):
+        np.testing.assert_allclose(left[p], expected[p],
+                                   rtol=2e-4 if dtype == np.float32 else 1e-10,
+                                   atol=2e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+def test_two_heads_on_one_sequence_add_their_gradients(cell):
+    # The second head on the tape (the first whose backward runs) leaves its product; the
+    # other's backward has it written out, then adds its own dx.
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 4, 3))
+    layer = getattr(rc, cell)(3, 8, dtype=np.float64, rng=rng)
+    first = rc.Dense.from_weights(rng.standard_normal((2, 8)), None)
+    second = rc.Dense.from_weights(rng.standard_normal((3, 8)), rng.standard_normal(3),
+                                   rc.sigmoid)
+
+    def f(Wi, W):
+        layer.cell.Wi, second.W = Wi, W
+        rc.reset(layer)
+        h = layer(x)
+        return rc.sum(first(h) ** 2) + rc.sum(second(h) ** 2)
+
+    _gradients_hold_across_calls(f, [layer.cell.Wi.value.copy(),
+                                     rng.standard_normal((3, 8))])
+
+
 def test_lstm_steps_write_the_previous_states_gradient_whole_only_where_h_and_c_tile_it():
     # A step's state (h, c) is two blocks of one node; the next step's backward writes
     # both whole, so that node's gradient is not zeroed first. Where the next step gets
