@@ -100,6 +100,7 @@ ctypedef struct Buffers:
     size_t packing_copy    # bytes from the first part's forward packings to the second's
                            #   (each part of a row split packs its own); 0: one for both
     size_t split_gap       # bytes between the parts' rows in one step's buffers (part_rows)
+    size_t kept_gap        # bytes between the halves of a buffer kept part by part
 
 
 cdef inline index_t input_blocks(int cell) noexcept nogil:
@@ -171,7 +172,7 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     # The gap between the halves of a buffer kept part by part, or of one step's.
     cdef size_t kept_gap = gap if d.part_major or not recording else 0
     memset(w, 0, sizeof(Buffers))
-    w.split_gap = gap
+    w.split_gap, w.kept_gap = gap, kept_gap
     # Backward reads every step's gates; inference needs only the current step's.
     w.gates = Y if cell == CELL_RNN else take(block, &used, all_gates + kept_gap if recording
                                               else itemsize * d.B * input_blocks(d.cell) * d.H
@@ -231,8 +232,12 @@ cdef inline bint part_major(const Dims* d, bint recording, size_t itemsize) noex
     # (which runs them in turn) sums the gradients in the same order as two. The RNN keeps
     # only its output. A shorter sequence's weight gradients wait to join the next
     # nodes' (blas.pyx: defer_product), which takes their rows in one uniform layout.
-    return (recording and d.T >= 2 and d.panels and d.cell != CELL_RNN
-            and rows_may_split(d, itemsize) and d.T * (d.B // 2) >= PART_MAJOR_MIN_DEPTH)
+    return recording and d.cell != CELL_RNN and halves_pay(d, itemsize)
+
+
+cdef inline bint halves_pay(const Dims* d, size_t itemsize) noexcept nogil:
+    return (d.T >= 2 and d.panels and rows_may_split(d, itemsize)
+            and d.T * (d.B // 2) >= PART_MAJOR_MIN_DEPTH)
 
 
 cdef inline void* bias_part(const Dims* d, const Buffers* w, index_t r0,
@@ -250,12 +255,12 @@ cdef inline index_t kept_blocks(const Dims* d) noexcept nogil:
 cdef inline void* kept_rows(const Dims* d, const Buffers* w, void* buffer, index_t r0,
                             index_t row_values, size_t itemsize) noexcept nogil:
     # Where the rows [r0, ...) of a part begin in a buffer kept for every step: at row r0
-    # of step 0, or part-major, the second half w.split_gap bytes past the first's end
+    # of step 0, or part-major, the second half w.kept_gap bytes past the first's end
     # (carve leaves the room). Its steps then lie kept_step_rows rows apart.
     if buffer == NULL:
         return NULL
     if d.part_major:
-        return <char*>buffer + r0 * d.T * row_values * itemsize + (w.split_gap if r0 > 0
+        return <char*>buffer + r0 * d.T * row_values * itemsize + (w.kept_gap if r0 > 0
                                                                   else 0)
     return <char*>buffer + r0 * row_values * itemsize
 
@@ -1403,7 +1408,7 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
     cdef const floating* d_step
     cdef const floating* dY_step
     cdef floating* dY_rows = NULL
-    if dY_factor != NULL:
+    if dY_factor != NULL and d.cell != CELL_RNN:
         dY_rows = <floating*>thread_buffer(BUFFER_OUTPUT_GRADIENT, rows * H * sizeof(floating))
     if d_bias != NULL:
         memset(d_bias, 0, GH * sizeof(floating))
@@ -1418,7 +1423,10 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
         h_prev = Y + (t - 1) * BH if t > 0 else h0
         dY_step = dY + t * BH
         if dY_factor != NULL:
-            if dY_rows != NULL:
+            # The RNN's step rows of d_gates, which its gradients then overwrite.
+            if d.cell == CELL_RNN:
+                dY_step = d_gates + t * gates_step
+            elif dY_rows != NULL:
                 dY_step = dY_rows
             few_inner_rows(rows, H, dY_factor.rank,
                            <const floating*>dY_factor.left + (t * B + r0) * dY_factor.rank,
@@ -1484,12 +1492,20 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     cdef size_t used = 0, step_bytes = BH * sizeof(floating) + SPLIT_GAP_BYTES
     cdef size_t itemsize = sizeof(floating)
     cdef index_t block, r0
+    job.dY_factor = &dY_factor if gradient_factor(node, &dY_factor) else NULL
     if d.cell == CELL_RNN:
         # The RNN's gate gradients, dY (1 - y²) for tanh, take the place of dY itself:
         # each step's rows of dY are read before theirs are written, and nothing reads
         # them after this pass, so the gradients need no memory of their own to write.
         w.d_gates = <void*>dY
         d_gates = <floating*>dY
+        # Where dY is a product (GradientFactor), its memory holds nothing to read, and
+        # the gate gradients go there part by part, the halves end to end, as the other
+        # cells keep theirs (part_major): each half's weight gradients are then computed
+        # by the thread that wrote its rows, rather than each product's columns shared,
+        # with half of every row written by the other core.
+        if job.dY_factor != NULL and halves_pay(&d, itemsize):
+            d.part_major, w.kept_gap = True, 0
     if T == 1:
         # A single step works through dh, dc and tanh(c) in this thread's one reused
         # block, not in the node's own: a stepwise pass's hundred steps would write a
@@ -1522,7 +1538,6 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     job.is_f64 = floating is double
     job.packs_in_parts = False
     job.d, job.w, job.node, job.dY = &d, w, node, dY
-    job.dY_factor = &dY_factor if gradient_factor(node, &dY_factor) else NULL
     run_recurrence(&job, True)
     if inputs[IN_H0] >= 0:
         add_state_grad(d.h_broadcast, B, H, dh, <floating*>nodes[inputs[IN_H0]].grad,
@@ -1679,11 +1694,13 @@ cdef void input_side(const Dims* d, const Buffers* w, Node* nodes, const index_t
                           background)
     if inputs[IN_B] >= 0:
         db = <floating*>nodes[inputs[IN_B]].grad + first
-        if d.part_major:           # each half's sum (backward_rows), the first's first
+        if d.part_major and w.d_bias != NULL:
+            # Each half's sum (backward_rows), the first's first.
             for block in range(kept_blocks(d)):
                 add_to(width, <floating*>bias_part(d, w, block_start(d, block),
                                                    sizeof(floating)) + first, db)
         else:
+            # Every row as it lies (the RNN's part by part, its halves end to end).
             for r in range(T * B):
                 add_to(width, d_x + r * ld, db)
     if inputs[IN_X] >= 0:
