@@ -230,12 +230,15 @@ cdef inline bint part_major(const Dims* d, bint recording, size_t itemsize) noex
     # threads on cores far apart: a part's forward step 8.9-9.3 µs, 5.4 with each part's
     # rows its own). The halves do not depend on the thread count, so that one thread
     # (which runs them in turn) sums the gradients in the same order as two. The RNN keeps
-    # only its output. A shorter sequence's weight gradients wait to join the next
-    # nodes' (blas.pyx: defer_product), which takes their rows in one uniform layout.
+    # only its output (its gate gradients may go part by part: backward_kernel). A shorter
+    # sequence's weight gradients wait to join the next nodes' (blas.pyx: defer_product),
+    # which takes their rows in one uniform layout.
     return recording and d.cell != CELL_RNN and halves_pay(d, itemsize)
 
 
 cdef inline bint halves_pay(const Dims* d, size_t itemsize) noexcept nogil:
+    # Whether a sequence's rows go by halves, each its own recurrence, with enough rows in
+    # each for its weight gradients to run at once.
     return (d.T >= 2 and d.panels and rows_may_split(d, itemsize)
             and d.T * (d.B // 2) >= PART_MAJOR_MIN_DEPTH)
 
