@@ -3,6 +3,7 @@
     python bench/suite.py                 # the full run; writes bench/RESULTS.md
     python bench/suite.py --quick         # smoke run: one tiny config, 1 repeat, prints only
     python bench/suite.py --configs 64,256,64,100 --models lstm --threads 1 --output /tmp/r.md
+    python bench/suite.py --processes 5 --configs 32,128,32,100 --models gru --output /tmp/r.md
 
 What is measured, per config (input F, hidden H, batch B, time T), model (rnn, lstm, gru),
 style and mode, for each engine:
@@ -28,10 +29,21 @@ handover_seconds): on a virtual machine whose two vCPUs the host sometimes place
 core complexes, that round trip and every line one thread passes the other cost several
 times more, and the row shows it (‡ above HANDOVER_FAR_US at either end); such rows are
 timed like any other, not again. Each thread setting runs in its own
-worker process, because OpenBLAS reads OPENBLAS_NUM_THREADS only when it loads: "default"
+worker process (`--processes N`: N of them, one after the other, below), because OpenBLAS
+reads OPENBLAS_NUM_THREADS only when it loads: "default"
 leaves the environment alone (both engines use every core), "1" sets OPENBLAS_NUM_THREADS,
 OMP_NUM_THREADS, MKL_NUM_THREADS and RECUR_NUM_THREADS to 1 and calls
 torch.set_num_threads(1).
+
+Where the host puts a process's two threads decides much of what it measures: on this
+machine one row's time differed by up to a third from one process to the next for recur
+and by up to 60% for torch (2026-12-07, the GRU and LSTM at 32,128,32,100 stepwise), so a
+row whose ratio lies near its target passes or fails by the draw. With
+`--processes N` each thread setting is timed in N worker processes in turn, and each row
+reports the process whose torch/recur ratio is the median of the N (both times from that
+one process, as with one), followed by the lowest and highest ratio and in how many of the N
+processes the row met its targets. A pass's GEMM and multiply-add rates at its start and
+end are those of its first process's start and its last process's end.
 
 FLOP count (GEMM work only; elementwise work is not counted). With G gate blocks (RNN 1,
 GRU 3, LSTM 4), N = T·B rows and the 3-wide head:
@@ -699,6 +711,45 @@ def analysed_rows(timing):
     return timing["rows"]
 
 
+def median_process(timings):
+    """One pass from the same cases timed in several worker processes (--processes): each
+    row is the process whose torch/recur ratio is the median (the upper of the middle two
+    for an even count; a row without a ratio, an engine having failed, counts as lowest),
+    with `spread`: every process's ratio and in how many the row met its targets. The pass's
+    rates at its start are the first process's, at its end the last's. Rows must already
+    be analysed (analysed_rows)."""
+    first, last = timings[0], timings[-1]
+    merged = dict(first, gemm_end=last["gemm_end"], fma_end=last.get("fma_end"),
+                  processes=len(timings), rows=[])
+    for rows in zip(*(timing["rows"] for timing in timings)):
+        keys = {(row["model"], row["style"], row["mode"], tuple(row["config"])) for row in rows}
+        if len(keys) != 1:
+            raise ValueError(f"processes timed different cases in one place: {sorted(keys)}")
+        ranked = sorted(rows, key=lambda row: -1 if row["ratio"] is None else row["ratio"])
+        chosen = dict(ranked[len(ranked) // 2])
+        ratios = [row["ratio"] for row in rows]
+        chosen["spread"] = {"ratios": ratios,
+                            "met": sum(row["missed"] == [] for row in rows),
+                            "processes": len(rows)}
+        merged["rows"].append(chosen)
+    # Each process's multiply-add ceiling was its own; the pass's is the faster of its ends.
+    ceilings = [c for c in (merged.get("fma_start"), merged.get("fma_end")) if c]
+    for row in merged["rows"]:
+        row["fma_ceiling"] = max(ceilings) if ceilings else None
+    return merged
+
+
+def spread_text(row):
+    """'4.40-6.20, 3/6': the ratios' range over the processes, and in how many of them the
+    row met its targets; empty for a row timed in one process."""
+    spread = row.get("spread")
+    if spread is None:
+        return ""
+    known = [r for r in spread["ratios"] if r is not None]
+    span = f"{min(known):.2f}-{max(known):.2f}" if known else "—"
+    return f"{span}, {spread['met']}/{spread['processes']}"
+
+
 def recur_threads():
     """Threads recur computes on in this process: its crew of two (crew.h) unless
     RECUR_NUM_THREADS=1 or the process may run on one CPU only."""
@@ -709,11 +760,18 @@ def recur_threads():
     return 2
 
 
+def pass_name(timing):
+    threads = timing["threads"]
+    return "default threads" if threads == "default" else f"{threads} thread{'s' if threads != '1' else ''}"
+
+
 def threads_label(timing):
+    processes = timing.get("processes", 1)
+    in_processes = f", {processes} processes" if processes > 1 else ""
     if timing["threads"] == "default":
         torch_part = f"torch {timing['torch_threads']} threads, " if timing["torch_threads"] else ""
-        return f"default threads ({torch_part}recur {timing['recur_threads']} threads)"
-    return f"{timing['threads']} thread{'s' if timing['threads'] != '1' else ''}"
+        return f"default threads ({torch_part}recur {timing['recur_threads']} threads){in_processes}"
+    return pass_name(timing) + in_processes
 
 
 def fmt(value, spec, missing="—"):
@@ -721,9 +779,12 @@ def fmt(value, spec, missing="—"):
 
 
 def row_table(rows):
+    spread = any("spread" in row for row in rows)
     lines = ["| model | F | H | B | T | recur ms | torch ms | torch/recur | recur GFLOP/s "
-             "| GEMM GFLOP/s | of GEMM | target | met | others' load | hand-over µs |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|--:|--:|"]
+             "| GEMM GFLOP/s | of GEMM | target | met | others' load | hand-over µs |"
+             + (" torch/recur over processes, met in |" if spread else ""),
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|--:|--:|"
+             + ("--:|" if spread else "")]
     for row in rows:
         seconds = row["seconds"]
         if row["missed"] is None:
@@ -738,7 +799,8 @@ def row_table(rows):
             f"{fmt(row.get('gemm_limit'), '.0f')} | {fmt(row['gemm_fraction'], '.0%')} | "
             f"{', '.join(label for label, _, _ in row['targets'])} | {met} | "
             f"{fmt(row['foreign_load'], '.2f')}{' ⚠' if disturbed(row) else ''} | "
-            f"{handover_text(row)}{' ‡' if threads_apart(row) else ''} |")
+            f"{handover_text(row)}{' ‡' if threads_apart(row) else ''} |"
+            + (f" {spread_text(row)} |" if spread else ""))
     return lines
 
 
@@ -772,7 +834,10 @@ def summary_lines(timings):
                   + (f"; {apart} rows timed while recur's hand-over took more than "
                      f"{HANDOVER_FAR_US} µs at either end, its threads far apart (‡)"
                      if apart else "")
-                  + ". torch/recur per case, ✗ where a target is missed:", ""]
+                  + ". torch/recur per case, ✗ where a target is missed"
+                  + (f" (each row the median of {timing['processes']} processes, and in how "
+                     "many of them it met its targets)" if timing.get("processes", 1) > 1
+                     else "") + ":", ""]
         configs = list(dict.fromkeys(tuple(row["config"]) for row in rows))
         lines += ["| case | " + " | ".join(",".join(map(str, c)) for c in configs) + " |",
                   "|---|" + "--:|" * len(configs)]
@@ -849,6 +914,8 @@ def matrix_cell(row):
         text += f" · {row['gemm_fraction']:.0%}"
     if row["missed"]:
         text = f"**{text} ✗**"
+    if "spread" in row:
+        text += f" ({row['spread']['met']}/{row['spread']['processes']})"
     return text + (" ⚠" if disturbed(row) else "") + (" ‡" if threads_apart(row) else "")
 
 
@@ -908,7 +975,12 @@ def report(machine, command, timings, extras, elapsed, load, retries):
         "`hand-over µs` is recur's hand-over of an empty task to its helper thread and back, "
         "before / after the row (‡ above "
         f"{HANDOVER_FAR_US} µs: the host had placed the two threads' CPUs far apart, and "
-        "every line they pass each other cost several times more).",
+        "every line they pass each other cost several times more)."
+        + "".join(f" The {pass_name(t)} pass ran in "
+                  f"{t['processes']} worker processes one after the other: each row is the "
+                  "process whose torch/recur ratio was the median, and its last column gives "
+                  "the lowest and highest ratio and in how many processes the row met its "
+                  "targets." for t in timings if t.get("processes", 1) > 1),
         "",
         "## Machine",
         "",
@@ -958,6 +1030,9 @@ def parse_args(argv):
     parser.add_argument("--threads", nargs="+", default=None, metavar="N",
                         help='thread settings, each "default" or 1 (default: default 1)')
     parser.add_argument("--repeats", type=int, default=None, help="samples per engine (default 7)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="worker processes timing each thread setting in turn; each row "
+                             "reports the one with the median ratio (default 1)")
     parser.add_argument("--retries", type=int, default=None,
                         help="re-measurements of a case disturbed by other processes' load "
                              f"(above {FOREIGN_LOAD_TOLERANCE} cores; default 1)")
@@ -983,6 +1058,8 @@ def parse_args(argv):
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.processes < 1:
+        parser.error(f"--processes takes a count of at least 1, got {args.processes}")
     for threads in args.threads:
         if threads not in ("default", "1"):
             parser.error(f'--threads takes "default" or 1, got {threads!r}')
@@ -1009,14 +1086,18 @@ def main(argv=None):
     timings = []
     with tempfile.TemporaryDirectory() as scratch:
         for threads in args.threads:
-            result_file = os.path.join(scratch, f"threads-{threads}.json")
             env = dict(os.environ, **(SINGLE_THREAD_ENV if threads == "1" else {}))
-            run_worker(["--role", "timing", "--threads", threads, "--result-file", result_file,
-                        *shared], env)
-            with open(result_file) as f:
-                timing = json.load(f)
-            analysed_rows(timing)
-            timings.append(timing)
+            in_processes = []
+            for process in range(args.processes):
+                result_file = os.path.join(scratch, f"threads-{threads}-{process}.json")
+                run_worker(["--role", "timing", "--threads", threads,
+                            "--result-file", result_file, *shared], env)
+                with open(result_file) as f:
+                    timing = json.load(f)
+                analysed_rows(timing)
+                in_processes.append(timing)
+            timings.append(in_processes[0] if args.processes == 1
+                           else median_process(in_processes))
 
     largest = max(args.configs, key=lambda c: (c.hidden, gemm_flops("lstm", c, "train")))
     extras = {

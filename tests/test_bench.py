@@ -137,3 +137,99 @@ def test_each_miss_says_what_meeting_it_would_take():
     assert cells[0][7] == f"{flops / 0.8e-3 / 1e9 / 125.0:.0%}" == "106%"
     assert cells[1][7] == "96%"
     assert lines[-1] == "1 of these 2 misses would need more than the multiply-add ceiling."
+
+
+def test_a_run_in_two_processes_gives_each_row_its_spread(tmp_path):
+    suite = load_suite()
+    output = tmp_path / "RESULTS.md"
+
+    status = suite.main(["--quick", "--processes", "2", "--models", "rnn", "--styles",
+                         "sequence", "--modes", "infer", "--output", str(output)])
+
+    report = output.read_text()
+    assert status == 0, report
+    assert "default threads (" in report and "threads), 2 processes" in report
+    assert "The default threads pass ran in 2 worker processes" in report
+    rows = [line for line in report.splitlines() if line.startswith("| rnn ")]
+    assert len(rows) == 1
+    cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    span, met = cells[-1].split(", ")
+    low, high = span.split("-")
+    # Of two processes, the upper ratio is the median.
+    assert float(low) <= float(high) and cells[7] == high
+    assert met in ("0/2", "1/2", "2/2")
+
+def _timed_pass(suite, rows, gemm=(150.0, 160.0), fma=(220.0, 230.0)):
+    """A pass as a timing worker writes it, analysed: rows of (model, style, mode, config,
+    recur ms, torch ms or None where torch failed)."""
+    timing = {"threads": "default", "torch_threads": 2, "recur_threads": 2,
+              "gemm_start": {"recur": gemm[0], "torch": gemm[0]},
+              "gemm_end": {"recur": gemm[1], "torch": gemm[1]},
+              "fma_start": fma[0], "fma_end": fma[1], "rows": []}
+    for model, style, mode, config, recur_ms, torch_ms in rows:
+        seconds = {"recur": recur_ms / 1e3}
+        errors = {}
+        if torch_ms is None:
+            errors["torch"] = "RuntimeError: out of memory"
+        else:
+            seconds["torch"] = torch_ms / 1e3
+        timing["rows"].append({"model": model, "style": style, "mode": mode,
+                               "config": list(map(int, config.split(","))), "seconds": seconds,
+                               "errors": errors, "foreign_load": 0.0, "gemm_gflops": gemm[0],
+                               "handover_us": [0.13, 0.14]})
+    suite.analysed_rows(timing)
+    return timing
+
+
+def test_several_processes_report_the_median_process_of_each_row():
+    suite = load_suite()
+    gru, lstm = ("gru", "sequence", "train", "32,128,32,100"), ("lstm", "sequence", "infer",
+                                                                "64,256,64,100")
+    # GRU needs 5x: ratios 4.4, 6.2, 5.5 -> the third process, met in two of three. The
+    # LSTM needs 1x: torch failed in the first process, which then counts lowest, 1.0 and
+    # 1.2 after it -> the median is the 1.0 of the third process.
+    passes = [_timed_pass(suite, [(*gru, 7.0, 30.8), (*lstm, 20.0, None)], gemm=(150.0, 151.0),
+                          fma=(221.0, 222.0)),
+              _timed_pass(suite, [(*gru, 6.0, 37.2), (*lstm, 20.0, 24.0)], gemm=(152.0, 153.0),
+                          fma=(223.0, 224.0)),
+              _timed_pass(suite, [(*gru, 6.5, 35.75), (*lstm, 21.0, 21.0)], gemm=(154.0, 155.0),
+                          fma=(219.0, 218.0))]
+
+    merged = suite.median_process(passes)
+
+    gru_row, lstm_row = merged["rows"]
+    assert gru_row["seconds"] == {"recur": 6.5e-3, "torch": 35.75e-3}
+    assert gru_row["ratio"] == pytest.approx(5.5) and gru_row["missed"] == []
+    assert gru_row["spread"]["met"] == 2 and gru_row["spread"]["processes"] == 3
+    assert gru_row["spread"]["ratios"] == pytest.approx([4.4, 6.2, 5.5])
+    assert lstm_row["seconds"] == {"recur": 21e-3, "torch": 21e-3}
+    assert lstm_row["spread"]["met"] == 2 and lstm_row["spread"]["ratios"][0] is None
+    # The pass starts with its first process and ends with its last; the multiply-add
+    # ceiling is the faster of those two ends, 221 against 218.
+    assert merged["gemm_start"]["recur"] == 150.0 and merged["gemm_end"]["recur"] == 155.0
+    assert merged["fma_start"] == 221.0 and merged["fma_end"] == 218.0
+    assert all(row["fma_ceiling"] == 221.0 for row in merged["rows"])
+    # The processes' own rows are left as they were.
+    assert "spread" not in passes[2]["rows"][0]
+
+    assert suite.threads_label(merged).endswith("recur 2 threads), 3 processes")
+    assert suite.spread_text(gru_row) == "4.40-6.20, 2/3"
+    summary = "\n".join(suite.summary_lines([merged]))
+    assert "each row the median of 3 processes" in summary
+    assert "| train sequence gru | 5.50 (2/3) |" in summary
+    table = suite.row_table([gru_row])
+    assert table[0].endswith("| torch/recur over processes, met in |")
+    assert table[2].endswith("| 4.40-6.20, 2/3 |")
+    assert suite.row_table(passes[0]["rows"])[0].endswith("| hand-over µs |")
+
+    shifted = _timed_pass(suite, [(*lstm, 20.0, 24.0), (*gru, 6.0, 37.2)])
+    with pytest.raises(ValueError, match="different cases"):
+        suite.median_process([passes[0], shifted])
+
+
+def test_processes_must_be_counted_from_one():
+    suite = load_suite()
+    assert suite.parse_args(["--quick"]).processes == 1
+    assert suite.parse_args(["--quick", "--processes", "3"]).processes == 3
+    with pytest.raises(SystemExit):
+        suite.parse_args(["--processes", "0"])
