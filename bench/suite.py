@@ -762,7 +762,9 @@ def recur_threads():
 
 def pass_name(timing):
     threads = timing["threads"]
-    return "default threads" if threads == "default" else f"{threads} thread{'s' if threads != '1' else ''}"
+    if threads == "default":
+        return "default threads"
+    return f"{threads} thread{'s' if threads != '1' else ''}"
 
 
 def threads_label(timing):
