@@ -716,8 +716,8 @@ def median_process(timings):
     row is the process whose torch/recur ratio is the median (the upper of the middle two
     for an even count; a row without a ratio, an engine having failed, counts as lowest),
     with `spread`: every process's ratio and in how many the row met its targets. The pass's
-    rates at its start are the first process's, at its end the last's. Rows must already
-    be analysed (analysed_rows)."""
+    rates at its start are the first process's, at its end the last's. The processes' rows
+    must already be analysed (analysed_rows), for their ratios and misses."""
     first, last = timings[0], timings[-1]
     merged = dict(first, gemm_end=last["gemm_end"], fma_end=last.get("fma_end"),
                   processes=len(timings), rows=[])
@@ -732,10 +732,9 @@ def median_process(timings):
                             "met": sum(row["missed"] == [] for row in rows),
                             "processes": len(rows)}
         merged["rows"].append(chosen)
-    # Each process's multiply-add ceiling was its own; the pass's is the faster of its ends.
-    ceilings = [c for c in (merged.get("fma_start"), merged.get("fma_end")) if c]
-    for row in merged["rows"]:
-        row["fma_ceiling"] = max(ceilings) if ceilings else None
+    # Analysed again against the merged pass: each row's multiply-add ceiling becomes the
+    # pass's (the faster of its two ends) rather than its own process's.
+    analysed_rows(merged)
     return merged
 
 
@@ -772,7 +771,8 @@ def threads_label(timing):
     in_processes = f", {processes} processes" if processes > 1 else ""
     if timing["threads"] == "default":
         torch_part = f"torch {timing['torch_threads']} threads, " if timing["torch_threads"] else ""
-        return f"default threads ({torch_part}recur {timing['recur_threads']} threads){in_processes}"
+        return (f"{pass_name(timing)} ({torch_part}recur {timing['recur_threads']} threads)"
+                + in_processes)
     return pass_name(timing) + in_processes
 
 
