@@ -1410,8 +1410,8 @@ cdef void backward_rows(const Node* node, const Dims* d, const Buffers* w, const
     # state's own gradient where this backward writes it first (a step's h and c are the
     # previous step's output). Gathered apart and copied there after the parts, the copies
     # were 1% of the samples of LSTM 32,128,32,100 stepwise training, in the calling thread
-    # between steps; without them its backward took 1-2% less (two threads, six pairs of
-    # alternate processes, 5.83-6.14 -> 5.55-6.07 ms).
+    # between steps; without them its backward took 0.7-5% less in each of six pairs of
+    # alternate processes (two threads: 5.83-6.14 -> 5.55-6.07 ms).
     cdef floating* dh = <floating*>state_rows(h0_grad, part_rows(w, w.dh, r0, H, itemsize),
                                                r0 * H * itemsize)
     cdef floating* dc = <floating*>state_rows(c0_grad, part_rows(w, w.dc, r0, H, itemsize),
@@ -1491,7 +1491,7 @@ cdef inline void* state_rows(const StateGradient* target, void* work,
                              size_t offset) noexcept nogil:
     # Where a part's rows of a state's gradient gather during the backward: straight in
     # the state's buffer when it is set here rather than added to, else in `work`.
-    if target.grad != NULL and target.assign and work != NULL:
+    if target.grad != NULL and target.assign:
         return <char*>target.grad + offset
     return work
 
@@ -1835,7 +1835,8 @@ cdef void add_column_sums(index_t rows, index_t n, const floating* m, floating* 
 
 cdef void add_column_sums_into(index_t B, index_t H, const floating* d_state, floating* grad,
                                bint assign) noexcept nogil:
-    # With `assign`, the gradient buffer holds nothing yet (first_write).
+    # grad (H) gets the batch's sum of d_state (B x H): an unbatched state's gradient.
+    # With `assign`, its buffer holds nothing yet (first_write).
     if assign:
         memset(grad, 0, H * sizeof(floating))
     add_column_sums(B, H, d_state, grad)
