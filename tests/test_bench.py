@@ -159,6 +159,7 @@ def test_a_run_in_two_processes_gives_each_row_its_spread(tmp_path):
     assert float(low) <= float(high) and cells[7] == high
     assert met in ("0/2", "1/2", "2/2")
 
+
 def _timed_pass(suite, rows, gemm=(150.0, 160.0), fma=(220.0, 230.0)):
     """A pass as a timing worker writes it, analysed: rows of (model, style, mode, config,
     recur ms, torch ms or None where torch failed)."""
