@@ -91,7 +91,7 @@ cdef const floating* packed_for_backward(Py_ssize_t K, Py_ssize_t N, const float
 
 cdef void gradient_of_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
                            Py_ssize_t lda, const floating* const* b_rows, floating* c,
-                           Py_ssize_t ldc) noexcept nogil
+                           Py_ssize_t ldc, bint accumulate) noexcept nogil
 
 cdef void forget_packed() noexcept nogil
 

@@ -909,8 +909,8 @@ cdef bint gradient_as_transpose(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const 
 
 cdef void gradient_of_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
                            Py_ssize_t lda, const floating* const* b_rows, floating* c,
-                           Py_ssize_t ldc) noexcept nogil:
-    # C (m x n) += Aᵀ B for A (k x m, rows lda apart) and B (k x n) whose rows lie wherever
+                           Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    # C (m x n) [+]= Aᵀ B for A (k x m, rows lda apart) and B (k x n) whose rows lie wherever
     # b_rows says: a weight gradient over rows kept in an order of their own (ops_rnn: a
     # sequence's gates part by part) against inputs in the batch's order. At once, after
     # the products running in the background into C; the paths are gemm's for Aᵀ B, with
@@ -923,19 +923,20 @@ cdef void gradient_of_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float
     if (PANEL_KERNEL and not takes_few_rows(m, n, sizeof(floating))
             and <double>m * n * k > BLAS_MAX_MACS):
         if (transposes_gradient(m, sizeof(floating))
-                and gradient_as_transpose(m, n, k, a, lda, b_rows[0], 0, c, ldc, True,
+                and gradient_as_transpose(m, n, k, a, lda, b_rows[0], 0, c, ldc, accumulate,
                                           b_rows)):
             return
         packed = <floating*>thread_buffer(BUFFER_PACKED, packed_bytes(sizeof(floating), k, n))
         if packed != NULL:
             pack_rows(k, n, b_rows, packed)
-            panel_product(m, n, k, a, 1, lda, packed, c, ldc, True)
+            panel_product(m, n, k, a, 1, lda, packed, c, ldc, accumulate)
             return
     # One product for each run of B's rows that lie end to end.
     j = 0
     while j < k:
         run = rows_end_to_end(b_rows, j, k, n)
-        gemm(True, False, m, n, run, 1, a + j * lda, lda, b_rows[j], n, 1, c, ldc)
+        gemm(True, False, m, n, run, 1, a + j * lda, lda, b_rows[j], n,
+             1 if accumulate or j > 0 else 0, c, ldc)
         j += run
 
 

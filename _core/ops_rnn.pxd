@@ -19,10 +19,11 @@ cdef enum:
     IN_WH_H = 6
     # The weights, whose gradient products backward defers (blas.pxd: defer_product).
     DEFERRED_INPUTS = (1 << IN_WI) | (1 << IN_WH) | (1 << IN_WH_H)
-    # The input and the initial states, whose gradients backward writes whole (tape.pxd:
-    # first_write).
-    WHOLE_INPUTS = (1 << IN_X) | (1 << IN_H0)
-    WHOLE_INPUTS_LSTM = (1 << IN_X) | (1 << IN_H0) | (1 << IN_C0)
+    # The input, the initial states and the weights, whose gradients backward writes
+    # whole (tape.pxd: first_write; a weight's it zeroes itself where its products add).
+    WEIGHTS = (1 << IN_WI) | (1 << IN_WH) | (1 << IN_WH_H)
+    WHOLE_INPUTS = (1 << IN_X) | (1 << IN_H0) | WEIGHTS
+    WHOLE_INPUTS_LSTM = WHOLE_INPUTS | (1 << IN_C0)
 
 # A cell step is a sequence of length one, so one backward serves the step and the sequence
 # op codes of every cell.

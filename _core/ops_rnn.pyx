@@ -28,7 +28,7 @@ cimport numpy as cnp
 import numpy as np
 from recur._core.tape cimport (Node, Tape, index_t, first_write, recording_tape, constant,
                                is_tensor, value_of, tensor_value, alias, GradientFactor,
-                               gradient_factor)
+                               gradient_factor, zero_gradient)
 from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, pack,
                                pack_stacked, panel_product, gates_product, share,
                                defer_product, gradient_of_rows, packed_for_backward,
@@ -1530,7 +1530,7 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     cdef floating* dc = <floating*>w.dc
     cdef Recurrence job
     cdef GradientFactor dY_factor
-    cdef bint background
+    cdef bint background, wh_set, wi_set
     cdef char* scratch
     cdef size_t used = 0, step_bytes = BH * sizeof(floating) + SPLIT_GAP_BYTES
     cdef size_t itemsize = sizeof(floating)
@@ -1597,10 +1597,13 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     # half where they are kept part by part); a short sequence's (a step's) wait to join
     # the next steps' (defer_product, blas.pxd), and a small layer's run in the background.
     background = weight_bytes(&d, sizeof(floating)) <= BACKGROUND_MAX_WEIGHT_BYTES
+    wh_set = sets_weight_gradient(nodes, inputs[IN_WH], d.part_major)
+    wi_set = sets_weight_gradient(nodes, inputs[IN_WI], d.part_major)
+    sets_weight_gradient(nodes, inputs[IN_WH_H] if d.cell == CELL_GRUV3 else -1, False)
     if inputs[IN_WH] >= 0:        # step 0 saw h0, step t > 0 saw Y[t - 1]
         if d.part_major:
             gradient_of_halves(&d, w, hidden_GH, H, d_gates, GH, h0, Y,
-                               <floating*>nodes[inputs[IN_WH]].grad, background)
+                               <floating*>nodes[inputs[IN_WH]].grad, background, not wh_set)
         else:
             defer_product(floating is double, hidden_GH, H, B, d_gates, GH, h0, H,
                           nodes[inputs[IN_WH]].grad, H, background)
@@ -1616,10 +1619,22 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     # The input side: d_gates, but for the GRU, whose n block there is d_n in `hidden`
     # (gru_backward), its first two blocks and that one.
     if d.cell == CELL_GRU:
-        input_side(&d, w, nodes, inputs, background, 2 * H, 0, d_gates, GH, X, Wi)
-        input_side(&d, w, nodes, inputs, background, H, 2 * H, hidden, H, X, Wi)
+        input_side(&d, w, nodes, inputs, background, 2 * H, 0, d_gates, GH, X, Wi, wi_set)
+        input_side(&d, w, nodes, inputs, background, H, 2 * H, hidden, H, X, Wi, wi_set)
     else:
-        input_side(&d, w, nodes, inputs, background, GH, 0, d_gates, GH, X, Wi)
+        input_side(&d, w, nodes, inputs, background, GH, 0, d_gates, GH, X, Wi, wi_set)
+
+
+cdef bint sets_weight_gradient(Node* nodes, index_t i, bint can_set) noexcept nogil:
+    # Whether this backward sets input i's gradient rather than adding to it: it writes the
+    # buffer first (tape.pxd: first_write), and its products can set it (can_set: a
+    # sequence's halves, gradient_of_halves). A buffer written first that they cannot set
+    # is zeroed here, as the tape zeroes those of other ops.
+    if i < 0 or not first_write(nodes, i):
+        return False
+    if not can_set:
+        zero_gradient(&nodes[i])
+    return can_set
 
 
 ctypedef struct HalvesGradient:
@@ -1631,30 +1646,32 @@ ctypedef struct HalvesGradient:
     const void* at_start
     const void* source
     void* C
+    bint accumulate        # whether C's values are added to, or set
     void* second           # the second half's sum (m x n) where its part wrote it, or NULL
 
 
 cdef void gradient_of_halves(const Dims* d, const Buffers* w, index_t m, index_t n,
                              const floating* d_x, index_t ld, const floating* at_start,
-                             const floating* source, floating* C,
-                             bint background) noexcept nogil:
-    # C (m x n) += the weight gradient over both halves of a sequence kept part by part
+                             const floating* source, floating* C, bint background,
+                             bint accumulate) noexcept nogil:
+    # C (m x n) [+]= the weight gradient over both halves of a sequence kept part by part
     # (gradient_of_block): each half's product by the thread whose part wrote its rows, the
-    # second into memory of its own, added into C after. With each half's product shared
-    # instead, each thread read half of every row from the other core (bench/, two
-    # threads, alternating processes, cores close, minimums: LSTM 32,64,16,50 training
-    # 0.679-0.694 -> 0.667-0.672 ms; LSTM and GRU 32,128,32,100 within their noise; one
-    # thread alike). One thread does both halves the same way, in turn, so that the sums
-    # are the same whatever the threads.
+    # second into memory of its own, which both threads then add into C
+    # (add_second_half_part). With each half's product shared instead, each thread read
+    # half of every row from the other core (bench/, two threads, alternating processes,
+    # cores close, minimums: LSTM 32,64,16,50 training 0.679-0.694 -> 0.667-0.672 ms; LSTM
+    # and GRU 32,128,32,100 within their noise; one thread alike). One thread does both
+    # halves the same way, in turn, so that the sums are the same whatever the threads.
     cdef HalvesGradient job
     job.is_f64 = floating is double
     job.d, job.w, job.m, job.n, job.ld = d, w, m, n, ld
     job.d_x, job.at_start, job.source, job.C, job.second = d_x, at_start, source, C, NULL
+    job.accumulate = accumulate
     share(halves_gradient_part, &job, True)
     if job.second == NULL:          # without the memory, into C at once
-        gradient_of_block(d, w, 1, m, n, d_x, ld, at_start, source, C, background)
+        gradient_of_block(d, w, 1, m, n, d_x, ld, at_start, source, C, background, True)
         return
-    add_to(m * n, <const floating*>job.second, C)
+    share(add_second_half_part, &job, True)
 
 
 cdef void halves_gradient_part(void* arg, int part, int parts) noexcept nogil:
@@ -1665,6 +1682,25 @@ cdef void halves_gradient_part(void* arg, int part, int parts) noexcept nogil:
         halves_gradient_rows(job, <float*>job.C, part, parts)
 
 
+cdef void add_second_half_part(void* arg, int part, int parts) noexcept nogil:
+    # The second half's sum into C, each thread adding the half of C's values that its
+    # update then reads (optim.pyx: update_part takes the same halves of a parameter): the
+    # two halves cross between the cores at once. Added by the calling thread alone, every
+    # value of the second half's sum came to it from the other core, and the other core
+    # then took half of C's back for its update. With this, C set rather than zeroed first
+    # (sets_weight_gradient) and the second half's sum set rather than zeroed (bench/, two
+    # threads, alternate processes, vCPUs far apart: LSTM 32,64,16,50 sequence training's
+    # backward 0.526-0.531 -> 0.485-0.489 ms, GRU's 0.386-0.389 -> 0.355-0.357; close
+    # 0.381-0.387 -> 0.376; LSTM 32,128,32,100 unchanged).
+    cdef HalvesGradient* job = <HalvesGradient*>arg
+    cdef index_t total = job.m * job.n
+    cdef index_t first = total * part // parts, end = total * (part + 1) // parts
+    if job.is_f64:
+        add_to(end - first, <const double*>job.second + first, <double*>job.C + first)
+    else:
+        add_to(end - first, <const float*>job.second + first, <float*>job.C + first)
+
+
 cdef void halves_gradient_rows(HalvesGradient* job, floating* C, int part,
                                int parts) noexcept nogil:
     cdef const Dims* d = job.d
@@ -1673,7 +1709,7 @@ cdef void halves_gradient_rows(HalvesGradient* job, floating* C, int part,
     if part == 0:
         gradient_of_block(d, job.w, 0, job.m, job.n, <const floating*>job.d_x, job.ld,
                           <const floating*>job.at_start, <const floating*>job.source, C,
-                          False)
+                          False, job.accumulate)
     if part < parts - 1:
         return
     # The second half, unless memory for its sum or its rows' addresses (which
@@ -1682,18 +1718,17 @@ cdef void halves_gradient_rows(HalvesGradient* job, floating* C, int part,
     second = <floating*>thread_buffer(BUFFER_HALF_SUM, job.m * job.n * sizeof(floating))
     if second == NULL or thread_buffer(BUFFER_STEP, d.T * rows * sizeof(floating*)) == NULL:
         return
-    memset(second, 0, job.m * job.n * sizeof(floating))
     gradient_of_block(d, job.w, 1, job.m, job.n, <const floating*>job.d_x, job.ld,
                       <const floating*>job.at_start, <const floating*>job.source, second,
-                      False)
+                      False, False)
     job.second = second
 
 
 cdef void gradient_of_block(const Dims* d, const Buffers* w, index_t block, index_t m,
                             index_t n, const floating* d_x, index_t ld,
                             const floating* at_start, const floating* source, floating* C,
-                            bint background) noexcept nogil:
-    # C (m x n) += d_xᵀ S over one half's rows of a sequence kept part by part: d_x, m of
+                            bint background, bint accumulate) noexcept nogil:
+    # C (m x n) [+]= d_xᵀ S over one half's rows of a sequence kept part by part: d_x, m of
     # every row of the half (ld apart, kept_rows), against the rows S each step saw, in
     # the batch's layout: with `at_start` (h0), step 0 saw it and step t > 0 source's
     # step t - 1 (Y); without, step t saw source's step t (X). One product over all the
@@ -1706,6 +1741,8 @@ cdef void gradient_of_block(const Dims* d, const Buffers* w, index_t block, inde
     cdef const floating** seen = <const floating**>thread_buffer(
         BUFFER_STEP, T * rows * sizeof(floating*))
     cdef const floating* step_rows
+    if seen == NULL and not accumulate:
+        memset(C, 0, m * n * sizeof(floating))
     for t in range(T):
         step_rows = (at_start + r0 * n if t < lag else source + ((t - lag) * B + r0) * n)
         if seen == NULL:
@@ -1715,12 +1752,13 @@ cdef void gradient_of_block(const Dims* d, const Buffers* w, index_t block, inde
         for i in range(rows):
             seen[t * rows + i] = step_rows + i * n
     if seen != NULL:
-        gradient_of_rows(m, n, T * rows, a, ld, seen, C, n)
+        gradient_of_rows(m, n, T * rows, a, ld, seen, C, n, accumulate)
 
 
 cdef void input_side(const Dims* d, const Buffers* w, Node* nodes, const index_t* inputs,
                      bint background, index_t width, index_t first, const floating* d_x,
-                     index_t ld, const floating* X, const floating* Wi) noexcept nogil:
+                     index_t ld, const floating* X, const floating* Wi,
+                     bint wi_set) noexcept nogil:
     # Gradients through x Wiᵀ + b of gate columns [first, first + width), whose gradient
     # d_x (T·B rows, ld apart, as kept_rows lays them) holds: Wi's rows and b's values
     # there, and X's.
@@ -1734,7 +1772,7 @@ cdef void input_side(const Dims* d, const Buffers* w, Node* nodes, const index_t
         if d.part_major:
             gradient_of_halves(d, w, width, n_in, d_x, ld, NULL, X,
                                <floating*>nodes[inputs[IN_WI]].grad + first * n_in,
-                               background)
+                               background, not wi_set)
         else:
             defer_product(floating is double, width, n_in, T * B, d_x, ld, X, n_in,
                           <floating*>nodes[inputs[IN_WI]].grad + first * n_in, n_in,

@@ -65,6 +65,10 @@ cdef bint gradient_factor(const Node* node, GradientFactor* factor) noexcept nog
 # not to write.
 cdef bint left_as_factor(const Node* node, Node* nodes) noexcept nogil
 
+# Zeroes a node's gradient buffer (the crew sharing a large one), for a backward that
+# writes a buffer first (first_write) but only adds to it.
+cdef void zero_gradient(Node* node) noexcept nogil
+
 # Whether a backward's write into node i's gradient, an input its op registered as
 # assigned, is the buffer's first: then the tape has not zeroed the buffer, and the write
 # sets every value (b = x rather than b += x) instead of adding to them. A layer's output

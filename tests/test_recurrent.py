@@ -290,6 +290,38 @@ def test_sequence_equals_steps_at_panel_sizes(kind, hidden, batch, time, dtype):
         _assert_close(results["sequence"][p], results["steps"][p], rtol=rtol, what=str(p.shape))
 
 
+# One layer's weights met by several sequences in one loss: the backward that reaches a
+# weight's gradient first sets it, the others add to it (ops_rnn: sets_weight_gradient),
+# whether they keep their rows half by half (45 or 50 steps of 13 rows: part_major) or not
+# (4 steps), and in either order. A Dense head, so that the RNN's gate gradients too go
+# half by half.
+@pytest.mark.parametrize("lengths", [(45, 4), (4, 45), (45, 50)])
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU", "GRUv3"])
+def test_sequences_sharing_weights_add_up_their_gradients(kind, lengths):
+    rng = np.random.default_rng(len(kind) + lengths[0])
+    layer = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU, "GRUv3": GRUv3}[kind](5, 37,
+                                                                         dtype=np.float64)
+    head = rc.Dense(37, 3, dtype=np.float64, rng=rng)
+    for p in rc.params(layer):
+        p.value = p.value + 0.2 * rng.standard_normal(p.shape)
+    Xs = [rc.param(rng.standard_normal((time, 13, 5))) for time in lengths]
+    seeds = [rng.standard_normal((time, 13, 3)) for time in lengths]
+    watched = [*Xs, *rc.params(layer), *rc.params(head)]
+    results = {}
+    for path in ("sequence", "steps"):
+        def loss():
+            total = 0.0
+            for X, seed in zip(Xs, seeds):
+                reset(layer)
+                Y = layer(X) if path == "sequence" else rc.stack([layer(x) for x in X])
+                total = total + rc.sum(head(Y) * seed)
+            return total
+
+        results[path] = rc.gradient(loss, watched)
+    for p in watched:
+        _assert_close(results["sequence"][p], results["steps"][p], what=str(p.shape))
+
+
 def test_sequence_then_steps_continue_the_state():
     rng = np.random.default_rng(3)
     m = LSTM(N_IN, N_OUT, dtype=np.float64)
