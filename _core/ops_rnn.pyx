@@ -211,11 +211,11 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
         # Each of the backward's buffers of one step ends with the second part's rows, and
         # the next begins with the first part's: a gap after each too, or the second
         # part's thread, streaming its rows, fetched the first part's of the next buffer,
-        # which their writer took back at every step (LSTM
-        # 32,64,16,50 sequence training, its parts' backward timed apart: the first's 164-169
-        # µs against the second's 155-160 whichever thread ran it, 205-216 against 159-162
-        # with the threads at 0.45 µs; with the gaps both 153-162. Alternate processes,
-        # threads close: the backward 0.376-0.380 -> 0.368 ms; 32,128 unchanged).
+        # which their writer took back at every step (LSTM 32,64,16,50 sequence training,
+        # its parts' backward timed apart: the first's 164-169 µs against the second's
+        # 155-160 whichever thread ran it, 205-216 against 159-162 with the threads at 0.45
+        # µs; with the gaps both 153-162. Alternate processes, threads close: the backward
+        # 0.376-0.380 -> 0.368 ms; 32,128 unchanged).
         w.dh = take(block, &used, step + 2 * gap)
         w.dc = take(block, &used, step + 2 * gap if cell == CELL_LSTM else 0)
         w.tanh_c = take(block, &used, step + 2 * gap if cell == CELL_LSTM else 0)
