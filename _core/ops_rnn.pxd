@@ -21,8 +21,7 @@ cdef enum:
     DEFERRED_INPUTS = (1 << IN_WI) | (1 << IN_WH) | (1 << IN_WH_H)
     # The input, the initial states and the weights, whose gradients backward writes
     # whole (tape.pxd: first_write; a weight's it zeroes itself where its products add).
-    WEIGHTS = (1 << IN_WI) | (1 << IN_WH) | (1 << IN_WH_H)
-    WHOLE_INPUTS = (1 << IN_X) | (1 << IN_H0) | WEIGHTS
+    WHOLE_INPUTS = (1 << IN_X) | (1 << IN_H0) | DEFERRED_INPUTS
     WHOLE_INPUTS_LSTM = WHOLE_INPUTS | (1 << IN_C0)
 
 # A cell step is a sequence of length one, so one backward serves the step and the sequence

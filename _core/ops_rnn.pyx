@@ -1607,6 +1607,7 @@ cdef void backward_kernel(Node* node, Node* nodes, const floating* dY) noexcept 
     background = weight_bytes(&d, sizeof(floating)) <= BACKGROUND_MAX_WEIGHT_BYTES
     wh_set = sets_weight_gradient(nodes, inputs[IN_WH], d.part_major)
     wi_set = sets_weight_gradient(nodes, inputs[IN_WI], d.part_major)
+    # Only the GRUv3's nodes have Wh_h: the other cells' have fewer inputs.
     sets_weight_gradient(nodes, inputs[IN_WH_H] if d.cell == CELL_GRUV3 else -1, False)
     if inputs[IN_WH] >= 0:        # step 0 saw h0, step t > 0 saw Y[t - 1]
         if d.part_major:
@@ -1695,8 +1696,8 @@ cdef void add_second_half_part(void* arg, int part, int parts) noexcept nogil:
     # update then reads (optim.pyx: update_part takes the same halves of a parameter): the
     # two halves cross between the cores at once. Added by the calling thread alone, every
     # value of the second half's sum came to it from the other core, and the other core
-    # then took half of C's back for its update. With this, C set rather than zeroed first
-    # (sets_weight_gradient) and the second half's sum set rather than zeroed (bench/, two
+    # then took half of C's back for its update. Together with C set rather than zeroed
+    # first (sets_weight_gradient) and the second half's sum set too (bench/, two
     # threads, alternate processes, vCPUs far apart: LSTM 32,64,16,50 sequence training's
     # backward 0.526-0.531 -> 0.485-0.489 ms, GRU's 0.386-0.389 -> 0.355-0.357; close
     # 0.381-0.387 -> 0.376; LSTM 32,128,32,100 unchanged).
