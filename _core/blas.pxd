@@ -21,6 +21,13 @@ cdef void gemm_grouped(Py_ssize_t group, bint trans_b, int m, int n, int k,
                        const floating* a, int lda, const floating* b, int ldb,
                        floating beta, floating* c, int ldc) noexcept nogil
 
+# A Dense layer's y = x Wᵀ + bias (bias: NULL or n values, one per column of y) for x (m x k)
+# and W (n x k), x's rows in gemm_grouped's groups, all contiguous. Where the crew shares y a
+# row at a time (few columns), each part adds the bias into the rows it writes; elsewhere y
+# is filled with the bias first, and the product adds into it.
+cdef void dense_product(Py_ssize_t group, int m, int n, int k, const floating* x,
+                        const floating* W, const floating* bias, floating* y) noexcept nogil
+
 # Whether gemm computes C (m x n) = A B over an inner size k on few_inner, a row of C at a
 # time (a Dense head's dx, dz W); few_inner_rows then computes C's rows on that kernel in
 # the calling thread, each row the same values gemm gives it, for contiguous row-major A

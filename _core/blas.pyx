@@ -57,11 +57,13 @@ cdef extern from "panel_gemm.h" nogil:
                                 const double* block, Py_ssize_t ld, double* into,
                                 Py_ssize_t into_ld, int accumulate)
     void few_columns_f(Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t lda,
-                       const float* W, Py_ssize_t ldw, float* C, Py_ssize_t ldc,
-                       int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
+                       const float* W, Py_ssize_t ldw, const float* bias, float* C,
+                       Py_ssize_t ldc, int accumulate, Py_ssize_t first_row,
+                       Py_ssize_t end_row)
     void few_columns_d(Py_ssize_t N, Py_ssize_t K, const double* A, Py_ssize_t lda,
-                       const double* W, Py_ssize_t ldw, double* C, Py_ssize_t ldc,
-                       int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
+                       const double* W, Py_ssize_t ldw, const double* bias, double* C,
+                       Py_ssize_t ldc, int accumulate, Py_ssize_t first_row,
+                       Py_ssize_t end_row)
     void few_batch_f(Py_ssize_t M, Py_ssize_t K, const float* A, Py_ssize_t lda,
                      const float* W, Py_ssize_t ldw, Py_ssize_t K2, const float* A2,
                      Py_ssize_t lda2, const float* W2, Py_ssize_t ldw2, const float* bias,
@@ -428,10 +430,12 @@ cdef void few_columns_part(void* arg, int part, int parts) noexcept nogil:
         start += group
         if p.is_f64:
             few_columns_d(p.N, p.K, <const double*>p.A, p.a_row, <const double*>p.src,
-                          p.b_row, <double*>p.C, p.ldc, p.accumulate, first, end)
+                          p.b_row, <const double*>p.bias, <double*>p.C, p.ldc, p.accumulate,
+                          first, end)
         else:
             few_columns_f(p.N, p.K, <const float*>p.A, p.a_row, <const float*>p.src,
-                          p.b_row, <float*>p.C, p.ldc, p.accumulate, first, end)
+                          p.b_row, <const float*>p.bias, <float*>p.C, p.ldc, p.accumulate,
+                          first, end)
 
 
 cdef void few_inner_part(void* arg, int part, int parts) noexcept nogil:
@@ -692,12 +696,14 @@ cdef void by_rows_of_c(crew_task part, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                       const floating* A, Py_ssize_t a_row, Py_ssize_t a_k, const floating* B,
                       Py_ssize_t b_row, floating* C, Py_ssize_t ldc,
                       bint accumulate, Py_ssize_t split_min_macs,
-                      Py_ssize_t group) noexcept nogil:
-    # A product on a kernel that works a row of C at a time (few_columns_part: B is W, N x K;
-    # few_inner_part: B is Bmat, K x N), the crew sharing C's rows from `split_min_macs` on:
-    # each part its share of every `group` rows where rows_in_groups says so.
+                      Py_ssize_t group, const floating* bias) noexcept nogil:
+    # A product on a kernel that works a row of C at a time (few_columns_part: B is W, N x K,
+    # and `bias` one per column of C, or NULL; few_inner_part: B is Bmat, K x N, no bias),
+    # the crew sharing C's rows from `split_min_macs` on: each part its share of every
+    # `group` rows where rows_in_groups says so.
     cdef Product p
     p.is_f64 = floating is double
+    p.bias = bias
     p.M, p.N, p.K, p.A, p.a_row, p.a_k, p.src, p.b_row = M, N, K, A, a_row, a_k, B, b_row
     p.C, p.ldc, p.accumulate = C, ldc, accumulate
     p.group = group if rows_in_groups(M, group) else M
@@ -779,6 +785,28 @@ cdef void gemm_grouped(Py_ssize_t group, bint trans_b, int m, int n, int k,
     product_in_groups(group, False, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
 
 
+cdef void dense_product(Py_ssize_t group, int m, int n, int k, const floating* x,
+                        const floating* W, const floating* bias, floating* y) noexcept nogil:
+    cdef Py_ssize_t r
+    if bias != NULL and few_columns_takes(False, True, n, k, sizeof(floating)):
+        by_rows_of_c(few_columns_part, m, n, k, x, k, 1, W, k, y, n, False,
+                     FEW_COLUMNS_SPLIT_MIN_MACS, group, bias)
+        return
+    if bias != NULL:
+        for r in range(m):
+            memcpy(y + r * n, bias, n * sizeof(floating))
+    product_in_groups(group, False, True, m, n, k, 1, x, k, W, k, 1 if bias != NULL else 0,
+                      y, n)
+
+
+cdef inline bint few_columns_takes(bint trans_a, bint trans_b, int n, int k,
+                                   size_t itemsize) noexcept nogil:
+    # Whether gemm computes C = A Wᵀ [+ C] on few_columns (by_rows_product), given alpha 1
+    # and beta 0 or 1.
+    return (PANEL_KERNEL and trans_b and not trans_a and n <= FEW_COLUMNS
+            and k * itemsize >= VECTOR_BYTES)
+
+
 cdef inline bint by_rows_product(Py_ssize_t group, bint trans_a, bint trans_b, int m, int n,
                                  int k, floating alpha, const floating* a, int lda,
                                  const floating* b, int ldb, floating beta, floating* c,
@@ -788,14 +816,13 @@ cdef inline bint by_rows_product(Py_ssize_t group, bint trans_a, bint trans_b, i
     cdef Py_ssize_t a_row = 1 if trans_a else lda, a_k = lda if trans_a else 1
     if not (PANEL_KERNEL and alpha == 1 and (beta == 0 or beta == 1)):
         return False
-    if (trans_b and not trans_a and n <= FEW_COLUMNS
-            and k * sizeof(floating) >= VECTOR_BYTES):
+    if few_columns_takes(trans_a, trans_b, n, k, sizeof(floating)):
         by_rows_of_c(few_columns_part, m, n, k, a, lda, 1, b, ldb, c, ldc, beta == 1,
-                     FEW_COLUMNS_SPLIT_MIN_MACS, group)
+                     FEW_COLUMNS_SPLIT_MIN_MACS, group, <const floating*>NULL)
         return True
     if not trans_b and takes_few_inner(n, k, sizeof(floating)):
         by_rows_of_c(few_inner_part, m, n, k, a, a_row, a_k, b, ldb, c, ldc, beta == 1,
-                     SPLIT_MIN_MACS, group)
+                     SPLIT_MIN_MACS, group, <const floating*>NULL)
         return True
     return False
 

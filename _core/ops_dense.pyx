@@ -6,7 +6,8 @@ import numpy as np
 from recur._core.tape cimport (Node, Tape, index_t, first_write, recording_tape, constant,
                                is_tensor, value_of, tensor_value, GradientFactor,
                                left_as_factor)
-from recur._core.blas cimport gemm, gemm_grouped, blas_int, defer_product, takes_few_inner
+from recur._core.blas cimport (gemm, gemm_grouped, dense_product, blas_int, defer_product,
+                               takes_few_inner)
 from recur._core.registry cimport OP_MATMUL, OP_DENSE
 from recur._core.pool cimport new_array, new_array_shaped
 
@@ -199,13 +200,7 @@ cdef object dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int 
 cdef void dense_forward(index_t rows, index_t group, index_t n_in, index_t n_out, int act,
                         const floating* x, const floating* W, const floating* b,
                         floating* y) noexcept nogil:
-    cdef index_t r, j
-    if b != NULL:
-        for r in range(rows):
-            for j in range(n_out):
-                y[r * n_out + j] = b[j]
-    gemm_grouped(group, True, rows, n_out, n_in, x, n_in, W, n_in, 1 if b != NULL else 0, y,
-                 n_out)
+    dense_product(group, rows, n_out, n_in, x, W, b, y)
     activate(act, rows * n_out, y)
 
 

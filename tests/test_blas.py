@@ -115,7 +115,8 @@ def test_products_with_few_columns_match_numpy(dtype, bias):
     # dW = dzᵀ x, onto as few rows, runs on another (few_rows). The sizes cover k past
     # whole vectors and below one, one row, and products the crew splits.
     # Each element is held to its dtype's rounding of the sums it adds, |A| |W|ᵀ: a single
-    # output can cancel to far below its terms.
+    # output can cancel to far below its terms. The bias is drawn, not left at its zeros:
+    # each part of a shared head adds it into the rows it writes (blas.pyx: dense_product).
     rng = np.random.default_rng(7)
     tol = 1e-13 if dtype == np.float64 else 1e-6
 
@@ -126,6 +127,8 @@ def test_products_with_few_columns_match_numpy(dtype, bias):
         for n_in in (3, 16, 17, 33, 128, 200):
             for rows in (1, 5, 300, 3000):
                 layer = rc.Dense(n_in, n_out, bias=bias, dtype=dtype, rng=rng)
+                if bias:
+                    layer.b.value = rng.standard_normal(n_out).astype(dtype)
                 x = rng.standard_normal((rows, n_in)).astype(dtype)
                 seed = rng.standard_normal((rows, n_out)).astype(dtype)
                 grads = rc.gradient(lambda: rc.sum(layer(x) * seed), rc.params(layer))
@@ -151,6 +154,7 @@ def test_a_head_over_a_sequence_equals_the_head_over_its_rows_as_one_batch(dtype
     steps, n_in = 30, 128
     for n_out in (1, 3, 4):
         layer = rc.Dense(n_in, n_out, rc.tanh, dtype=dtype, rng=rng)
+        layer.b.value = rng.standard_normal(n_out).astype(dtype)
         xs = rng.standard_normal((steps, batch, n_in)).astype(dtype)
         seed = rng.standard_normal((steps, batch, n_out)).astype(dtype)
         results = []
