@@ -181,6 +181,35 @@ def test_containers_are_what_walk_finds_but_the_leaves_in_its_order():
                                                   id(lstm.state0), id(dense)]
 
 
+def test_walk_is_a_depth_first_pass_over_what_children_names():
+    # The compiled walk (_core/walk.pyx) against the same walk written as recursion over
+    # walk.children: everything once, parents first, each container's children in order.
+    from recur.walk import children, walk
+
+    def depth_first(obj, seen):
+        if id(obj) in seen:
+            return []
+        seen.add(id(obj))
+        found = [obj]
+        for _, child in children(obj):
+            found += depth_first(child, seen)
+        return found
+
+    class Holder:
+        def __init__(self):
+            self.first = rc.Chain(rc.GRU(2, 2), rc.Dense(2, 1, rc.relu))
+            self._private = rc.Dense(1, 1)
+            self.table = {"a": self.first, 3: [1.5, None], "b": (np.ones(2), print)}
+
+    shared = rc.LSTM(2, 2)
+    model = [Holder(), {"x": shared, "y": [shared, rc.Chain(shared, rc.RNN(2, 1))]}, ()]
+    model.append(model)                 # a cycle
+    want = depth_first(model, set())
+    assert [id(x) for x in walk(model)] == [id(x) for x in want]
+    assert len(want) > 25
+    assert walk(3.0) == [3.0] and [id(x) for x in walk(shared.cell.Wi)] == [id(shared.cell.Wi)]
+
+
 @pytest.mark.parametrize("make", [lambda: rc.Dense(2, 3), lambda: rc.LSTM(2, 3),
                                   lambda: rc.GRUCell(2, 3), lambda: rc.Embedding(4, 2),
                                   lambda: rc.Chain(rc.RNN(2, 3), rc.Dense(3, 1))])
