@@ -113,7 +113,9 @@ def test_products_with_few_columns_match_numpy(dtype, bias):
     # A Wᵀ with at most 4 columns runs on its own kernel (panel_gemm.h's few_columns): a
     # Dense head's forward, and a matmul's dA = dC Bᵀ when B has that few rows. The head's
     # dW = dzᵀ x, onto as few rows, runs on another (few_rows). The sizes cover k past
-    # whole vectors and below one, one row, and products the crew splits.
+    # whole vectors and below one, one row, and products the crew splits; dW's columns come
+    # a chunk of vectors at a time and then every count of whole vectors short of one
+    # (float32's 48 and 80 inputs: 3 and 5 vectors).
     # Each element is held to its dtype's rounding of the sums it adds, |A| |W|ᵀ: a single
     # output can cancel to far below its terms. The bias is drawn, not left at its zeros:
     # each part of a shared head adds it into the rows it writes (blas.pyx: dense_product).
@@ -124,7 +126,7 @@ def test_products_with_few_columns_match_numpy(dtype, bias):
         assert np.all(np.abs(got - want) <= tol * scale + tol), np.max(np.abs(got - want) / scale)
 
     for n_out in range(1, 6):
-        for n_in in (3, 16, 17, 33, 128, 200):
+        for n_in in (3, 16, 17, 33, 48, 80, 128, 200):
             for rows in (1, 5, 300, 3000):
                 layer = rc.Dense(n_in, n_out, bias=bias, dtype=dtype, rng=rng)
                 if bias:
