@@ -220,8 +220,11 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
         w.dc = take(block, &used, step + 2 * gap if cell == CELL_LSTM else 0)
         w.tanh_c = take(block, &used, step + 2 * gap if cell == CELL_LSTM else 0)
         w.d_reset = take(block, &used, step + 2 * gap if cell == CELL_GRUV3 else 0)
+        # The RNN's gate gradients go part by part only in the backward, where its output's
+        # gradient is a product (backward_kernel): its halves' sums have their room too.
         w.d_bias = take(block, &used, 2 * itemsize * input_blocks(cell) * H + 2 * gap
-                        if d.part_major else 0)
+                        if d.part_major or (cell == CELL_RNN and halves_pay(d, itemsize))
+                        else 0)
         if d.panels and not d.shared_packing:
             w.packed_wh_back = take(block, &used,
                                     packed_bytes(itemsize, hidden_blocks(cell) * H, H))
