@@ -120,6 +120,18 @@ cdef bint keep_alone(bint alone) noexcept nogil
 # runs for the bytes [start, start + nbytes) of C, which the tape does before any node
 # reads a gradient; with start NULL, when a backward pass ends, it completes every product
 # and frees the crew.
+# C (M x N) += Aᵀ B over K rows that come in groups of `group`, a sequence's steps of a
+# batch's rows (gemm_grouped), where C has few rows (a head's dW = dzᵀ x): the first half
+# of every group's rows summed into C by the calling thread, the second half apart by the
+# helper and then added, so that each thread reads the rows a recurrence's part wrote
+# (ops_rnn.pyx: forward_part). Shared by C's columns instead, each thread read half of
+# every row, and the other core then took those lines back to write them in the next
+# forward pass. One thread sums the halves alike, in turn. False (nothing done) where the
+# product is not of that kind; A (K x M) and B (K x N) are row-major, lda and ldb apart.
+cdef bint grouped_few_rows(bint is_f64, int M, int N, int K, const void* A, int lda,
+                           const void* B, int ldb, void* C, int ldc,
+                           Py_ssize_t group) noexcept nogil
+
 cdef void defer_product(bint is_f64, int M, int N, int K, const void* A, int lda,
                         const void* B, int ldb, void* C, int ldc,
                         bint background=*) noexcept nogil

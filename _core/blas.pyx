@@ -82,10 +82,12 @@ cdef extern from "panel_gemm.h" nogil:
                      Py_ssize_t ldc, int accumulate, Py_ssize_t first_row, Py_ssize_t end_row)
     void few_rows_f(Py_ssize_t M, Py_ssize_t K, const float* A, Py_ssize_t lda,
                     const float* Bmat, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
-                    int accumulate, Py_ssize_t first_column, Py_ssize_t end_column)
+                    int accumulate, Py_ssize_t first_column, Py_ssize_t end_column,
+                    Py_ssize_t run, Py_ssize_t skip)
     void few_rows_d(Py_ssize_t M, Py_ssize_t K, const double* A, Py_ssize_t lda,
                     const double* Bmat, Py_ssize_t ldb, double* C, Py_ssize_t ldc,
-                    int accumulate, Py_ssize_t first_column, Py_ssize_t end_column)
+                    int accumulate, Py_ssize_t first_column, Py_ssize_t end_column,
+                    Py_ssize_t run, Py_ssize_t skip)
     int PANEL_f, PANEL_d, PANEL_ROWS, PANEL_GATHER_ROWS, VECTOR_BYTES, FEW_COLUMNS, FEW_INNER
     int FEW_ROWS, FEW_COLUMN_ROWS
     bint PANEL_KERNEL
@@ -93,6 +95,7 @@ cdef extern from "panel_gemm.h" nogil:
 cdef extern from "memory.h" nogil:
     int BUFFER_PACKED
     int BUFFER_TRANSPOSED
+    int BUFFER_HALF_SUM
     void* thread_buffer(int purpose, size_t nbytes)
 
 cdef extern from "deferred.h" nogil:
@@ -481,10 +484,38 @@ cdef void few_rows_part(void* arg, int part, int parts) noexcept nogil:
     cdef Py_ssize_t end = min(p.N, vectors * (part + 1) // parts * lanes)
     if p.is_f64:
         few_rows_d(p.M, p.K, <const double*>p.A, p.a_k, <const double*>p.src, p.b_row,
-                   <double*>p.C, p.ldc, p.accumulate, first, end)
+                   <double*>p.C, p.ldc, p.accumulate, first, end, p.K, 0)
     else:
         few_rows_f(p.M, p.K, <const float*>p.A, p.a_k, <const float*>p.src, p.b_row,
-                   <float*>p.C, p.ldc, p.accumulate, first, end)
+                   <float*>p.C, p.ldc, p.accumulate, first, end, p.K, 0)
+
+
+cdef void few_rows_halves_part(void* arg, int part, int parts) noexcept nogil:
+    # grouped_few_rows: alone, both halves in turn; shared, this part's. The first half's
+    # sum goes into C, the second's into its thread's buffer (p.C2: NULL without the
+    # memory, the caller then adding it into C itself).
+    cdef Product* p = <Product*>arg
+    cdef Py_ssize_t half = p.group // 2, K = p.K // 2, h
+    cdef size_t itemsize = sizeof(double) if p.is_f64 else sizeof(float)
+    cdef void* C
+    for h in range(2):
+        if parts > 1 and h != part:
+            continue
+        C = p.C
+        if h == 1:
+            C = thread_buffer(BUFFER_HALF_SUM, p.M * p.N * itemsize)
+            if C == NULL:
+                return
+        if p.is_f64:
+            few_rows_d(p.M, K, <const double*>p.A + h * half * p.a_k, p.a_k,
+                       <const double*>p.src + h * half * p.b_row, p.b_row, <double*>C,
+                       p.ldc if h == 0 else p.N, h == 0, 0, p.N, half, half)
+        else:
+            few_rows_f(p.M, K, <const float*>p.A + h * half * p.a_k, p.a_k,
+                       <const float*>p.src + h * half * p.b_row, p.b_row, <float*>C,
+                       p.ldc if h == 0 else p.N, h == 0, 0, p.N, half, half)
+        if h == 1:
+            p.C2 = C
 
 
 cdef inline bint takes_few_rows(Py_ssize_t m, Py_ssize_t n, size_t itemsize) noexcept nogil:
@@ -708,6 +739,37 @@ cdef void by_rows_of_c(crew_task part, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     p.C, p.ldc, p.accumulate = C, ldc, accumulate
     p.group = group if rows_in_groups(M, group) else M
     crew_run(part, &p, M >= 2 and M * N * K >= split_min_macs)
+
+
+cdef bint grouped_few_rows(bint is_f64, int M, int N, int K, const void* A, int lda,
+                           const void* B, int ldb, void* C, int ldc,
+                           Py_ssize_t group) noexcept nogil:
+    cdef Product p
+    cdef Py_ssize_t i, j
+    if not (takes_few_rows(M, N, sizeof(double) if is_f64 else sizeof(float))
+            and rows_in_groups(K, group)):
+        return False
+    settle_deferred(C, deferred_extent(M, N, ldc, is_f64))
+    p.is_f64, p.M, p.N, p.K, p.group = is_f64, M, N, K, group
+    p.A, p.a_k, p.src, p.b_row, p.C, p.ldc, p.C2 = A, lda, B, ldb, C, ldc, NULL
+    crew_run(few_rows_halves_part, &p, <double>M * N * K >= SPLIT_MIN_MACS)
+    if p.C2 == NULL:        # without the memory for its sum, the second half into C
+        if is_f64:
+            few_rows_d(M, K // 2, <const double*>A + group // 2 * lda, lda,
+                       <const double*>B + group // 2 * ldb, ldb, <double*>C, ldc, True, 0,
+                       N, group // 2, group // 2)
+        else:
+            few_rows_f(M, K // 2, <const float*>A + group // 2 * lda, lda,
+                       <const float*>B + group // 2 * ldb, ldb, <float*>C, ldc, True, 0,
+                       N, group // 2, group // 2)
+        return True
+    for i in range(M):
+        for j in range(N):
+            if is_f64:
+                (<double*>C)[i * ldc + j] += (<const double*>p.C2)[i * N + j]
+            else:
+                (<float*>C)[i * ldc + j] += (<const float*>p.C2)[i * N + j]
+    return True
 
 
 cdef void few_rows_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,

@@ -46,7 +46,7 @@ enum {
                                   single step's scratch in the backward pass (ops_rnn) */
     BUFFER_STEP,               /* a recorded step's scratch within one part (ops_rnn) */
     BUFFER_HALF_SUM,           /* a sequence's second half's weight gradient, before it is
-                                  added (ops_rnn) */
+                                  added (ops_rnn; a head's: blas.pyx) */
     BUFFER_OUTPUT_GRADIENT,    /* a step's rows of a sequence's output gradient computed
                                   from the product standing for it (ops_rnn) */
     THREAD_BUFFERS

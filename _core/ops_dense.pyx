@@ -7,7 +7,7 @@ from recur._core.tape cimport (Node, Tape, index_t, first_write, recording_tape,
                                is_tensor, value_of, tensor_value, GradientFactor,
                                left_as_factor)
 from recur._core.blas cimport (gemm, gemm_grouped, dense_product, blas_int, defer_product,
-                               takes_few_inner)
+                               grouped_few_rows, takes_few_inner)
 from recur._core.registry cimport OP_MATMUL, OP_DENSE
 from recur._core.pool cimport new_array, new_array_shaped
 
@@ -226,8 +226,11 @@ cdef void dense_backward_kernel(Node* node, Node* nodes, const floating* dy) noe
         # which spent more time copying the operands than multiplying (RNN 32,128,32,100
         # stepwise training, one thread: 17% of the backward pass in the BLAS's copies and
         # kernel; in-process alternation, two threads: 3-10% faster deferred).
-        defer_product(floating is double, n_out, n_in, rows, dz, n_out, node.in_values[0],
-                      n_in, nodes[node.inputs[1]].grad, n_in)
+        if not grouped_few_rows(floating is double, n_out, n_in, rows, dz, n_out,
+                                node.in_values[0], n_in, nodes[node.inputs[1]].grad, n_in,
+                                node.ints[5]):
+            defer_product(floating is double, n_out, n_in, rows, dz, n_out,
+                          node.in_values[0], n_in, nodes[node.inputs[1]].grad, n_in)
     if node.ints[4] and node.inputs[2] >= 0:   # db += Σ_rows dz
         db = <floating*>nodes[node.inputs[2]].grad
         for r in range(rows):

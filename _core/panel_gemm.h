@@ -201,12 +201,13 @@ lanes_out_d(double* c, __m512d v, const int rows, int accumulate)
 #endif
 #define FEW_ROWS_CASE(suffix, m)                                                            \
     case m: few_rows_block_##suffix(m, K, A, lda, Bmat, ldb, C, ldc, accumulate,            \
-                                    first_column, end_column);                              \
+                                    first_column, end_column, run, skip);                   \
             break;
 /* The whole vectors of columns short of a chunk, in one pass over k (few_rows_block): the
  * cases of 3 vectors and more exist only where a chunk is wider. */
 #define FEW_ROWS_REST(suffix, v)                                                            \
-    case v: few_rows_chunk_##suffix(M, v, K, A, lda, Bmat, ldb, C, ldc, accumulate, j);     \
+    case v: few_rows_chunk_##suffix(M, v, K, A, lda, Bmat, ldb, C, ldc, accumulate, j, run, \
+                                    skip);                                                  \
             j += v * LANES_##suffix;                                                        \
             break;
 #if FEW_ROWS_VECTORS > 3
@@ -845,12 +846,14 @@ static void few_inner_##suffix(ptrdiff_t K, ptrdiff_t N, const scalar* A, ptrdif
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-/* `vectors` vectors of C's columns from column j on, in all of C's M rows, [+]= the same  \
- * columns of Aᵀ Bmat: each row of Bmat meets them all in registers. */                     \
+/* `vectors` vectors of C's columns from column j on, in all of C's M rows, [+]= the same   \
+ * columns of Aᵀ Bmat: each row of Bmat meets them all in registers. The K rows of A and    \
+ * Bmat come in runs of `run`, each `skip` rows past the end of the last (few_rows). */     \
 static inline __attribute__((always_inline)) void                                           \
 few_rows_chunk_##suffix(const int M, const int vectors, ptrdiff_t K, const scalar* A,       \
                         ptrdiff_t lda, const scalar* Bmat, ptrdiff_t ldb, scalar* C,        \
-                        ptrdiff_t ldc, int accumulate, ptrdiff_t j)                         \
+                        ptrdiff_t ldc, int accumulate, ptrdiff_t j, ptrdiff_t run,          \
+                        ptrdiff_t skip)                                                     \
 {                                                                                           \
     vec_##suffix acc[FEW_ROWS][FEW_ROWS_VECTORS];                                           \
     scalar* c = C + j;                                                                      \
@@ -860,11 +863,12 @@ few_rows_chunk_##suffix(const int M, const int vectors, ptrdiff_t K, const scala
                                    : (vec_##suffix){0};                                     \
     const scalar* a = A;                                                                    \
     const scalar* b = Bmat + j;                                                             \
-    for (ptrdiff_t k = 0; k < K; k++, a += lda, b += ldb)                                   \
-        for (int v = 0; v < vectors; v++) {                                                 \
-            vec_##suffix row = *(const vec_##suffix*)(b + v * LANES_##suffix);              \
-            for (int i = 0; i < M; i++) acc[i][v] += a[i] * row;                            \
-        }                                                                                   \
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += run, a += skip * lda, b += skip * ldb)             \
+        for (ptrdiff_t k = 0; k < run; k++, a += lda, b += ldb)                             \
+            for (int v = 0; v < vectors; v++) {                                             \
+                vec_##suffix row = *(const vec_##suffix*)(b + v * LANES_##suffix);          \
+                for (int i = 0; i < M; i++) acc[i][v] += a[i] * row;                        \
+            }                                                                               \
     for (int i = 0; i < M; i++)                                                             \
         for (int v = 0; v < vectors; v++)                                                   \
             *(vec_##suffix*)(c + i * ldc + v * LANES_##suffix) = acc[i][v];                 \
@@ -876,15 +880,16 @@ few_rows_chunk_##suffix(const int M, const int vectors, ptrdiff_t K, const scala
  * accumulators, 3 for a head of 3 outputs, each pass waited on its FMAs' latency (Zen 4,   \
  * one thread, 3 x 3200 x 128, half the columns as the crew shares them: 26.4 µs). */       \
 static inline __attribute__((always_inline)) void                                           \
-few_rows_block_##suffix(const int M, ptrdiff_t K, const scalar* A, ptrdiff_t lda,          \
+few_rows_block_##suffix(const int M, ptrdiff_t K, const scalar* A, ptrdiff_t lda,           \
                         const scalar* Bmat, ptrdiff_t ldb, scalar* C, ptrdiff_t ldc,        \
-                        int accumulate, ptrdiff_t first_column, ptrdiff_t end_column)       \
+                        int accumulate, ptrdiff_t first_column, ptrdiff_t end_column,       \
+                        ptrdiff_t run, ptrdiff_t skip)                                      \
 {                                                                                           \
     const ptrdiff_t chunk = FEW_ROWS_VECTORS * LANES_##suffix;                              \
     ptrdiff_t j = first_column;                                                             \
     for (; j + chunk <= end_column; j += chunk)                                             \
         few_rows_chunk_##suffix(M, FEW_ROWS_VECTORS, K, A, lda, Bmat, ldb, C, ldc,          \
-                                accumulate, j);                                             \
+                                accumulate, j, run, skip);                                  \
     switch ((end_column - j) / LANES_##suffix) {                                            \
     FEW_ROWS_WIDE_RESTS(suffix)                                                             \
     FEW_ROWS_REST(suffix, 2) FEW_ROWS_REST(suffix, 1)                                       \
@@ -892,26 +897,32 @@ few_rows_block_##suffix(const int M, ptrdiff_t K, const scalar* A, ptrdiff_t lda
     for (; j < end_column; j++)                                                             \
         for (int i = 0; i < M; i++) {                                                       \
             scalar sum = accumulate ? C[i * ldc + j] : 0;                                   \
-            for (ptrdiff_t k = 0; k < K; k++) sum += A[k * lda + i] * Bmat[k * ldb + j];    \
+            const scalar* a = A + i;                                                        \
+            const scalar* b = Bmat + j;                                                     \
+            for (ptrdiff_t k0 = 0; k0 < K; k0 += run, a += skip * lda, b += skip * ldb)     \
+                for (ptrdiff_t k = 0; k < run; k++, a += lda, b += ldb) sum += *a * *b;     \
             C[i * ldc + j] = sum;                                                           \
         }                                                                                   \
 }                                                                                           \
                                                                                             \
-/* C (M x N) [+]= Aᵀ Bmat for M <= FEW_ROWS, A (K x M, A[k][i] = A[k * lda + i]) and a     \
+/* C (M x N) [+]= Aᵀ Bmat for M <= FEW_ROWS, A (K x M, A[k][i] = A[k * lda + i]) and a      \
  * row-major Bmat (K x N, ldb apart), on C's columns [first_column, end_column): the weight \
  * gradient of a layer with few outputs, a Dense head's dW = dzᵀ x. Neither operand is      \
  * packed. On the panels Bmat was packed whole for C's few rows: in RNN 32,128,32,100       \
- * stepwise training the head's 3 x 128 gradient, 8 steps deferred at a time, took 0.23 ms \
+ * stepwise training the head's 3 x 128 gradient, 8 steps deferred at a time, took 0.23 ms  \
  * of a 4.2 ms training step (Xeon AVX-512, two threads; bench/, medians of alternate       \
- * processes: that case 4.23 -> 4.06 ms, GRU 8.79 -> 8.56). */                              \
+ * processes: that case 4.23 -> 4.06 ms, GRU 8.79 -> 8.56). The K rows of A and Bmat come   \
+ * in runs of `run` (a divisor of K; K for all of them in a row), each `skip` rows past     \
+ * the end of the last: a part's share of every step's rows (blas.pyx: grouped_few_rows). */ \
 static void few_rows_##suffix(ptrdiff_t M, ptrdiff_t K, const scalar* A, ptrdiff_t lda,     \
                               const scalar* Bmat, ptrdiff_t ldb, scalar* C, ptrdiff_t ldc,  \
-                              int accumulate, ptrdiff_t first_column, ptrdiff_t end_column) \
+                              int accumulate, ptrdiff_t first_column, ptrdiff_t end_column, \
+                              ptrdiff_t run, ptrdiff_t skip)                                \
 {                                                                                           \
     switch (M) {                                                                            \
     FEW_ROWS_CASE(suffix, 1) FEW_ROWS_CASE(suffix, 2) FEW_ROWS_CASE(suffix, 3)              \
     default: few_rows_block_##suffix(FEW_ROWS, K, A, lda, Bmat, ldb, C, ldc, accumulate,    \
-                                     first_column, end_column);                             \
+                                     first_column, end_column, run, skip);                  \
     }                                                                                       \
 }                                                                                           \
                                                                                             \

@@ -151,9 +151,12 @@ def test_a_head_over_a_sequence_equals_the_head_over_its_rows_as_one_batch(dtype
     # its dx (few_inner) by each step's batch, half of every step's rows to each thread,
     # where B is a multiple of 8 from 16 on (16, 24, 32, 40 here); over the same rows as
     # one (T B, F) batch, by halves of them all. Each row's sums are the same either way,
-    # so the two agree bit for bit: forward, dx and the weights' gradients.
+    # so the two agree bit for bit: forward, dx and the bias's gradient. The weights'
+    # gradient over a sequence sums each half of the steps' rows apart (grouped_few_rows),
+    # so it agrees to the rounding of its sums, |dz|ᵀ |x|.
     rng = np.random.default_rng(batch)
     steps, n_in = 30, 128
+    tol = 1e-13 if dtype == np.float64 else 1e-6
     for n_out in (1, 3, 4):
         layer = rc.Dense(n_in, n_out, rc.tanh, dtype=dtype, rng=rng)
         layer.b.value = rng.standard_normal(n_out).astype(dtype)
@@ -164,15 +167,44 @@ def test_a_head_over_a_sequence_equals_the_head_over_its_rows_as_one_batch(dtype
             x_param = rc.param(x)
             y = np.asarray(layer(x))
             grads = rc.gradient(lambda: rc.sum(layer(x_param) * s),
-                                [x_param, *rc.params(layer)])
+                                [x_param, layer.W, layer.b])
             results.append([y.reshape(-1, n_out), grads[x_param].reshape(-1, n_in),
-                            *(grads[p] for p in rc.params(layer))])
-        for sequence, flat in zip(*results):
+                            grads[layer.b], grads[layer.W]])
+        for sequence, flat in zip(results[0][:3], results[1][:3]):
             np.testing.assert_array_equal(sequence, flat)
+        y64 = results[1][0].astype(np.float64)
+        dz = (seed.reshape(-1, n_out) * (1 - y64 ** 2))      # through tanh
+        x64 = xs.reshape(-1, n_in).astype(np.float64)
+        scale = np.abs(dz).T @ np.abs(x64)
+        for dW in (results[0][3], results[1][3]):
+            assert np.all(np.abs(dW - dz.T @ x64) <= tol * scale + tol)
         # and against float64's sums
         W, b = (np.asarray(p.value).astype(np.float64) for p in rc.params(layer))
         want = np.tanh(xs.reshape(-1, n_in).astype(np.float64) @ W.T + b)
         np.testing.assert_allclose(results[0][0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_heads_weight_gradient_over_a_sequence_is_the_same_on_one_thread_and_two():
+    # Each half of the steps' rows summed apart, by the thread whose part of the
+    # recurrence wrote them, and on one thread the same halves in turn: the same bits.
+    if (os.cpu_count() or 1) < 2 or not PANEL_KERNEL_BUILT:
+        pytest.skip("needs two CPUs and the crew")
+    code = """
+        import numpy as np
+        import recur as rc
+        rng = np.random.default_rng(5)
+        for dtype in (np.float32, np.float64):
+            for n_out, n_in, batch in [(3, 128, 32), (1, 64, 16), (4, 200, 24)]:
+                layer = rc.Dense(n_in, n_out, dtype=dtype, rng=rng)
+                x = rng.standard_normal((40, batch, n_in)).astype(dtype)
+                seed = rng.standard_normal((40, batch, n_out)).astype(dtype)
+                dW = rc.gradient(lambda: rc.sum(layer(x) * seed), [layer.W])[layer.W]
+                print(np.asarray(dW).tobytes().hex())
+    """
+    alone, shared = _run(code, {"RECUR_NUM_THREADS": "1"}), _run(code, {"RECUR_NUM_THREADS": ""})
+    assert alone.returncode == 0 and shared.returncode == 0, alone.stderr + shared.stderr
+    assert len(alone.stdout.split()) == 6
+    assert alone.stdout == shared.stdout
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
