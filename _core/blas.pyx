@@ -265,6 +265,8 @@ ctypedef struct Product:
     Py_ssize_t unit
     # by_rows_of_c's rows go by groups of this many, each part taking its share of each
     Py_ssize_t group
+    # grouped_few_rows: where the second half's sum went (NULL: nowhere yet)
+    void* half_sum
 
 
 cdef void product_part(void* arg, int part, int parts) noexcept nogil:
@@ -492,30 +494,32 @@ cdef void few_rows_part(void* arg, int part, int parts) noexcept nogil:
 
 cdef void few_rows_halves_part(void* arg, int part, int parts) noexcept nogil:
     # grouped_few_rows: alone, both halves in turn; shared, this part's. The first half's
-    # sum goes into C, the second's into its thread's buffer (p.C2: NULL without the
-    # memory, the caller then adding it into C itself).
+    # sum goes into C, the second's into its thread's buffer (p.half_sum; without the
+    # memory it stays NULL, and the caller adds that half into C itself).
     cdef Product* p = <Product*>arg
-    cdef Py_ssize_t half = p.group // 2, K = p.K // 2, h
     cdef size_t itemsize = sizeof(double) if p.is_f64 else sizeof(float)
-    cdef void* C
-    for h in range(2):
-        if parts > 1 and h != part:
-            continue
-        C = p.C
-        if h == 1:
-            C = thread_buffer(BUFFER_HALF_SUM, p.M * p.N * itemsize)
-            if C == NULL:
-                return
-        if p.is_f64:
-            few_rows_d(p.M, K, <const double*>p.A + h * half * p.a_k, p.a_k,
-                       <const double*>p.src + h * half * p.b_row, p.b_row, <double*>C,
-                       p.ldc if h == 0 else p.N, h == 0, 0, p.N, half, half)
-        else:
-            few_rows_f(p.M, K, <const float*>p.A + h * half * p.a_k, p.a_k,
-                       <const float*>p.src + h * half * p.b_row, p.b_row, <float*>C,
-                       p.ldc if h == 0 else p.N, h == 0, 0, p.N, half, half)
-        if h == 1:
-            p.C2 = C
+    cdef void* second
+    if parts == 1 or part == 0:
+        few_rows_half(p, 0, p.C, p.ldc, True)
+    if parts == 1 or part == 1:
+        second = thread_buffer(BUFFER_HALF_SUM, p.M * p.N * itemsize)
+        if second != NULL:
+            few_rows_half(p, 1, second, p.N, False)
+            p.half_sum = second
+
+
+cdef inline void few_rows_half(const Product* p, Py_ssize_t h, void* C, Py_ssize_t ldc,
+                               bint accumulate) noexcept nogil:
+    # C (M x N, ldc apart) [+]= Aᵀ B over half h of every group's rows.
+    cdef Py_ssize_t half = p.group // 2
+    if p.is_f64:
+        few_rows_d(p.M, p.K // 2, <const double*>p.A + h * half * p.a_k, p.a_k,
+                   <const double*>p.src + h * half * p.b_row, p.b_row, <double*>C, ldc,
+                   accumulate, 0, p.N, half, half)
+    else:
+        few_rows_f(p.M, p.K // 2, <const float*>p.A + h * half * p.a_k, p.a_k,
+                   <const float*>p.src + h * half * p.b_row, p.b_row, <float*>C, ldc,
+                   accumulate, 0, p.N, half, half)
 
 
 cdef inline bint takes_few_rows(Py_ssize_t m, Py_ssize_t n, size_t itemsize) noexcept nogil:
@@ -745,31 +749,29 @@ cdef bint grouped_few_rows(bint is_f64, int M, int N, int K, const void* A, int 
                            const void* B, int ldb, void* C, int ldc,
                            Py_ssize_t group) noexcept nogil:
     cdef Product p
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t i
     if not (takes_few_rows(M, N, sizeof(double) if is_f64 else sizeof(float))
             and rows_in_groups(K, group)):
         return False
     settle_deferred(C, deferred_extent(M, N, ldc, is_f64))
     p.is_f64, p.M, p.N, p.K, p.group = is_f64, M, N, K, group
-    p.A, p.a_k, p.src, p.b_row, p.C, p.ldc, p.C2 = A, lda, B, ldb, C, ldc, NULL
+    p.A, p.a_k, p.src, p.b_row, p.C, p.ldc, p.half_sum = A, lda, B, ldb, C, ldc, NULL
     crew_run(few_rows_halves_part, &p, <double>M * N * K >= SPLIT_MIN_MACS)
-    if p.C2 == NULL:        # without the memory for its sum, the second half into C
-        if is_f64:
-            few_rows_d(M, K // 2, <const double*>A + group // 2 * lda, lda,
-                       <const double*>B + group // 2 * ldb, ldb, <double*>C, ldc, True, 0,
-                       N, group // 2, group // 2)
-        else:
-            few_rows_f(M, K // 2, <const float*>A + group // 2 * lda, lda,
-                       <const float*>B + group // 2 * ldb, ldb, <float*>C, ldc, True, 0,
-                       N, group // 2, group // 2)
+    if p.half_sum == NULL:
+        few_rows_half(&p, 1, C, ldc, True)
         return True
     for i in range(M):
-        for j in range(N):
-            if is_f64:
-                (<double*>C)[i * ldc + j] += (<const double*>p.C2)[i * N + j]
-            else:
-                (<float*>C)[i * ldc + j] += (<const float*>p.C2)[i * N + j]
+        if is_f64:
+            add_row(N, <const double*>p.half_sum + i * N, <double*>C + i * ldc)
+        else:
+            add_row(N, <const float*>p.half_sum + i * N, <float*>C + i * ldc)
     return True
+
+
+cdef inline void add_row(Py_ssize_t n, const floating* src, floating* dst) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        dst[j] += src[j]
 
 
 cdef void few_rows_product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
