@@ -8,8 +8,8 @@
 
 from cpython.long cimport PyLong_FromVoidPtr
 
-# What walk.py's _kind says a type is (its _LEAF, _SEQUENCE, ... in this order).
-cdef enum:
+# What walk.py's _kind says a type is; walk.py takes its codes from here.
+cpdef enum:
     LEAF
     SEQUENCE
     MAPPING

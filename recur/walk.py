@@ -16,7 +16,9 @@ _LEAVES = (str, bytes, int, float, complex, bool, type(None), np.ndarray, np.gen
 # the model on every training step. With these kinds and one loop (rather than generators
 # nested as deep as the model), resetting Chain(RNN(32, 64), Dense(64, 3)) took 7.8 µs
 # rather than 9.9, before the loop was compiled (_reachable).
-_LEAF, _SEQUENCE, _MAPPING, _OWN, _ATTRIBUTES = range(5)
+_LEAF, _SEQUENCE, _MAPPING, _OWN, _ATTRIBUTES = (_core_walk.LEAF, _core_walk.SEQUENCE,
+                                                  _core_walk.MAPPING, _core_walk.OWN,
+                                                  _core_walk.ATTRIBUTES)
 _KINDS = {}
 
 
