@@ -856,6 +856,12 @@ cdef void dense_product(Py_ssize_t group, int m, int n, int k, const floating* x
         by_rows_of_c(few_columns_part, m, n, k, x, k, 1, W, k, y, n, False,
                      FEW_COLUMNS_SPLIT_MIN_MACS, group, bias)
         return
+    # A batch of fewer rows than the panels take, on W read in place: the bias joins the
+    # kernel's sums as a recurrent step's does (gates_product, with no second product).
+    if bias != NULL and gates_product(m, n, k, x, k, W, 0, <const floating*>NULL, 0,
+                                      <const floating*>NULL, bias, y, n, n,
+                                      <floating*>NULL):
+        return
     if bias != NULL:
         for r in range(m):
             memcpy(y + r * n, bias, n * sizeof(floating))

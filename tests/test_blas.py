@@ -84,10 +84,15 @@ def test_every_row_count_up_to_three_blocks_matches_numpy(dtype):
         _close(dB, a64.T @ seed64, dtype)
 
 
-def test_dense_layer_on_the_panel_path_matches_numpy():
+@pytest.mark.parametrize("rows", [3, 70, 300])
+def test_dense_layer_on_the_panel_path_matches_numpy(rows):
+    # Below the panels' row count the bias joins the transposed kernel's sums (a batch of
+    # few rows, few_batch's); from there on y is filled with it first. The bias is drawn,
+    # not left at its zeros.
     rng = np.random.default_rng(3)
     layer = rc.Dense(300, 200, rc.tanh, dtype=np.float64)
-    x = rng.standard_normal((70, 300))
+    layer.b.value = rng.standard_normal(200)
+    x = rng.standard_normal((rows, 300))
     want = np.tanh(x @ np.asarray(layer.W).T + np.asarray(layer.b))
     _close(np.asarray(layer(x)), want, np.float64)
 
@@ -101,6 +106,7 @@ def test_weights_whose_rows_lie_4_kb_apart_match_numpy(dtype):
     rng = np.random.default_rng(n_in)
     for n_out in (37, 203):
         layer = rc.Dense(n_in, n_out, dtype=dtype)
+        layer.b.value = rng.standard_normal(n_out).astype(dtype)
         W, b = np.asarray(layer.W).astype(np.float64), np.asarray(layer.b).astype(np.float64)
         for rows in (1, 7, 16, 33):
             x = rng.standard_normal((rows, n_in)).astype(dtype)
