@@ -23,8 +23,9 @@ cdef void gemm_grouped(Py_ssize_t group, bint trans_b, int m, int n, int k,
 
 # A Dense layer's y = x Wᵀ + bias (bias: NULL or n values, one per column of y) for x (m x k)
 # and W (n x k), x's rows in gemm_grouped's groups, all contiguous. Where the crew shares y a
-# row at a time (few columns), each part adds the bias into the rows it writes; elsewhere y
-# is filled with the bias first, and the product adds into it.
+# row at a time (few columns), each part adds the bias into the rows it writes; on W read in
+# place (fewer rows than the panels take) the kernel adds it to its sums; elsewhere y is
+# filled with the bias first, and the product adds into it.
 cdef void dense_product(Py_ssize_t group, int m, int n, int k, const floating* x,
                         const floating* W, const floating* bias, floating* y) noexcept nogil
 
