@@ -121,6 +121,9 @@ cdef bint keep_alone(bint alone) noexcept nogil
 # runs for the bytes [start, start + nbytes) of C, which the tape does before any node
 # reads a gradient; with start NULL, when a backward pass ends, it completes every product
 # and frees the crew.
+# dst[0, n) += src[0, n).
+cdef void add_to(Py_ssize_t n, const floating* src, floating* dst) noexcept nogil
+
 # C (M x N) += Aᵀ B over K rows that come in groups of `group`, a sequence's steps of a
 # batch's rows (gemm_grouped), where C has few rows (a head's dW = dzᵀ x): the first half
 # of every group's rows summed into C by the calling thread, the second half apart by the

@@ -762,13 +762,13 @@ cdef bint grouped_few_rows(bint is_f64, int M, int N, int K, const void* A, int 
         return True
     for i in range(M):
         if is_f64:
-            add_row(N, <const double*>p.half_sum + i * N, <double*>C + i * ldc)
+            add_to(N, <const double*>p.half_sum + i * N, <double*>C + i * ldc)
         else:
-            add_row(N, <const float*>p.half_sum + i * N, <float*>C + i * ldc)
+            add_to(N, <const float*>p.half_sum + i * N, <float*>C + i * ldc)
     return True
 
 
-cdef inline void add_row(Py_ssize_t n, const floating* src, floating* dst) noexcept nogil:
+cdef void add_to(Py_ssize_t n, const floating* src, floating* dst) noexcept nogil:
     cdef Py_ssize_t j
     for j in range(n):
         dst[j] += src[j]

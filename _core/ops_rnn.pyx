@@ -33,7 +33,7 @@ from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, p
                                pack_stacked, panel_product, gates_product, share,
                                defer_product, gradient_of_rows, packed_for_backward,
                                keep_alone, wide_vectors, reads_batch_in_place,
-                               few_inner_rows)
+                               few_inner_rows, add_to)
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
@@ -1869,12 +1869,6 @@ cdef inline floating sigmoid_slope(floating s) noexcept nogil:
 
 cdef inline floating tanh_slope(floating t) noexcept nogil:
     return <floating>1 - t * t
-
-
-cdef void add_to(index_t n, const floating* src, floating* dst) noexcept nogil:
-    cdef index_t k
-    for k in range(n):
-        dst[k] += src[k]
 
 
 cdef void add_column_sums(index_t rows, index_t n, const floating* m, floating* out) noexcept nogil:
