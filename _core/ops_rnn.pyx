@@ -177,23 +177,24 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     # inference, threads far apart, in a build timing each phase of a part's steps: the
     # first part's elementwise passes over the 50 steps 83 -> 62 µs, its stage copies 9.0
     # -> 6.8, the whole call 240 -> 227, medians of 8 and 10 processes; close, 168 -> 167
-    # over 55 each).
-    cdef size_t after = 0 if recording else gap
+    # over 55 each). The gates, c and the GRUv3's r ⊙ h are of one step in inference only.
+    cdef size_t after_one_step = 0 if recording else gap
     memset(w, 0, sizeof(Buffers))
     w.split_gap, w.kept_gap = gap, kept_gap
     # Backward reads every step's gates; inference needs only the current step's.
     w.gates = Y if cell == CELL_RNN else take(block, &used, all_gates + kept_gap if recording
                                               else itemsize * d.B * input_blocks(d.cell) * d.H
-                                              + 2 * gap)
+                                              + gap + after_one_step)
     # A recorded single step's c is the second half of its value, (h, c): kept there, it
     # is written once rather than into a buffer of its own and then copied.
     if recording and d.T == 1 and cell == CELL_LSTM:
         w.cells = <char*>Y + step if Y != NULL else NULL
     else:
-        w.cells = take(block, &used, kept + kept_gap + after if cell == CELL_LSTM else 0)
+        w.cells = take(block, &used,
+                       kept + kept_gap + after_one_step if cell == CELL_LSTM else 0)
     # The GRU keeps h Wh_nᵀ for backward; GRUv3 needs r ⊙ h in inference too.
-    w.hidden = take(block, &used, kept + kept_gap + after if (cell == CELL_GRU and recording)
-                    or cell == CELL_GRUV3 else 0)
+    w.hidden = take(block, &used, kept + kept_gap + after_one_step
+                    if (cell == CELL_GRU and recording) or cell == CELL_GRUV3 else 0)
     # h Whᵀ of one step; stacked, only h Wh_nᵀ, which a recording writes to `hidden`.
     w.hidden_proj = take(block, &used, 0 if cell != CELL_GRU or (stacks(d) and recording)
                          else (step if stacks(d) else 3 * step) + 2 * gap)
