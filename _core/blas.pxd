@@ -114,13 +114,6 @@ cdef void share(crew_task task, void* arg, bint split) noexcept nogil
 # work too small to pay for moving its data between two cores); returns the previous value.
 cdef bint keep_alone(bint alone) noexcept nogil
 
-# Weight gradients of step-by-step recurrences, deferred (deferred.h): C (M x N) += Aᵀ B for
-# A (K x M) and B (K x N), computed now when K is deep enough, else later in one product
-# with the next steps' segments, by the crew's helper in the background where the caller
-# says so and the helper is free. The operands must stay unchanged until flush_deferred
-# runs for the bytes [start, start + nbytes) of C, which the tape does before any node
-# reads a gradient; with start NULL, when a backward pass ends, it completes every product
-# and frees the crew.
 # dst[0, n) += src[0, n).
 cdef void add_to(Py_ssize_t n, const floating* src, floating* dst) noexcept nogil
 
@@ -136,6 +129,13 @@ cdef bint grouped_few_rows(bint is_f64, int M, int N, int K, const void* A, int 
                            const void* B, int ldb, void* C, int ldc,
                            Py_ssize_t group) noexcept nogil
 
+# Weight gradients of step-by-step recurrences, deferred (deferred.h): C (M x N) += Aᵀ B for
+# A (K x M) and B (K x N), computed now when K is deep enough, else later in one product
+# with the next steps' segments, by the crew's helper in the background where the caller
+# says so and the helper is free. The operands must stay unchanged until flush_deferred
+# runs for the bytes [start, start + nbytes) of C, which the tape does before any node
+# reads a gradient; with start NULL, when a backward pass ends, it completes every product
+# and frees the crew.
 cdef void defer_product(bint is_f64, int M, int N, int K, const void* A, int lda,
                         const void* B, int ldb, void* C, int ldc,
                         bint background=*) noexcept nogil

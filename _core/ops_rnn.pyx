@@ -195,7 +195,8 @@ cdef size_t carve(Buffers* w, char* block, const Dims* d, bint recording, size_t
     # The GRU keeps h Wh_nᵀ for backward; GRUv3 needs r ⊙ h in inference too.
     w.hidden = take(block, &used, kept + kept_gap + after_one_step
                     if (cell == CELL_GRU and recording) or cell == CELL_GRUV3 else 0)
-    # h Whᵀ of one step; stacked, only h Wh_nᵀ, which a recording writes to `hidden`.
+    # h Whᵀ of one step, in a recording too (so a gap after it always); stacked, only
+    # h Wh_nᵀ, which a recording writes to `hidden`.
     w.hidden_proj = take(block, &used, 0 if cell != CELL_GRU or (stacks(d) and recording)
                          else (step if stacks(d) else 3 * step) + 2 * gap)
     w.h0 = take(block, &used, step) if d.h_broadcast else h0
