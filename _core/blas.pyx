@@ -584,10 +584,11 @@ cdef void product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
     p.panels = panel_count(p.is_f64, N)
     p.A, p.packed, p.b_row, p.panel_stride = A, <void*>panels, b_row, panel_stride
     p.C, p.accumulate = C, accumulate
-    # Units of rows where the kernel gathers blocks of A (panel_gemm): a unit of panels
-    # would gather all of A again (RNN 32,128,32,100 training, whose weight gradients
-    # have 22 blocks of rows: 9% slower in units of one panel). Where A is read in place,
-    # units of panels; `panel_units` units of them where the caller says.
+    # Units of rows where A is transposed or tall, whose blocks the kernel may gather
+    # (panel_gemm): a unit of panels would gather all of A again (RNN 32,128,32,100
+    # training, whose weight gradients have 22 blocks of rows: 9% slower in units of one
+    # panel). A step's rows, read in place, go in units of panels; `panel_units` units of
+    # them where the caller says.
     row_blocks = (M + PANEL_ROWS - 1) // PANEL_ROWS
     p.by_rows = (panel_units == 0 and ((a_k != 1 or a_columns != NULL
                                         or M >= PANEL_GATHER_ROWS) and row_blocks >= 2)

@@ -50,9 +50,9 @@
  * blocks of 6 to 11 rows exist only where PANEL_ROWS is 12: below it they would never be
  * taken, and GCC warns about their accumulators past the array's end. */
 #define PANEL_TAIL(suffix, rows)                                                            \
-    case rows: panel_block_##suffix(rows, vectors, K, A + i * a_row, a_row, a_k, panel,     \
-                                    b_row, prefetch_end, C + i * ldc, ldc, width,           \
-                                    accumulate); break;
+    case rows: panel_block_##suffix(rows, vectors, K, A + i * a_row, a_row, a_k, by_table,  \
+                                    columns, column_at + i, panel, b_row, prefetch_end,     \
+                                    C + i * ldc, ldc, width, accumulate); break;
 #if PANEL_ROWS > 6
 #define PANEL_WIDE_TAILS(suffix)                                                            \
     PANEL_TAIL(suffix, 11) PANEL_TAIL(suffix, 10) PANEL_TAIL(suffix, 9)                     \
@@ -163,8 +163,10 @@ lanes_out_d(double* c, __m512d v, const int rows, int accumulate)
 #define VECTOR_IN_REGISTER(v) ((void)0)
 #endif
 
-/* From this many rows of an untransposed A on, its blocks are gathered (panel_gemm). */
+/* From this many rows of A on, its blocks are gathered (panel_gemm); and from more than this
+ * many panels, a transposed A whose columns lie in runs (a_columns). */
 #define PANEL_GATHER_ROWS 256
+#define TABLE_IN_PLACE_PANELS 4
 
 /* Products A Wᵀ of at most this many columns take few_columns. */
 #define FEW_COLUMNS 4
@@ -223,9 +225,14 @@ lanes_out_d(double* c, __m512d v, const int rows, int accumulate)
 
 
 /* panel_block's loop over k, from p up to `stop`, prefetching or not (`fetching`, a
- * constant). */
+ * constant); with `by_table`, A's values of each k from that k's column. */
 #define PANEL_K_LOOP(scalar, suffix, stop, fetching)                                        \
     for (; p < (stop); p += b_row, A += a_k, A4 += a_k, A8 += a_k) {                       \
+        if (by_table) {                                                                     \
+            A = *columns++ + column_at;                                                     \
+            A4 = A + 4 * a_row;                                                             \
+            A8 = A + 8 * a_row;                                                             \
+        }                                                                                   \
         if (fetching) {                                                                     \
             __builtin_prefetch(p + ahead, 0, 2);                                            \
             if (vectors == 2) __builtin_prefetch(p + ahead + LANES_##suffix, 0, 2);        \
@@ -376,12 +383,14 @@ static void panel_pack_##suffix(ptrdiff_t K, ptrdiff_t N, const scalar* src,    
 /* `rows` (at most PANEL_ROWS) rows of A against one panel into C's `width` columns, on    \
  * the panel's first `vectors` (1 or 2) vectors: `width` is at most that many lanes.         \
  * Inlined with constant `rows` and `vectors` the loops unroll and the accumulators live in  \
- * registers. */                                                                            \
+ * registers. With `by_table` (a constant), A[i][k] = columns[k][column_at + i · a_row]:  \
+ * a transposed A whose columns lie wherever they are, read where they lie (a_k unused). */ \
 static inline __attribute__((always_inline)) void                                           \
 panel_block_##suffix(const int rows, const int vectors, ptrdiff_t K, const scalar* A,      \
-                     ptrdiff_t a_row, ptrdiff_t a_k, const scalar* panel, ptrdiff_t b_row,  \
-                     const scalar* prefetch_end, scalar* C, ptrdiff_t ldc, ptrdiff_t width, \
-                     int accumulate)                                                        \
+                     ptrdiff_t a_row, ptrdiff_t a_k, const int by_table,                    \
+                     const scalar* const* columns, ptrdiff_t column_at,                     \
+                     const scalar* panel, ptrdiff_t b_row, const scalar* prefetch_end,      \
+                     scalar* C, ptrdiff_t ldc, ptrdiff_t width, int accumulate)             \
 {                                                                                           \
     vec_##suffix acc[PANEL_ROWS][2];                                                        \
     /* C's columns load into the accumulators before the k loop, where their latency (C is  \
@@ -440,9 +449,10 @@ panel_block_##suffix(const int rows, const int vectors, ptrdiff_t K, const scala
  */                                                                                         \
 static inline __attribute__((always_inline)) void                                           \
 panel_rows_##suffix(ptrdiff_t M, const int vectors, ptrdiff_t K, const scalar* A,          \
-                    ptrdiff_t a_row, ptrdiff_t a_k, const scalar* panel, ptrdiff_t b_row,   \
-                    const scalar* prefetch_end, scalar* C, ptrdiff_t ldc, ptrdiff_t width,  \
-                    int accumulate)                                                         \
+                    ptrdiff_t a_row, ptrdiff_t a_k, const int by_table,                     \
+                    const scalar* const* columns, ptrdiff_t column_at,                      \
+                    const scalar* panel, ptrdiff_t b_row, const scalar* prefetch_end,       \
+                    scalar* C, ptrdiff_t ldc, ptrdiff_t width, int accumulate)              \
 {                                                                                           \
     for (ptrdiff_t i = 0, rows; i < M; i += rows) {                                         \
         ptrdiff_t blocks = (M - i + PANEL_ROWS - 1) / PANEL_ROWS;                           \
@@ -452,8 +462,9 @@ panel_rows_##suffix(ptrdiff_t M, const int vectors, ptrdiff_t K, const scalar* A
         PANEL_TAIL(suffix, 5) PANEL_TAIL(suffix, 4) PANEL_TAIL(suffix, 3)                   \
         PANEL_TAIL(suffix, 2) PANEL_TAIL(suffix, 1)                                         \
         default:                                                                            \
-            panel_block_##suffix(PANEL_ROWS, vectors, K, A + i * a_row, a_row, a_k, panel,  \
-                                 b_row, prefetch_end, C + i * ldc, ldc, width, accumulate); \
+            panel_block_##suffix(PANEL_ROWS, vectors, K, A + i * a_row, a_row, a_k,         \
+                                 by_table, columns, column_at + i, panel, b_row,            \
+                                 prefetch_end, C + i * ldc, ldc, width, accumulate);        \
         }                                                                                   \
     }                                                                                       \
 }                                                                                           \
@@ -473,12 +484,23 @@ static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdi
                                 int accumulate, ptrdiff_t first_row, ptrdiff_t end_row,     \
                                 ptrdiff_t first_panel, ptrdiff_t end_panel)                 \
 {                                                                                           \
-    /* A transposed A (a_k != 1) walks down its columns, each k a row of A apart: at a     \
-     * power-of-two stride every load lands in the same cache set. So does a tall A's       \
-     * block of rows, fetched again for every panel. Such blocks are first gathered into    \
-     * `gathered`, k-major, and meet every panel from there; a short untransposed A (a      \
-     * recurrent step's rows) is read in place, where copying would cost more than it saves. */ \
-    const int in_place = a_columns == NULL && a_k == 1                                      \
+    /* A tall A's blocks of rows are fetched again for every panel: they are first gathered \
+     * into `gathered`, k-major, and meet every panel from there. A short A, of fewer than  \
+     * PANEL_GATHER_ROWS rows, is read where it lies, where copying would cost more than it \
+     * saves: a recurrent step's rows, and also a transposed A (a_row 1), a weight          \
+     * gradient's Bᵀ A over a sequence's rows, whose k walk down its columns a row of A     \
+     * apart (Zen 5 EPYC, one thread, GFLOP/s, m x n x K for Bᵀ A into n x m, gathered ->   \
+     * in place, alternately in one process: 128 x 32 x 3200 181 -> 204, 384 x 32 x 3200    \
+     * 212 -> 227, 64 x 64 x 800 179 -> 224, 128 x 128 x 3200 197 -> 197). Where its        \
+     * columns lie in runs (a_columns: a half's steps of a sequence kept part by part), each\
+     * panel meets every run anew, and gathering once pays from TABLE_IN_PLACE_PANELS panels\
+     * on (medians of 3: 64 x 64 x 400 1.24x as fast in place, 128 x 32 x 1600 1.15x,       \
+     * 128 x 128 x 1600 1.07x; 384 x 128 x 1600 1.01x, 512 x 128 x 1600 0.98x). */          \
+    const int table_in_place = a_columns != NULL                                            \
+                               && end_panel - first_panel <= TABLE_IN_PLACE_PANELS;         \
+    const int transposed_in_place = a_row == 1 && a_k != 1 && a_columns == NULL;            \
+    const int in_place = (table_in_place || transposed_in_place                             \
+                          || (a_columns == NULL && a_k == 1))                               \
                          && end_row - first_row < PANEL_GATHER_ROWS;                        \
     scalar gathered[PANEL_DEPTH * PANEL_ROWS];                                              \
     ptrdiff_t M = end_row - first_row;                                                      \
@@ -498,9 +520,16 @@ static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdi
             for (ptrdiff_t p = first_panel; p < end_panel; p++) {                           \
                 ptrdiff_t n0 = p * PANEL_##suffix;                                          \
                 ptrdiff_t width = N - n0 < PANEL_##suffix ? N - n0 : PANEL_##suffix;        \
-                panel_rows_##suffix(M, 2, depth, A + k0, a_row, 1,                          \
-                                    panels + p * panel_stride + k0 * b_row, b_row,          \
-                                    panels_end, C + n0, ldc, width, add);                   \
+                const scalar* panel = panels + p * panel_stride + k0 * b_row;               \
+                if (a_columns != NULL)                                                      \
+                    panel_rows_##suffix(M, 2, depth, A, 1, 0, 1, a_columns + k0, first_row, \
+                                        panel, b_row, panels_end, C + n0, ldc, width, add); \
+                else if (transposed_in_place)                                               \
+                    panel_rows_##suffix(M, 2, depth, A + k0 * a_k, 1, a_k, 0, NULL, 0,      \
+                                        panel, b_row, panels_end, C + n0, ldc, width, add); \
+                else                                                                        \
+                    panel_rows_##suffix(M, 2, depth, A + k0, a_row, 1, 0, NULL, 0, panel,   \
+                                        b_row, panels_end, C + n0, ldc, width, add);        \
             }                                                                               \
             continue;                                                                       \
         }                                                                                   \
@@ -535,7 +564,7 @@ static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdi
             for (ptrdiff_t p = g0; p < g1; p++) {                                           \
                 ptrdiff_t n0 = p * PANEL_##suffix;                                          \
                 ptrdiff_t width = N - n0 < PANEL_##suffix ? N - n0 : PANEL_##suffix;        \
-                panel_rows_##suffix(rows, 2, depth, gathered, 1, PANEL_ROWS,                \
+                panel_rows_##suffix(rows, 2, depth, gathered, 1, PANEL_ROWS, 0, NULL, 0,    \
                                     panels + p * panel_stride + k0 * b_row, b_row,          \
                                     panels_end, C + i * ldc + n0, ldc, width, add);         \
             }                                                                               \
@@ -997,19 +1026,19 @@ transposed_block_##suffix(ptrdiff_t i, ptrdiff_t rows, ptrdiff_t M, ptrdiff_t K,
          * thread: 16 x 256 x 96 99 -> 156 GFLOP/s; bench/ stepwise inference, medians of   \
          * 6 alternate runs: GRU 32,64,16,50 0.69 -> 0.46 ms, LSTM 0.88 -> 0.73). */        \
         if (width <= LANES_##suffix) {                                                      \
-            panel_rows_##suffix(rows, 1, K, W + i * ldw, ldw, 1, packed + m0 * K,           \
-                                PANEL_##suffix, packed_end, tile, PANEL_##suffix,           \
-                                LANES_##suffix, 0);                                         \
+            panel_rows_##suffix(rows, 1, K, W + i * ldw, ldw, 1, 0, NULL, 0,                \
+                                packed + m0 * K, PANEL_##suffix, packed_end, tile,          \
+                                PANEL_##suffix, LANES_##suffix, 0);                         \
             if (K2 > 0)                                                                     \
-                panel_rows_##suffix(rows, 1, K2, W2 + i * ldw2, ldw2, 1,                    \
+                panel_rows_##suffix(rows, 1, K2, W2 + i * ldw2, ldw2, 1, 0, NULL, 0,        \
                                     packed2 + m0 * K2, PANEL_##suffix, packed2_end,         \
                                     tile, PANEL_##suffix, LANES_##suffix, 1);               \
         } else {                                                                            \
-            panel_rows_##suffix(rows, 2, K, W + i * ldw, ldw, 1, packed + m0 * K,           \
-                                PANEL_##suffix, packed_end, tile, PANEL_##suffix,           \
-                                PANEL_##suffix, 0);                                         \
+            panel_rows_##suffix(rows, 2, K, W + i * ldw, ldw, 1, 0, NULL, 0,                \
+                                packed + m0 * K, PANEL_##suffix, packed_end, tile,          \
+                                PANEL_##suffix, PANEL_##suffix, 0);                         \
             if (K2 > 0)                                                                     \
-                panel_rows_##suffix(rows, 2, K2, W2 + i * ldw2, ldw2, 1,                    \
+                panel_rows_##suffix(rows, 2, K2, W2 + i * ldw2, ldw2, 1, 0, NULL, 0,        \
                                     packed2 + m0 * K2, PANEL_##suffix, packed2_end,         \
                                     tile, PANEL_##suffix, PANEL_##suffix, 1);               \
         }                                                                                   \
