@@ -163,9 +163,10 @@ lanes_out_d(double* c, __m512d v, const int rows, int accumulate)
 #define VECTOR_IN_REGISTER(v) ((void)0)
 #endif
 
-/* From this many rows of A on, its blocks are gathered (panel_gemm); and from more than this
- * many panels, a transposed A whose columns lie in runs (a_columns). */
+/* From this many rows of A on, its blocks are gathered (panel_gemm). */
 #define PANEL_GATHER_ROWS 256
+/* Panels of a product beyond which A's columns given by a table (a_columns) are gathered
+ * too, however few its rows (panel_gemm). */
 #define TABLE_IN_PLACE_PANELS 4
 
 /* Products A Wᵀ of at most this many columns take few_columns. */
@@ -384,7 +385,7 @@ static void panel_pack_##suffix(ptrdiff_t K, ptrdiff_t N, const scalar* src,    
  * the panel's first `vectors` (1 or 2) vectors: `width` is at most that many lanes.         \
  * Inlined with constant `rows` and `vectors` the loops unroll and the accumulators live in  \
  * registers. With `by_table` (a constant), A[i][k] = columns[k][column_at + i · a_row]:  \
- * a transposed A whose columns lie wherever they are, read where they lie (a_k unused). */ \
+ * a transposed A whose columns lie wherever they are, read where they lie (a_k 0). */      \
 static inline __attribute__((always_inline)) void                                           \
 panel_block_##suffix(const int rows, const int vectors, ptrdiff_t K, const scalar* A,      \
                      ptrdiff_t a_row, ptrdiff_t a_k, const int by_table,                    \
@@ -492,10 +493,11 @@ static void panel_gemm_##suffix(ptrdiff_t N, ptrdiff_t K, const scalar* A, ptrdi
      * apart (Zen 5 EPYC, one thread, GFLOP/s, m x n x K for Bᵀ A into n x m, gathered ->   \
      * in place, alternately in one process: 128 x 32 x 3200 181 -> 204, 384 x 32 x 3200    \
      * 212 -> 227, 64 x 64 x 800 179 -> 224, 128 x 128 x 3200 197 -> 197). Where its        \
-     * columns lie in runs (a_columns: a half's steps of a sequence kept part by part), each\
-     * panel meets every run anew, and gathering once pays from TABLE_IN_PLACE_PANELS panels\
-     * on (medians of 3: 64 x 64 x 400 1.24x as fast in place, 128 x 32 x 1600 1.15x,       \
-     * 128 x 128 x 1600 1.07x; 384 x 128 x 1600 1.01x, 512 x 128 x 1600 0.98x). */          \
+     * columns lie in runs (a_columns: a half's steps of a sequence kept part by part, a    \
+     * deferred product's segments), every panel meets the runs anew, and beyond            \
+     * TABLE_IN_PLACE_PANELS panels gathering them once pays (medians of 3, as fast in      \
+     * place: 64 x 64 x 400 1.24x, 128 x 32 x 1600 1.15x, 128 x 128 x 1600 1.07x; 384 x     \
+     * 128 x 1600 1.01x, 512 x 128 x 1600 0.98x). */                                        \
     const int table_in_place = a_columns != NULL                                            \
                                && end_panel - first_panel <= TABLE_IN_PLACE_PANELS;         \
     const int transposed_in_place = a_row == 1 && a_k != 1 && a_columns == NULL;            \
