@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from recur._core import ops_dense
-from recur._core.ops_elementwise import same_shape_arithmetic
+from recur._core.ops_elementwise import logistic_values, same_shape_arithmetic
 from recur._core.registry import CODES
 from recur._core.tape import alias, is_recorded, record, record_many
 from recur.tensor import Param, Tensor, as_array, result_dtype
@@ -160,14 +160,8 @@ def tanh(x):
     return _unary(OP["TANH"], np.tanh, x)
 
 
-def _logistic(v):
-    # 1/(1+e^-v) written through tanh: no overflow for large |v|, and the dtype is kept.
-    half = v.dtype.type(0.5)
-    return half + half * np.tanh(half * v)
-
-
 def sigmoid(x):
-    return _unary(OP["SIGMOID"], _logistic, x)
+    return _unary(OP["SIGMOID"], logistic_values, x)
 
 
 σ = sigmoid
@@ -181,9 +175,14 @@ def leakyrelu(x, a=0.01):
     return _unary(OP["LEAKYRELU"], lambda v: np.where(v > 0, v, v * v.dtype.type(a)), x, (a,))
 
 
+def _elu(v, alpha):
+    # expm1 of the negative part only: the positive values it would have overflowed on
+    # (v > 88 in float32) warned, though np.where then discarded them.
+    return np.where(v > 0, v, v.dtype.type(alpha) * np.expm1(np.minimum(v, 0)))
+
+
 def elu(x, alpha=1.0):
-    return _unary(OP["ELU"], lambda v: np.where(v > 0, v, v.dtype.type(alpha) * np.expm1(v)),
-                  x, (alpha,))
+    return _unary(OP["ELU"], lambda v: _elu(v, alpha), x, (alpha,))
 
 
 def softplus(x):

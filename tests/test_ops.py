@@ -1,10 +1,13 @@
 """Gradient checks driven by the op registry: every op code needs a case here, and every
 case is checked against float64 finite differences and float32 analytic gradients."""
+import warnings
+
 import numpy as np
 import pytest
 
 import recur as rc
 from recur import ops
+from recur import reference as ref
 from recur._core.registry import CODES
 from recur._core.tape import thread_tape
 
@@ -272,3 +275,44 @@ def test_values_match_numpy():
     a, b = randn(2, 1, 3, 4), randn(5, 4, 2)
     np.testing.assert_allclose((rc.Tensor(a) @ b).value, a @ b)
     np.testing.assert_allclose(rc.Tensor(x)[[0, 2], 1:].value, x[[0, 2], 1:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_and_elu_keep_their_precision_far_below_zero(dtype):
+    """Both tails of sigmoid, its gradient below 0 and elu's, to a few ulp of float64's
+    values (relative): no cancellation to 0 where the true value is tiny but representable.
+    (Above 0 sigmoid's gradient is y (1 - y) from its output, which cancels as torch's
+    does: float32 gives 0 at 30 in both.)"""
+    x = np.array([-700, -80, -30, -20, -12, -3, -0.5, 0, 0.5, 3, 12, 30, 80, 700], dtype)
+    exact = ref.sigmoid(x.astype(np.float64))
+    representable = exact > np.finfo(dtype).tiny
+    tolerance = 8 * np.finfo(dtype).eps
+    p = rc.param(x.copy())
+    y = {}
+    g = rc.gradient(lambda: rc.sum(y.setdefault("s", rc.sigmoid(p))), [p])[p]
+    assert y["s"].dtype == dtype
+    np.testing.assert_allclose(y["s"].value[representable], exact[representable],
+                               rtol=tolerance, atol=0)
+    slope = exact * (1 - exact)
+    below = representable & (x <= 0)
+    np.testing.assert_allclose(np.asarray(g)[below], slope[below], rtol=2 * tolerance, atol=0)
+
+    ends = rc.sigmoid(np.array([-np.inf, np.inf, np.nan, -1e4, 1e4], dtype)).value
+    np.testing.assert_array_equal(ends, np.array([0, 1, np.nan, 0, 1], dtype))
+    far = rc.sigmoid(np.array([-100], dtype)).value[0]       # a subnormal in float32
+    expected = ref.sigmoid(-100.0)
+    assert abs(far - expected) <= max(np.finfo(dtype).smallest_subnormal, tolerance * expected)
+
+    p = rc.param(x.copy())
+    g = rc.gradient(lambda: rc.sum(rc.elu(p, 0.7)), [p])[p]
+    slope = np.where(x > 0, 1.0, 0.7 * np.exp(x.astype(np.float64)))
+    representable = slope > np.finfo(dtype).tiny
+    np.testing.assert_allclose(np.asarray(g)[representable], slope[representable],
+                               rtol=tolerance, atol=0)
+
+
+def test_elu_of_large_values_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = rc.elu(np.array([1e3, 50.0, -1e3], np.float32)).value
+    np.testing.assert_array_equal(value, np.array([1e3, 50.0, -1.0], np.float32))
