@@ -1,8 +1,7 @@
 # Backward of elementwise ops. Forward values come from numpy (recur/ops.py) in the node's
 # dtype, but for +, - and * between two Tensors of one shape (same_shape_arithmetic) and for
-# sigmoid, whose formula numpy lacks (logistic_values); each
-# backward here reads the forward's input values or its own value, whichever makes the
-# derivative cheapest.
+# sigmoid, which numpy lacks (logistic_values); each backward here reads the forward's input
+# values or its own value, whichever makes the derivative cheapest.
 #
 # Binary ops broadcast: node.ints = [ndim, shape[ndim], strides_a[ndim], strides_b[ndim]]
 # over the output's shape, with stride 0 along the axes an input is broadcast on. Adding
@@ -62,8 +61,9 @@ def same_shape_arithmetic(int op, object a, object b):
 def logistic_values(cnp.ndarray v):
     """1 / (1 + e^-v) of a float32 or float64 array, as a new C-contiguous array of its
     dtype: the cells' logistic (fastmath.pxd), which keeps its relative precision in both
-    tails. Through numpy the stable form, e^-|v| divided by 1 + e^-|v| below 0, took 2.7x
-    as long as 1/2 + tanh(v/2)/2 on 32 x 128 floats; that form cancels below 0 instead."""
+    tails. numpy has two ways: the stable form, e^-|v| / (1 + e^-|v|) below 0, and
+    1/2 + tanh(v/2)/2, which cancels below 0. `rc.sigmoid` of a Tensor of 32 x 128 float32
+    values took 10.5 µs the first way and 3.85 µs the second; here it takes 2.0 µs."""
     cdef cnp.ndarray src = cnp.PyArray_GETCONTIGUOUS(v)
     cdef cnp.ndarray out = cnp.PyArray_NewCopy(src, cnp.NPY_CORDER)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(out), i
