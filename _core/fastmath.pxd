@@ -1,5 +1,5 @@
-# Activations shared by the fused kernels (Dense and the recurrent cells), inlined where
-# they are cimported.
+# Activations shared by the fused kernels (Dense and the recurrent cells) and rc.sigmoid
+# (ops_elementwise.logistic_values), inlined where they are cimported.
 from libc.math cimport tanh, exp, fabsf, copysignf
 from libc.string cimport memcpy
 from cython cimport floating
