@@ -21,14 +21,20 @@
 #include <immintrin.h>
 #define ACTIVATION_BYTES 64
 typedef __m512 activation_native;
+typedef __mmask16 activation_mask;
 #define activation_max _mm512_max_ps
 #define activation_min _mm512_min_ps
+#define activation_above(v, bound) _mm512_cmp_ps_mask(v, bound, _CMP_GT_OQ)
+#define activation_blend(mask, otherwise, if_set) _mm512_mask_mov_ps(otherwise, mask, if_set)
 #elif defined(__AVX__)
 #include <immintrin.h>
 #define ACTIVATION_BYTES 32
 typedef __m256 activation_native;
+typedef __m256 activation_mask;
 #define activation_max _mm256_max_ps
 #define activation_min _mm256_min_ps
+#define activation_above(v, bound) _mm256_cmp_ps(v, bound, _CMP_GT_OQ)
+#define activation_blend(mask, otherwise, if_set) _mm256_blendv_ps(otherwise, if_set, mask)
 #endif
 
 #ifdef ACTIVATION_BYTES
@@ -88,21 +94,40 @@ static size_t logistic_vectors(size_t n, float* v)
 #endif
 }
 
-/* tanh likewise: tanh|v| = -u / (2 + u) with u = e^(-2|v|) - 1, then v's sign. u ≤ 0, so
- * u / (2 + u) is that quotient negated, exactly, and taking v's sign clears its own. */
+/* tanh likewise, on |v|, then v's sign. With e = e^(-2|v|) = 2ⁿ (1 + q):
+ *   tanh|v| = (1 - e) / (1 + e), the numerator computed as -(2ⁿq + (2ⁿ - 1)), which keeps
+ *   its relative precision near 0;
+ *   tanh|v| = 1 - 2e / (1 + e) above TANH_FAR, where only the last subtraction rounds much.
+ * The first form alone put up to 2.5 ulps of 1 into a saturated tanh (its numerator and
+ * denominator each round to ulps of 1), and the gradient 1 - tanh² carries tanh's error in
+ * absolute terms: 2.5 ulps of 1 are 1.5% of 1 - tanh² at 6.1. Over all float32 inputs, the
+ * two forms together are within 0.60 ulp of 1 from |v| = 2 on and 1.04 from 1 to 2
+ * (before: 2.49 and 2.40), and within 2.29 ulps of tanh everywhere (before: 2.56). They
+ * share one division: the lanes choose its numerator's offset, 2ⁿ or 2ⁿ - 1, and whether
+ * 2w - 1 follows it (1 - 2w negated, negative like the first form's quotient, so that
+ * taking v's sign clears the sign of either). 0.167 -> 0.188 ns a value (Zen 5, one
+ * thread, 4096 values in cache). */
+#define TANH_FAR 0.55f
+
 static size_t tanh_vectors(size_t n, float* v)
 {
 #ifdef ACTIVATION_BYTES
     const activation_bits sign = (activation_bits){0} + 0x80000000u;
     const activation_vec highest = (activation_vec){0} + 43.5f;      /* -2|v| ≥ -87 */
+    const activation_vec far_bound = (activation_vec){0} + TANH_FAR;
     size_t k = 0;
     for (; k + ACTIVATION_LANES <= n; k += ACTIVATION_LANES) {
         activation_vec x = *(activation_vec*)(v + k);
         activation_vec magnitude = (activation_vec)activation_min(
             (activation_native)highest, (activation_native)((activation_bits)x & ~sign));
         activation_vec scale, q = activation_exp_parts_times(magnitude, -2.0f, &scale);
-        activation_vec u = scale * q + (scale - 1.0f);
-        activation_vec t = u / (2.0f + u);
+        activation_mask far = activation_above((activation_native)magnitude,
+                                               (activation_native)far_bound);
+        activation_vec offset = (activation_vec)activation_blend(
+            far, (activation_native)(scale - 1.0f), (activation_native)scale);
+        activation_vec w = (scale * q + offset) / (scale * q + (scale + 1.0f));
+        activation_vec t = (activation_vec)activation_blend(
+            far, (activation_native)w, (activation_native)(w * 2.0f - 1.0f));
         *(activation_vec*)(v + k) = (activation_vec)(((activation_bits)t & ~sign)
                                                      | ((activation_bits)x & sign));
     }

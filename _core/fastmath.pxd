@@ -7,6 +7,7 @@ from cython cimport floating
 cdef extern from "activations.h" nogil:
     size_t logistic_vectors(size_t n, float* v)
     size_t tanh_vectors(size_t n, float* v)
+    const float TANH_FAR
 
 # float32 exp, sigmoid and tanh to a few ulp, written without branches or calls so that
 # the loops applying them vectorise (libm's are scalar calls and cost as much as the
@@ -46,12 +47,16 @@ cdef inline floating logistic(floating v) noexcept nogil:
 
 
 cdef inline floating tanh_of(floating v) noexcept nogil:
-    # tanh|v| = -u / (2 + u) with u = e^(-2|v|) - 1 = 2ⁿq + (2ⁿ - 1): no cancellation near 0.
-    cdef float scale, q, u
+    # With e = e^(-2|v|) = 2ⁿ (1 + q): tanh|v| = -(2ⁿq + (2ⁿ - 1)) / (1 + e) up to TANH_FAR,
+    # no cancellation near 0, and 1 - 2e / (1 + e) above it, where only the last subtraction
+    # rounds much (activations.h says what each gains).
+    cdef float scale, q, w
+    cdef bint far
     if floating is float:
         q = exp_parts(<float>-2 * fabsf(v), &scale)
-        u = scale * q + (scale - <float>1)
-        return copysignf(-u / (<float>2 + u), v)
+        far = fabsf(v) > TANH_FAR
+        w = (scale * q + (scale if far else scale - <float>1)) / (scale * q + (scale + <float>1))
+        return copysignf(<float>1 - w * <float>2 if far else -w, v)
     else:
         return tanh(v)
 

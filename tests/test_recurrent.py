@@ -804,6 +804,31 @@ def test_float32_activation_over_a_long_row_matches_float64_everywhere(σ, exact
     np.testing.assert_array_equal(got, np.array(one_by_one, np.float64))
 
 
+def test_float32_tanh_keeps_its_absolute_precision_in_saturation():
+    """A saturated tanh's gradient 1 - tanh² is only as good as tanh's absolute error: the
+    float32 tanh of the fused kernels is within 0.6 ulp of 1 from |v| = 2 on and 1.05 from
+    1 to 2 (a form of its own above 0.55), so that 1 - tanh² is as close to float64's as a
+    float32 tanh rounded to nearest allows."""
+    rng = np.random.default_rng(8)
+    magnitude = np.concatenate([rng.uniform(1, 2, 3000), rng.uniform(2, 9, 6000)])
+    values = (magnitude * rng.choice([-1, 1], magnitude.size)).astype(np.float32)
+    layer = rc.Dense.from_weights(np.ones((values.size, 1), np.float32), values.copy(), rc.tanh)
+    x = np.zeros((1, 1), np.float32)
+    got = np.asarray(layer(x))[0].astype(np.float64)
+    want = np.tanh(values.astype(np.float64))
+    error_in_ulps_of_one = np.abs(got - want) / 2.0 ** -24
+    assert error_in_ulps_of_one[np.abs(values) >= 2].max() <= 0.61
+    assert error_in_ulps_of_one[np.abs(values) < 2].max() <= 1.05
+    # The bias's gradient of sum(tanh(b)) is 1 - tanh², computed from the float32 output.
+    slope = np.asarray(rc.gradient(lambda: rc.sum(layer(x)), rc.params(layer))[layer.b],
+                       np.float64)
+    exact_slope = 1 - want ** 2
+    # tanh off by δ puts 2|δ| into 1 - tanh²; its own rounding adds half an ulp.
+    allowed = 2 * 0.61 * 2.0 ** -24 + np.spacing(exact_slope.astype(np.float32)) / 2
+    far = np.abs(values) >= 2
+    assert (np.abs(slope - exact_slope)[far] <= allowed[far]).all()
+
+
 def test_truncate_right_after_reset_keeps_state0():
     m = rc.LSTM(4, 5)
     rc.reset(m)
