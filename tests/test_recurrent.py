@@ -21,6 +21,7 @@ import scipy.sparse
 
 import recur as rc
 from recur import reference as ref
+from recur._core.blas import PANEL_KERNEL_BUILT
 from recur._core.tape import is_recorded, thread_tape
 from recur.recurrent import (
     GRU, GRUCell, GRUv3, GRUv3Cell, LSTM, LSTMCell, RNN, RNNCell, Recur, reset, truncate,
@@ -271,8 +272,13 @@ PANEL_SIZES = [(37, 13, 4), (37, 25, 4), (128, 7, 4), (130, 3, 4), (37, 13, 45),
 def test_sequence_equals_steps_at_panel_sizes(kind, hidden, batch, time, dtype):
     rng = np.random.default_rng(hidden + batch)
     layer = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU, "GRUv3": GRUv3}[kind](5, hidden, dtype=dtype)
+    # The ungated RNN's recurrence gets a smaller disturbance: with 0.2 and 140 or 160
+    # hidden units it is chaotic, and float32's rounding, 5e-7 after a step, grows to 5e-3
+    # over 33 steps in either path, so that the two agree to 2e-4 only where they round
+    # alike (they do on the panel kernel, not on a build without it, RECUR_PORTABLE=1).
+    scale = 0.05 if kind == "RNN" else 0.2
     for p in rc.params(layer):
-        p.value = (p.value + 0.2 * rng.standard_normal(p.shape)).astype(dtype)
+        p.value = (p.value + scale * rng.standard_normal(p.shape)).astype(dtype)
     X = rc.param(rng.standard_normal((time, batch, 5)).astype(dtype))
     seed = rng.standard_normal((time, batch, hidden)).astype(dtype)
     results = {}
@@ -823,8 +829,9 @@ def test_float32_tanh_keeps_its_absolute_precision_in_saturation():
     slope = np.asarray(rc.gradient(lambda: rc.sum(layer(x)), rc.params(layer))[layer.b],
                        np.float64)
     exact_slope = 1 - want ** 2
-    # tanh off by δ puts 2|δ| into 1 - tanh²; its own rounding adds half an ulp.
-    allowed = 2 * 0.61 * 2.0 ** -24 + np.spacing(exact_slope.astype(np.float32)) / 2
+    # tanh off by δ puts 2|δ| into 1 - tanh²; tanh² rounds by up to half an ulp of 1 where
+    # no FMA fuses it into the subtraction (portable builds), and the result by its own.
+    allowed = (2 * 0.61 + 0.5) * 2.0 ** -24 + np.spacing(exact_slope.astype(np.float32)) / 2
     far = np.abs(values) >= 2
     assert (np.abs(slope - exact_slope)[far] <= allowed[far]).all()
 
@@ -972,8 +979,19 @@ def test_weights_changed_in_place_between_recorded_steps_are_refused(kind):
         return total
 
     before = weight.value.copy()
-    with pytest.raises(RuntimeError, match="changed in place while its steps were"):
-        rc.gradient(lambda: loss(True), ps)
+    if PANEL_KERNEL_BUILT:
+        with pytest.raises(RuntimeError, match="changed in place while its steps were"):
+            rc.gradient(lambda: loss(True), ps)
+    else:
+        # A build without the panel kernel (RECUR_PORTABLE=1) packs nothing: each recorded
+        # step reads the weights as it finds them, as any other node does, so there is no
+        # stale packing to refuse, and the steps after the change compute with it.
+        value, _ = rc.value_and_gradient(lambda: loss(True), ps)
+        weight.value[0, 0] = before[0, 0]
+        assert float(loss(True)) == pytest.approx(value, rel=1e-12)       # unrecorded
+        weight.value[0, 0] = before[0, 0]
+        assert float(loss(False)) != pytest.approx(value, rel=1e-6)
+        weight.value[0, 0] += 0.5
     assert weight.value[0, 0] == before[0, 0] + 0.5
     np.testing.assert_array_equal(np.delete(weight.value.ravel(), 0),
                                   np.delete(before.ravel(), 0))
