@@ -114,6 +114,16 @@ cdef void share(crew_task task, void* arg, bint split) noexcept nogil
 # work too small to pay for moving its data between two cores); returns the previous value.
 cdef bint keep_alone(bint alone) noexcept nogil
 
+# Nanoseconds of a monotonic clock, comparable between threads.
+cdef long now_ns() noexcept nogil
+
+# A task divided up front between the calling thread and the helper, by units that cannot
+# move once it runs (a recurrence's batch rows): where the helper's units begin, from the
+# two cores' speeds in the last such tasks, each part keeping `least` (crew.h); and what
+# the parts took, nanoseconds from the hand-over to each one's end, for the next.
+cdef Py_ssize_t balanced_split(Py_ssize_t units, Py_ssize_t least) noexcept nogil
+cdef void note_split(Py_ssize_t first, Py_ssize_t units, long ns0, long ns1) noexcept nogil
+
 # dst[0, n) += src[0, n).
 cdef void add_to(Py_ssize_t n, const floating* src, floating* dst) noexcept nogil
 

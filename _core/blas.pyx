@@ -159,6 +159,11 @@ cdef extern from "crew.h" nogil:
     long crew_claim(crew_claims* claims, int part)
     int crew_keep_alone(int alone)
     long crew_now_ns()
+    long crew_balanced_split(long units, long least)
+    void crew_note_split(long first, long units, long ns0, long ns1)
+    int crew_pin_share(int share)
+    int crew_share()
+    enum: CREW_SHARE_ONE
 
 
 cdef enum:
@@ -726,6 +731,38 @@ def fma_peak_flops(double seconds=0.05):
 
 cdef bint keep_alone(bint alone) noexcept nogil:
     return crew_keep_alone(alone)
+
+
+cdef long now_ns() noexcept nogil:
+    return crew_now_ns()
+
+
+cdef Py_ssize_t balanced_split(Py_ssize_t units, Py_ssize_t least) noexcept nogil:
+    return crew_balanced_split(units, least)
+
+
+cdef void note_split(Py_ssize_t first, Py_ssize_t units, long ns0, long ns1) noexcept nogil:
+    crew_note_split(first, units, ns0, ns1)
+
+
+def helper_share():
+    """The helper's share of the next task the crew divides by measured speeds."""
+    return crew_share() / <double>CREW_SHARE_ONE
+
+
+def pin_helper_share(share=None):
+    """Pins the helper's share of the tasks the crew divides by measured speeds (a
+    recurrence's batch rows, crew.h: crew_balanced_split) at `share`, a fraction in [0, 1];
+    None lets it follow the measurements again, from halves. Returns the share until now.
+    For the tests: the split must not change a result's bits."""
+    cdef int was
+    if share is None:
+        was = crew_pin_share(-1)
+    else:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"pin_helper_share: share must be within [0, 1], got {share!r}")
+        was = crew_pin_share(<int>(share * CREW_SHARE_ONE + 0.5))
+    return was / <double>CREW_SHARE_ONE
 
 
 cdef void by_rows_of_c(crew_task part, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,

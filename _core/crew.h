@@ -395,4 +395,71 @@ static inline long crew_claim(crew_claims* claims, int part)
     }
 }
 
+/* The helper's share of a task whose units are divided before it starts and cannot move
+ * once it runs: a recurrence's batch rows, each of which a part carries through every
+ * step. Claiming (above) cannot even out the cores' drift there, so each such task is
+ * divided by what the last ones measured: the speeds at which the two parts got through
+ * their units, in units a nanosecond from the hand-over to each part's end. Divided so,
+ * the parts end together, where a task divided in halves ended when the slower half did.
+ * On a Zen 5 EPYC's 2 vCPUs each core in turn ran ~35% slower for tens of milliseconds,
+ * the two uncorrelated (one-thread processes on both CPUs at once, LSTM 32,64,8,50
+ * inference timed in 10 ms windows: -0.07), and even at one speed the helper's half took
+ * 17% longer (165 µs against 141, LSTM 32,64,16,50 inference: its rows' inputs and
+ * outputs come from and go to the caller's cache). Blocks of calls divided in halves and
+ * by speeds, alternated in one process: there, with the helper's core slow, 230 -> 187
+ * µs (a share of 0.37); call times 0.95 of the halves' on average; GRU 32,128,32,100
+ * inference 1.535 -> 1.436 ms (medians over 30 s), LSTM 64,256,64,100 13.65 -> 13.43.
+ * The estimate moves half way to each measurement: a slow spell lasts from one task to
+ * tens of them. Pinned (for the tests), it stays where it was set. Shares are in
+ * 1/CREW_SHARE_ONE. */
+#define CREW_SHARE_ONE 4096
+static _Atomic int crew_helper_share = CREW_SHARE_ONE / 2;
+static _Atomic int crew_share_pinned;
+
+/* Where the helper's units begin among `units`, each part keeping at least `least`. */
+static inline long crew_balanced_split(long units, long least)
+{
+    long share = atomic_load_explicit(&crew_helper_share, memory_order_relaxed);
+    long split = units - (units * share + CREW_SHARE_ONE / 2) / CREW_SHARE_ONE;
+    if (split > units - least) split = units - least;
+    if (split < least) split = least;
+    return split;
+}
+
+/* Notes a divided task's parts: units [0, first) went to the calling thread, which ended
+ * `ns0` after the hand-over, the rest to the helper, which ended `ns1` after it. */
+static inline void crew_note_split(long first, long units, long ns0, long ns1)
+{
+    double speed0, speed1;
+    int share, measured;
+    if (atomic_load_explicit(&crew_share_pinned, memory_order_relaxed)) return;
+    if (first <= 0 || first >= units || ns0 <= 0 || ns1 <= 0) return;
+    speed0 = (double)first / (double)ns0;
+    speed1 = (double)(units - first) / (double)ns1;
+    measured = (int)(CREW_SHARE_ONE * speed1 / (speed0 + speed1) + 0.5);
+    share = atomic_load_explicit(&crew_helper_share, memory_order_relaxed);
+    share += (measured - share) / 2;
+    /* Within a quarter and three quarters: one part's long stall (a preemption) should
+     * not hand the next task all to the other. */
+    if (share < CREW_SHARE_ONE / 4) share = CREW_SHARE_ONE / 4;
+    if (share > 3 * CREW_SHARE_ONE / 4) share = 3 * CREW_SHARE_ONE / 4;
+    atomic_store_explicit(&crew_helper_share, share, memory_order_relaxed);
+}
+
+static inline int crew_share(void)
+{
+    return atomic_load_explicit(&crew_helper_share, memory_order_relaxed);
+}
+
+/* Pins the helper's share at `share` (of CREW_SHARE_ONE), or with a negative value lets it
+ * follow the measurements again, from an even split; returns the share until now. */
+static inline int crew_pin_share(int share)
+{
+    int was = atomic_load_explicit(&crew_helper_share, memory_order_relaxed);
+    atomic_store_explicit(&crew_share_pinned, share >= 0, memory_order_relaxed);
+    atomic_store_explicit(&crew_helper_share, share >= 0 ? share : CREW_SHARE_ONE / 2,
+                          memory_order_relaxed);
+    return was;
+}
+
 #endif

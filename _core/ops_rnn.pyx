@@ -33,7 +33,8 @@ from recur._core.blas cimport (gemm, blas_int, has_panel_kernel, packed_bytes, p
                                pack_stacked, panel_product, gates_product, share,
                                defer_product, gradient_of_rows, packed_for_backward,
                                keep_alone, wide_vectors, reads_batch_in_place,
-                               few_inner_rows, add_to)
+                               few_inner_rows, add_to, now_ns, balanced_split,
+                               note_split)
 from recur._core.ops_dense cimport activate, activation_grad
 from recur._core.fastmath cimport logistic_in_place, tanh_in_place
 from recur._core.registry cimport OP_RNN_STEP, OP_RNN_SEQ
@@ -783,6 +784,10 @@ ctypedef struct Recurrence:
     const GradientFactor* dY_factor    # the product standing for dY, or NULL
     StateGradient h0_grad  # backward only: where each part's rows of the gradients
     StateGradient c0_grad  #   reaching h0 and c0 go
+    index_t helper_row     # forward, by rows but not part_major: where the helper's rows
+                           #   begin (crew.h: crew_balanced_split); 0 for halves
+    long handed_ns         #   when the parts were handed out, and when each ended
+    long ended_ns[2]
 
 
 cdef enum:
@@ -908,7 +913,22 @@ cdef void run_recurrence(Recurrence* job, bint backward) noexcept nogil:
     cdef const Dims* d = job.d
     cdef bint split = ((d.panels or (d.T == 1 and not backward))
                        and rows_may_split(d, sizeof(double) if job.is_f64 else sizeof(float)))
+    # A forward's parts on packed weights divide the rows by the cores' speeds, but where
+    # they keep their buffers part by part (in halves, so that the weight gradients sum in
+    # one order on any number of threads). There a row's values do not depend on its
+    # part: the panel kernel sums each row alike in a block of any size. A single step
+    # that packs its rows against weights read in place does not divide them so: a part
+    # of up to FEW_BATCH_ROWS rows goes to another kernel (blas.pyx: reads_batch_in_place),
+    # whose sums round differently.
+    job.helper_row = 0
+    if split and not backward and d.panels and not d.part_major:
+        job.helper_row = balanced_split(d.B, SPLIT_MIN_ROWS)
+        job.ended_ns[0] = job.ended_ns[1] = 0
+        job.handed_ns = now_ns()
     share(backward_part if backward else forward_part, job, split)
+    if job.helper_row > 0 and job.ended_ns[1] > 0:
+        note_split(job.helper_row, d.B, job.ended_ns[0] - job.handed_ns,
+                   job.ended_ns[1] - job.handed_ns)
 
 
 cdef inline void* part_rows(const Buffers* w, void* buffer, index_t r0, index_t row_values,
@@ -958,6 +978,9 @@ cdef void forward_part(void* arg, int part, int parts) noexcept nogil:
         w = &own
     for block in range(blocks * part // parts, blocks * (part + 1) // parts):
         r0, r1 = job.d.B * block // blocks, job.d.B * (block + 1) // blocks
+        if parts == 2 and job.helper_row > 0:
+            r0 = 0 if part == 0 else job.helper_row
+            r1 = job.helper_row if part == 0 else job.d.B
         if job.is_f64:
             forward_rows[double](job.d, w, job.recording, <const double*>job.X,
                                  <const double*>job.Wi, <const double*>job.Wh,
@@ -968,6 +991,8 @@ cdef void forward_part(void* arg, int part, int parts) noexcept nogil:
                                 <const float*>job.Wi, <const float*>job.Wh,
                                 <const float*>job.b, <const float*>job.Wh_h, <float*>job.Y,
                                 r0, r1)
+    if parts == 2 and job.helper_row > 0:
+        job.ended_ns[part] = now_ns()
 
 
 cdef void pack_weights(const Dims* d, const Buffers* w, const floating* Wi,

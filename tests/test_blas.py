@@ -440,6 +440,92 @@ def test_handover_probe_times_the_helper_or_says_there_is_none():
         handover_seconds(rounds=0, per_round=3)
 
 
+_ROWS_BY_SPEED = """
+    import numpy as np
+    import recur as rc
+    from recur._core import blas
+    shares = {shares}
+    for dtype in (np.float32, np.float64):
+        for make in (rc.RNN, rc.LSTM, rc.GRU, rc.GRUv3):
+            # Sequences of 16 and 37 rows; the steps of 37 rows, past the size from which a
+            # single step is split, in inference and recorded.
+            for n_in, n_out, batch in [(32, 64, 16), (24, 128, 37)]:
+                m = make(n_in, n_out, dtype=dtype, rng=np.random.default_rng(3))
+                xs = np.random.default_rng(4).standard_normal((12, batch, n_in)).astype(dtype)
+                for share in shares:
+                    if share is not None:
+                        blas.pin_helper_share(share)
+                    rc.reset(m)
+                    sequence = np.asarray(m(xs))
+                    rc.reset(m)
+                    steps = [np.asarray(m(x)) for x in xs[:3]]
+                    rc.reset(m)
+                    grads = rc.gradient(lambda: rc.sum(m(xs) * m(xs)), rc.params(m))
+                    rc.reset(m)
+                    step_grads = rc.gradient(lambda: sum(rc.sum(m(x)) for x in xs[:3]),
+                                             rc.params(m))
+                    values = [sequence, *steps, *(np.asarray(grads[p]) for p in rc.params(m)),
+                              *(np.asarray(step_grads[p]) for p in rc.params(m))]
+                    print(np.dtype(dtype).name, make.__name__, batch, b"".join(v.tobytes() for v in values).hex())
+    print("share", blas.helper_share())
+"""
+
+
+def test_rows_divided_by_the_cores_speeds_give_the_same_bits_at_any_division():
+    # A forward's parts divide the batch rows by the speeds the crew measured (crew.h:
+    # crew_balanced_split): every division, pinned from a quarter of the rows to the helper
+    # to three quarters, must give each row the bits one thread gives it.
+    if (os.cpu_count() or 1) < 2 or not PANEL_KERNEL_BUILT:
+        pytest.skip("needs two CPUs and the crew")
+    alone = _run(_ROWS_BY_SPEED.format(shares=[None]), {"RECUR_NUM_THREADS": "1"})
+    shared = _run(_ROWS_BY_SPEED.format(shares=[0.25, 0.4, 0.5, 0.6, 0.75]),
+                  {"RECUR_NUM_THREADS": ""})
+    assert alone.returncode == 0 and shared.returncode == 0, alone.stderr + shared.stderr
+    alone_lines, shared_lines = alone.stdout.splitlines(), shared.stdout.splitlines()
+    assert len(alone_lines) == 2 * 4 * 2 + 1 and len(shared_lines) == 5 * 16 + 1
+    want = dict(line.rsplit(" ", 1) for line in alone_lines[:-1])
+    for line in shared_lines[:-1]:
+        case, got = line.rsplit(" ", 1)
+        assert got == want[case], case
+    # Pinned, the share stays where the last pin put it.
+    assert shared_lines[-1] == "share 0.75"
+
+
+def test_the_helpers_share_follows_the_parts_and_stays_within_bounds():
+    if (os.cpu_count() or 1) < 2 or not PANEL_KERNEL_BUILT:
+        pytest.skip("needs two CPUs and the crew")
+    code = """
+        import numpy as np
+        import recur as rc
+        from recur._core import blas
+        m = rc.LSTM(32, 64, rng=np.random.default_rng(3))
+        xs = np.random.default_rng(4).standard_normal((20, 16, 32)).astype(np.float32)
+        print(blas.helper_share())
+        seen = set()
+        for _ in range(50):
+            rc.reset(m)
+            m(xs)
+            seen.add(blas.helper_share())
+        print(min(seen), max(seen), len(seen))
+        print(blas.pin_helper_share(0.3), blas.helper_share(), blas.pin_helper_share(None),
+              blas.helper_share())
+    """
+    shared = _run(code, {"RECUR_NUM_THREADS": ""})
+    assert shared.returncode == 0, shared.stderr
+    first, seen, pins = shared.stdout.splitlines()
+    # Halves until the first measurement; then each sequence's parts move it, never
+    # past a quarter or three quarters.
+    assert float(first) == 0.5
+    low, high, distinct = seen.split()
+    assert 0.25 <= float(low) <= float(high) <= 0.75 and int(distinct) > 1
+    pinned_from, pinned, unpinned_from, unpinned = (float(v) for v in pins.split())
+    assert (pinned, unpinned_from, unpinned) == (0.300048828125, 0.300048828125, 0.5)
+    assert 0.25 <= pinned_from <= 0.75
+    from recur._core.blas import pin_helper_share
+    with pytest.raises(ValueError, match=r"share must be within \[0, 1\], got 1.5"):
+        pin_helper_share(1.5)
+
+
 def test_fma_ceiling_is_a_rate_or_none_where_products_run_on_the_blas():
     # bench/suite.py sets each missed target against this rate. On one thread and on the
     # crew it is a positive, finite rate; how it compares with the products' is for bench/.
