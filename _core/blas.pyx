@@ -582,6 +582,8 @@ cdef void product(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                   bint into_accumulate=False) noexcept nogil:
     cdef Product p
     cdef Py_ssize_t row_blocks
+    if M == 0 or N == 0:
+        return          # an empty C (an empty batch, or a layer without units)
     p.is_f64 = floating is double
     p.into, p.into_ld, p.into_accumulate = into, into_ld, into_accumulate
     p.M, p.N, p.K, p.a_row, p.a_k, p.ldc = M, N, K, a_row, a_k, ldc

@@ -148,12 +148,13 @@ def call(layer, x, prepare, activations):
 
 cdef object dense(x_in, W_in, b_in, cnp.ndarray x, cnp.ndarray W, object b, int act):
     # y = act(x Wᵀ + b), shaped as x with W's rows for its last axis.
-    cdef index_t rows = cnp.PyArray_SIZE(x) // W.shape[1] if W.shape[1] else 0
+    cdef index_t rows = 1               # every axis but the last (x may have no inputs)
     cdef index_t n_in = W.shape[1], n_out = W.shape[0]
     cdef cnp.npy_intp out_dims[64]      # NPY_MAXDIMS of numpy 2, the most x can have
     cdef int axis
     for axis in range(x.ndim - 1):
         out_dims[axis] = x.shape[axis]
+        rows *= x.shape[axis]
     out_dims[x.ndim - 1] = n_out
     cdef cnp.ndarray y = new_array(x.ndim, out_dims, cnp.PyArray_TYPE(W))
     cdef void* bias = NULL if b is None else cnp.PyArray_DATA(<cnp.ndarray?>b)

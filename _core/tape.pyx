@@ -60,7 +60,8 @@ cdef void* raw_alloc(size_t nbytes) noexcept nogil:
 cdef void* arena_alloc(Arena* a, size_t nbytes) noexcept nogil:
     cdef void* p
     cdef void** grown
-    nbytes = aligned(nbytes)
+    # An empty buffer still gets an address of its own: NULL means out of memory.
+    nbytes = aligned(nbytes) if nbytes else ALIGN
     a.requested += nbytes
     if a.used + nbytes <= a.capacity:
         p = a.block + a.used

@@ -39,14 +39,14 @@ def glorot_uniform(*shape, rng=None, dtype=np.float32):
     """U(±√(6 / (fan_in + fan_out))) over the whole array (a stacked gate matrix counts as
     one matrix)."""
     fan_in, fan_out = _fans(shape)
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    limit = np.sqrt(6.0 / max(fan_in + fan_out, 1))   # both fans 0: an empty array
     return (rng or _rng).uniform(-limit, limit, size=shape).astype(dtype)
 
 
 def glorot_normal(*shape, rng=None, dtype=np.float32):
     """N(0, 2 / (fan_in + fan_out)) over the whole array."""
     fan_in, fan_out = _fans(shape)
-    return ((rng or _rng).standard_normal(size=shape) * np.sqrt(2.0 / (fan_in + fan_out))).astype(dtype)
+    return ((rng or _rng).standard_normal(size=shape) * np.sqrt(2.0 / max(fan_in + fan_out, 1))).astype(dtype)
 
 
 def zeros(*shape, rng=None, dtype=np.float32):

@@ -274,13 +274,17 @@ def _reduce(op, x, axis, keepdims, name):
     dtype = result_dtype(x)
     value, x = _operand(x, dtype)
     axes = _axes(axis, value.ndim, name)
-    if name == "max" and value.size == 0:
-        raise ValueError("recur.max of an empty array has no maximum")
+    count = math.prod(value.shape[a] for a in axes)
+    if name == "max" and count == 0:
+        # As numpy: a reduction over no values has no maximum, even where the result would
+        # be empty too; over values of other, empty, rows it gives an empty result.
+        raise ValueError(f"recur.max over axes {axes} of an array of shape {value.shape}: "
+                         "those axes hold no values, and an empty set has no maximum")
     # The ufunc's reduce directly: numpy's sum/mean wrappers cost more than the work here.
     kept = _REDUCERS[name](value, axis=axes, keepdims=True)
-    count = math.prod(value.shape[a] for a in axes)
     if name == "mean":
-        kept = kept * dtype.type(1.0 / builtins.max(count, 1))
+        # A mean of no values is NaN, as numpy's and torch's are.
+        kept = kept * dtype.type(1.0 / count) if count else np.full_like(kept, np.nan)
     out = kept if keepdims else kept.reshape([n for d, n in enumerate(value.shape) if d not in axes])
     out = _contiguous(out)
     if not is_recorded(x):
@@ -314,12 +318,15 @@ def _softmax(op, x, axis, log_domain):
     if value.ndim == 0:
         raise ValueError("recur.softmax needs at least one axis, got a 0-d value")
     axis = _axes(axis, value.ndim, "softmax")[0]
-    shifted = value - np.max(value, axis=axis, keepdims=True)
-    if log_domain:
-        out = shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    if value.shape[axis] == 0:
+        out = value.copy()      # along an axis of length 0 there is nothing to normalise
     else:
-        e = np.exp(shifted)
-        out = e / np.sum(e, axis=axis, keepdims=True)
+        shifted = value - np.max(value, axis=axis, keepdims=True)
+        if log_domain:
+            out = shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+        else:
+            e = np.exp(shifted)
+            out = e / np.sum(e, axis=axis, keepdims=True)
     out = _contiguous(out)
     outer = math.prod(value.shape[:axis])
     inner = math.prod(value.shape[axis + 1:])

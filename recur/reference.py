@@ -93,11 +93,17 @@ def _weight_gradient(d_out, inputs):
     ``inputs`` may be unbatched while ``d_out`` is batched (a broadcast state), so it is
     broadcast first; a single unbatched row is a batch of one."""
     inputs = np.broadcast_to(inputs, d_out.shape[:-1] + inputs.shape[-1:])
-    return d_out.reshape(-1, d_out.shape[-1]).T @ inputs.reshape(-1, inputs.shape[-1])
+    return _rows(d_out).T @ _rows(inputs)
 
 
 def _bias_gradient(d_out):
-    return d_out.reshape(-1, d_out.shape[-1]).sum(axis=0)
+    return _rows(d_out).sum(axis=0)
+
+
+def _rows(a):
+    """``a`` as a matrix of its last axis, every other axis one of rows (which numpy's -1
+    cannot say of an empty array)."""
+    return a.reshape(int(np.prod(a.shape[:-1])), a.shape[-1])
 
 
 def _projection_backward(d_input_proj, d_hidden_proj, Wi, Wh, x, h):
