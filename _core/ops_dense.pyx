@@ -138,7 +138,7 @@ def call(layer, x, prepare, activations):
     elif is_tensor(x):
         value = tensor_value(x)
     if (value is None or cnp.PyArray_TYPE(value) != cnp.PyArray_TYPE(W) or value.ndim == 0
-            or value.shape[value.ndim - 1] != n_in or not cnp.PyArray_IS_C_CONTIGUOUS(value)):
+            or value.shape[value.ndim - 1] != n_in or not cnp.PyArray_ISCARRAY_RO(value)):
         x, value = prepare(layer, x, W.dtype, n_in)
     act = activations.get(σ)
     y = dense(x, W_in, b_in, value, W, None if b_in is None else value_of(b_in),

@@ -25,7 +25,7 @@ cdef bint same_float_shape(cnp.ndarray x, cnp.ndarray y) noexcept:
     return (cnp.PyArray_TYPE(x) == cnp.PyArray_TYPE(y)
             and (cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT or cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE)
             and x.ndim == y.ndim and cnp.PyArray_SAMESHAPE(x, y)
-            and cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_IS_C_CONTIGUOUS(y))
+            and cnp.PyArray_ISCARRAY_RO(x) and cnp.PyArray_ISCARRAY_RO(y))
 
 
 def same_shape_arithmetic(int op, object a, object b):

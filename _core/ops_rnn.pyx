@@ -438,11 +438,12 @@ cdef bint batches_match(cnp.ndarray x, cnp.ndarray h, bint is_state0):
 
 
 cdef inline bint in_dtype(object v, int dtype):
-    # A Tensor of the dtype, or a C-contiguous ndarray of it (not a subclass).
+    # A Tensor of the dtype, or a C-contiguous ndarray of it (not a subclass), aligned and
+    # in this machine's byte order (PyArray_TYPE names float32 in either).
     cdef cnp.ndarray value
     if type(v) is cnp.ndarray:
         value = <cnp.ndarray>v
-        return cnp.PyArray_TYPE(value) == dtype and cnp.PyArray_IS_C_CONTIGUOUS(value)
+        return cnp.PyArray_TYPE(value) == dtype and cnp.PyArray_ISCARRAY_RO(value)
     return is_tensor(v) and cnp.PyArray_TYPE(tensor_value(v)) == dtype
 
 
@@ -747,8 +748,9 @@ cdef int check_layout(object layer, list arrays) except -1:
             raise TypeError(f"{layer!r}: inputs, states and weights must share one dtype; "
                             f"got {(<object>a).dtype} with weights of "
                             f"{(<object>arrays[IN_WI]).dtype}")
-        if not cnp.PyArray_IS_C_CONTIGUOUS(a):
-            raise ValueError(f"{layer!r}: arrays must be C-contiguous")
+        if not cnp.PyArray_ISCARRAY_RO(a):
+            raise ValueError(f"{layer!r}: arrays must be C-contiguous, aligned and in this "
+                             "machine's byte order")
     return 0
 
 

@@ -339,8 +339,9 @@ cdef void* array_data(array, grad, bint written) except NULL:
     cdef int type_num = cnp.PyArray_TYPE(a)
     if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
         raise TypeError(f"optimiser kernel: expected float32 or float64, got {a.dtype}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
-        raise ValueError("optimiser kernel: arrays must be C-contiguous")
+    if not cnp.PyArray_ISCARRAY_RO(a):
+        raise ValueError("optimiser kernel: arrays must be C-contiguous, aligned and in this "
+                         "machine's byte order")
     if written and not cnp.PyArray_ISWRITEABLE(a):
         raise ValueError("optimiser kernel: an array to update is read-only")
     if a is not grad and (type_num != cnp.PyArray_TYPE(grad) or a.size != grad.size):

@@ -435,8 +435,9 @@ cdef class Tape:
         cdef Node* grown
         cdef Node* node
         cdef char* block
-        if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
-            raise ValueError("tape values must be C-contiguous")
+        if not cnp.PyArray_ISCARRAY_RO(arr):
+            raise ValueError("tape values must be C-contiguous, aligned and in this machine's "
+                             "byte order")
         if self.n_nodes == self.capacity:
             grown = <Node*>realloc(self.nodes, 2 * self.capacity * sizeof(Node))
             if grown == NULL:
@@ -471,8 +472,9 @@ cdef class Tape:
 
     cdef void set_input(self, Node* node, index_t i, index_t node_id, object array) except *:
         cdef cnp.ndarray arr = <cnp.ndarray?>array
-        if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
-            raise ValueError("tape inputs must be C-contiguous")
+        if not cnp.PyArray_ISCARRAY_RO(arr):
+            raise ValueError("tape inputs must be C-contiguous, aligned and in this machine's "
+                             "byte order")
         node.inputs[i] = node_id
         node.in_values[i] = cnp.PyArray_DATA(arr)
         if node_id < 0:

@@ -373,7 +373,8 @@ def update(opt, ps, gs):
     gradient is checked before any parameter changes.
     """
     _check_rule("update", opt)
-    if isinstance(gs, (list, tuple, np.ndarray)):
+    if isinstance(gs, (list, tuple, np.ndarray)) or not (hasattr(gs, "get")
+                                                         or hasattr(gs, "__getitem__")):
         raise TypeError(f"update: gs must map each parameter to its gradient (the Grads "
                         f"that recur.gradient returns, or a dict keyed by parameter), got a "
                         f"{type(gs).__name__}")

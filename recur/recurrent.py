@@ -16,7 +16,7 @@ import numpy as np
 from recur import ops
 from recur._core import ops_rnn as kernels
 from recur.layers import FUSED_ACTIVATIONS, Layer, glorot_uniform, layer_input, zeros
-from recur.tensor import Param, Tensor, as_array
+from recur.tensor import Param, Tensor, as_array, is_float64, native_dtype
 from recur.walk import containers
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "GRUv3Cell", "Recur", "RNN", "LSTM", "GRU",
@@ -24,7 +24,7 @@ __all__ = ["RNNCell", "LSTMCell", "GRUCell", "GRUv3Cell", "Recur", "RNN", "LSTM"
 
 
 def _float_dtype(dtype, where):
-    dtype = np.dtype(dtype)
+    dtype = native_dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"{where}: dtype must be float32 or float64, got {dtype}")
     return dtype
@@ -64,7 +64,7 @@ class _Cell(Layer):
         """A cell with copies of `weights` (name -> array-like) as its parameters, in
         `dtype`: float64 if any of them is, else float32, unless given."""
         if dtype is None:
-            dtype = (np.float64 if any(getattr(w, "dtype", None) == np.float64
+            dtype = (np.float64 if any(is_float64(getattr(w, "dtype", None))
                                        for w in weights.values()) else np.float32)
         dtype = _float_dtype(dtype, f"{cls.__name__}.from_weights")
         values = {name: as_array(w, dtype) for name, w in weights.items()}

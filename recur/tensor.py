@@ -155,7 +155,7 @@ class Param(Tensor):
     __slots__ = ()
 
     def __init__(self, value, dtype=None):
-        value = as_array(value, dtype or (np.float64 if _dtype_of(value) == np.float64
+        value = as_array(value, dtype or (np.float64 if is_float64(_dtype_of(value))
                                           else np.float32))
         self._value = np.array(value, order="C", copy=True)
         self._tape, self._epoch, self._node = None, 0, -1
@@ -199,9 +199,18 @@ def _dtype_of(x):
     return getattr(x, "dtype", None)
 
 
-def float_dtype(dtype):
-    """The float dtype recur computes in for input of `dtype`, or TypeError."""
+def native_dtype(dtype):
+    """`dtype` in this machine's byte order. recur's kernels read an array's bytes as they
+    lie, so an array in the other byte order (from a file written elsewhere) is converted
+    first, as numpy's own arithmetic converts it."""
     dtype = np.dtype(dtype)
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
+
+
+def float_dtype(dtype):
+    """The float dtype recur computes in for input of `dtype` (in native byte order), or
+    TypeError."""
+    dtype = native_dtype(dtype)
     if dtype == np.float32 or dtype == np.float64:
         return dtype
     if dtype.kind in "biu":
@@ -212,6 +221,11 @@ def float_dtype(dtype):
 
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def is_float64(dtype):
+    """Whether `dtype` (None for none) is float64, in either byte order."""
+    return dtype is not None and native_dtype(dtype) == _F64
 
 
 def result_dtype(*xs):
@@ -243,7 +257,8 @@ def result_dtype(*xs):
 
 
 def as_array(x, dtype=None):
-    """The C-contiguous float value of a Tensor, array-like or scalar (TypeError otherwise)."""
+    """The float value of a Tensor, array-like or scalar (TypeError otherwise), as the
+    kernels read it: C-contiguous, aligned and in this machine's byte order."""
     if isinstance(x, Tensor):
         value = x._value
     else:
@@ -257,9 +272,11 @@ def as_array(x, dtype=None):
             raise TypeError(
                 f"recur computes on real numbers; got an array of dtype {value.dtype}"
                 f" from {type(x).__name__}")
-    target = float_dtype(value.dtype) if dtype is None else np.dtype(dtype)
-    if value.dtype != target or not value.flags.c_contiguous:
-        value = np.asarray(value, dtype=target, order="C")   # (ascontiguousarray makes 0-d 1-d)
+    target = float_dtype(value.dtype) if dtype is None else native_dtype(dtype)
+    flags = value.flags
+    if value.dtype != target or not (flags.c_contiguous and flags.aligned):
+        # (ascontiguousarray would make a 0-d array 1-d; a misaligned one needs a copy.)
+        value = np.array(value, dtype=target, order="C", copy=True)
     return value
 
 
