@@ -7,6 +7,7 @@ import pytest
 import recur as rc
 from recur import reference as ref
 from recur.recurrent import GRUCell, GRUv3Cell, LSTMCell, RNNCell
+from tests.test_recurrent import _pack, _unpack
 
 # kind -> (cell, reference step, its backward, reference sequence, its backward, states)
 CELLS = {
@@ -43,14 +44,6 @@ def _random_cell(kind, n_in, n_out, dtype, rng):
     return cell, names, [np.asarray(getattr(cell, name), np.float64) for name in names]
 
 
-def _pack(states):
-    return states[0] if len(states) == 1 else tuple(states)
-
-
-def _unpack(state):
-    return list(state) if isinstance(state, tuple) else [state]
-
-
 def _assert_close(got, want, dtype, what):
     assert got is not None, f"no gradient for {what}"
     got = np.asarray(got)
@@ -63,76 +56,49 @@ def _assert_close(got, want, dtype, what):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("style", ["sequence", "single step"])
 @pytest.mark.parametrize("sizes", sorted(SIZES))
 @pytest.mark.parametrize("kind", sorted(CELLS))
-def test_a_sequence_with_an_empty_axis_matches_the_reference(kind, sizes, dtype):
+def test_a_cell_with_an_empty_axis_matches_the_reference(kind, sizes, style, dtype):
     n_in, n_out, batch, steps = SIZES[sizes]
-    _, _, _, sequence, sequence_backward, state_names = CELLS[kind]
+    _, step, step_backward, sequence, sequence_backward, state_names = CELLS[kind]
     rng = np.random.default_rng(4)
     cell, names, weights = _random_cell(kind, n_in, n_out, dtype, rng)
-    X = rng.standard_normal((steps, batch, n_in))
-    states = [rng.standard_normal((batch, n_out)) for _ in state_names]
-    final, Y = cell(_pack([s.astype(dtype) for s in states]), X.astype(dtype))
-    Y_want, final_want = sequence(*weights, *states, X)
-    _assert_close(Y, Y_want, dtype, "Y")
-    for name, got, want in zip(state_names, _unpack(final), _unpack(final_want)):
-        _assert_close(got, want, dtype, f"final {name}")
-
-    dY = rng.standard_normal(Y_want.shape)
-    d_final = {f"d{name}_T": rng.standard_normal((batch, n_out)) for name in state_names}
-    X_param = rc.param(X.astype(dtype))
-    state_params = [rc.param(s.astype(dtype)) for s in states]
-
-    def loss():
-        final, Y = cell(_pack(state_params), X_param)
-        total = rc.sum(Y * dY.astype(dtype))
-        for part, seed in zip(_unpack(final), d_final.values()):
-            total = total + rc.sum(part * seed.astype(dtype))
-        return total
-
-    params = [X_param, *state_params, *(getattr(cell, name) for name in names)]
-    gs = rc.gradient(loss, params)
-    want = sequence_backward(*weights, *states, X, dY, *d_final.values())
-    _assert_close(gs[X_param], want["X"], dtype, "X's gradient")
-    for name, p in zip(state_names, state_params):
-        _assert_close(gs[p], want[f"{name}0"], dtype, f"{name}0's gradient")
-    for name in names:
-        _assert_close(gs[getattr(cell, name)], want[name], dtype, f"{name}'s gradient")
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
-@pytest.mark.parametrize("sizes", sorted(SIZES))
-@pytest.mark.parametrize("kind", sorted(CELLS))
-def test_a_single_step_with_an_empty_axis_matches_the_reference(kind, sizes, dtype):
-    n_in, n_out, batch, _ = SIZES[sizes]
-    _, step, step_backward, _, _, state_names = CELLS[kind]
-    rng = np.random.default_rng(5)
-    cell, names, weights = _random_cell(kind, n_in, n_out, dtype, rng)
-    x = rng.standard_normal((batch, n_in))
+    x = rng.standard_normal((steps, batch, n_in) if style == "sequence" else (batch, n_in))
     states = [rng.standard_normal((batch, n_out)) for _ in state_names]
     new, y = cell(_pack([s.astype(dtype) for s in states]), x.astype(dtype))
-    want = step(*weights, *states, x)
-    for name, got, expected in zip(state_names, _unpack(new), _unpack(want)):
-        _assert_close(got, expected, dtype, f"new {name}")
-    _assert_close(y, _unpack(want)[0], dtype, "y")
+    if style == "sequence":
+        y_want, new_want = sequence(*weights, *states, x)
+    else:
+        new_want = step(*weights, *states, x)
+        y_want = _unpack(new_want)[0]
+    _assert_close(y, y_want, dtype, "output")
+    for name, got, want in zip(state_names, _unpack(new), _unpack(new_want)):
+        _assert_close(got, want, dtype, f"new {name}")
 
-    seeds = [rng.standard_normal((batch, n_out)) for _ in state_names]
+    dy = rng.standard_normal(np.shape(y_want))
+    d_new = [rng.standard_normal((batch, n_out)) for _ in state_names]
     x_param = rc.param(x.astype(dtype))
     state_params = [rc.param(s.astype(dtype)) for s in states]
 
     def loss():
-        new, _ = cell(_pack(state_params), x_param)
-        total = rc.sum(_unpack(new)[0] * seeds[0].astype(dtype))
-        for part, seed in zip(_unpack(new)[1:], seeds[1:]):
+        new, y = cell(_pack(state_params), x_param)
+        total = rc.sum(y * dy.astype(dtype))
+        for part, seed in zip(_unpack(new), d_new):
             total = total + rc.sum(part * seed.astype(dtype))
         return total
 
-    params = [x_param, *state_params, *(getattr(cell, name) for name in names)]
-    gs = rc.gradient(loss, params)
-    want = step_backward(*weights, *states, x, *seeds)
-    _assert_close(gs[x_param], want["x"], dtype, "x's gradient")
-    for name, p in zip(state_names, state_params):
-        _assert_close(gs[p], want[name], dtype, f"{name}'s gradient")
+    gs = rc.gradient(loss, [x_param, *state_params, *(getattr(cell, name) for name in names)])
+    if style == "sequence":
+        want = sequence_backward(*weights, *states, x, dy, *d_new)
+        want_x, want_states = want["X"], [want[f"{name}0"] for name in state_names]
+    else:
+        # A step's output is its new h: both seeds reach h.
+        want = step_backward(*weights, *states, x, d_new[0] + dy, *d_new[1:])
+        want_x, want_states = want["x"], [want[name] for name in state_names]
+    _assert_close(gs[x_param], want_x, dtype, "the input's gradient")
+    for name, p, expected in zip(state_names, state_params, want_states):
+        _assert_close(gs[p], expected, dtype, f"{name}'s gradient")
     for name in names:
         _assert_close(gs[getattr(cell, name)], want[name], dtype, f"{name}'s gradient")
 
