@@ -46,7 +46,8 @@ def glorot_uniform(*shape, rng=None, dtype=np.float32):
 def glorot_normal(*shape, rng=None, dtype=np.float32):
     """N(0, 2 / (fan_in + fan_out)) over the whole array."""
     fan_in, fan_out = _fans(shape)
-    return ((rng or _rng).standard_normal(size=shape) * np.sqrt(2.0 / max(fan_in + fan_out, 1))).astype(dtype)
+    scale = np.sqrt(2.0 / max(fan_in + fan_out, 1))    # both fans 0: an empty array
+    return ((rng or _rng).standard_normal(size=shape) * scale).astype(dtype)
 
 
 def zeros(*shape, rng=None, dtype=np.float32):

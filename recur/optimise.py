@@ -373,12 +373,12 @@ def update(opt, ps, gs):
     gradient is checked before any parameter changes.
     """
     _check_rule("update", opt)
-    if isinstance(gs, (list, tuple, np.ndarray)) or not (hasattr(gs, "get")
-                                                         or hasattr(gs, "__getitem__")):
+    lookup = None if isinstance(gs, (list, tuple, np.ndarray)) else (
+        getattr(gs, "get", None) or getattr(gs, "__getitem__", None))
+    if lookup is None:
         raise TypeError(f"update: gs must map each parameter to its gradient (the Grads "
                         f"that recur.gradient returns, or a dict keyed by parameter), got a "
                         f"{type(gs).__name__}")
-    lookup = gs.get if hasattr(gs, "get") else gs.__getitem__
     params, grads, seen = [], [], set()
     for p in ps:
         if id(p) in seen:
